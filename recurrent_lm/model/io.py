@@ -1,0 +1,94 @@
+"""A self-contained model directory: config.json + model.safetensors (+ tokenizer.json from export).
+
+Writes are atomic (temp file in the same directory, then ``os.replace``) so an interrupted save
+never leaves a truncated file that looks valid. Loads go through safetensors: no pickle.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Callable
+
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_model, save_model
+
+from recurrent_lm.model.config import ModelConfig
+
+if TYPE_CHECKING:
+    from recurrent_lm.model.lm import RecurrentDepthLM
+
+WEIGHTS_FILE = "model.safetensors"
+CONFIG_FILE = "config.json"
+TOKENIZER_FILE = "tokenizer.json"
+
+
+def atomic_write(path: Path, write: Callable[[Path], None]) -> None:
+    """Call ``write(tmp)`` then rename tmp over ``path``; the old file survives any failure."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.close(fd)
+    try:
+        write(Path(tmp))
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def save_model_dir(model: "RecurrentDepthLM", directory: Path) -> Path:
+    _check_writable(directory)
+    config = json.dumps(model.config.to_dict(), indent=2, sort_keys=True)
+    atomic_write(directory / CONFIG_FILE, lambda p: p.write_text(config))
+    atomic_write(directory / WEIGHTS_FILE, lambda p: save_model(model, str(p)))
+    return directory
+
+
+def read_config(directory: Path) -> dict[str, Any]:
+    missing = [f for f in (CONFIG_FILE, WEIGHTS_FILE) if not (directory / f).is_file()]
+    if not directory.is_dir() or missing:
+        what = "does not exist" if not directory.is_dir() else f"lacks {missing}"
+        raise FileNotFoundError(f"model directory {directory} {what}; export one with `recurrent-lm-export "
+                                f"<run_dir>` (it writes {CONFIG_FILE}, {WEIGHTS_FILE}, {TOKENIZER_FILE})")
+    try:
+        return json.loads((directory / CONFIG_FILE).read_text())
+    except json.JSONDecodeError as err:
+        raise ValueError(f"{directory / CONFIG_FILE} is not valid JSON ({err}); re-export the model") from err
+
+
+def load_model_dir(cls: type, directory: Path, map_location: str, overrides: dict[str, Any]) -> "RecurrentDepthLM":
+    config = ModelConfig.from_dict({**read_config(directory), **overrides})
+    with torch.device("meta"):
+        model = cls(config)
+    model = model.to_empty(device=map_location)
+    try:
+        missing, unexpected = load_model(model, str(directory / WEIGHTS_FILE), strict=False, device=map_location)
+    except (SafetensorError, OSError) as err:
+        raise ValueError(f"{directory / WEIGHTS_FILE} is corrupt or not a safetensors file ({err}); "
+                         "re-export the model from its run directory") from err
+    if missing or unexpected:
+        raise ValueError(f"{directory / WEIGHTS_FILE} does not match config.json: missing={sorted(missing)} "
+                         f"unexpected={sorted(unexpected)}; was config.json edited by hand?")
+    cos, sin = _rope(config, map_location)
+    model.rope_cos, model.rope_sin = cos, sin
+    return model.eval()
+
+
+def _rope(config: ModelConfig, device: str):
+    from recurrent_lm.model.rope import rope_tables
+
+    cos, sin = rope_tables(config.head_dim, config.block_size, config.rope_theta)
+    return cos.to(device), sin.to(device)
+
+
+def _check_writable(directory: Path) -> None:
+    try:
+        directory.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise PermissionError(f"cannot create output directory {directory} ({err.strerror}); "
+                              "choose a writable path") from err
+    if not os.access(directory, os.W_OK):
+        raise PermissionError(f"output directory {directory} is not writable; choose a writable path")
