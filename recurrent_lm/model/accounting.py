@@ -3,6 +3,14 @@
 FLOPs follow the matmul convention of FlopCounterMode (2 per multiply-add; attention counts the
 full T×S score matrix, as the SDPA kernels' FLOP formula does) so that MFU figures are comparable
 with torch's own counter.
+
+These are *model* FLOPs: backward = 2× forward, no activation-checkpoint recomputation, causal
+masking not discounted. Where torch's FlopCounterMode differs (checked on torch 2.13):
+* CPU: the fused SDPA kernel (``_scaled_dot_product_flash_attention_for_cpu``) has no FLOP formula,
+  so the counter reports 0 for attention; with ``attn_backend='eager'`` (plain matmuls) it agrees
+  with these formulas exactly (tests/test_accounting.py).
+* CUDA fused SDPA backward is counted as 2.5× its forward (it includes recomputing QKᵀ); here 2×.
+* With activation checkpointing the counter also sees the recomputed forward of the k iterations.
 """
 
 from __future__ import annotations

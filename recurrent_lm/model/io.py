@@ -64,11 +64,16 @@ def load_model_dir(cls: type, directory: Path, map_location: str, overrides: dic
     with torch.device("meta"):
         model = cls(config)
     model = model.to_empty(device=map_location)
+    if config.tie_embeddings:  # to_empty gives each meta parameter its own storage: re-tie the head
+        model.lm_head.weight = model.embed.weight
     try:
         missing, unexpected = load_model(model, str(directory / WEIGHTS_FILE), strict=False, device=map_location)
     except (SafetensorError, OSError) as err:
         raise ValueError(f"{directory / WEIGHTS_FILE} is corrupt or not a safetensors file ({err}); "
                          "re-export the model from its run directory") from err
+    except RuntimeError as err:  # load_state_dict: a tensor's shape differs from what config.json builds
+        raise ValueError(f"{directory / WEIGHTS_FILE} does not match config.json ({err}); "
+                         "was config.json edited by hand?") from err
     if missing or unexpected:
         raise ValueError(f"{directory / WEIGHTS_FILE} does not match config.json: missing={sorted(missing)} "
                          f"unexpected={sorted(unexpected)}; was config.json edited by hand?")

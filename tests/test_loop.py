@@ -1,0 +1,286 @@
+"""The shared loop (`recurrent_lm.loop.unroll`) and its exit criteria, on toy step functions."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from recurrent_lm.loop import (ArgmaxStable, Convergence, EntropyChange, KLDivergence, LoopStats,
+                               build_criterion, relative_change, token_correlation, unroll)
+
+pytestmark = pytest.mark.usefixtures("single_thread")
+
+C = torch.tensor([1.0, -2.0, 0.5])
+
+
+def contraction(state: torch.Tensor, i: int, active) -> torch.Tensor:
+    """s -> 0.5 s + c: converges to 2c, halving the distance each step."""
+    return 0.5 * state + C
+
+
+def closed_form(s0: torch.Tensor, n: torch.Tensor) -> torch.Tensor:
+    """State after n contraction steps: 2c + 0.5^n (s0 - 2c), n per element."""
+    return 2 * C + 0.5 ** n.unsqueeze(-1).double() * (s0.double() - 2 * C)
+
+
+def s0_at_distances(*distances: float) -> torch.Tensor:
+    """Elements starting at 2c + d·(1,1,1): the farther, the later they converge."""
+    return torch.stack([2 * C + d for d in distances]).float()  # (E, 3)
+
+
+# ---------------------------------------------------------------------------------------- fixed depth
+def test_fixed_depth_runs_all_steps_and_passes_iteration_indices():
+    seen = []
+
+    def step(s, i, active):
+        seen.append((i, active))
+        return contraction(s, i, active)
+
+    s0 = s0_at_distances(1.0, 4.0)
+    out = unroll(step, s0, 2, 3)
+    assert [i for i, _ in seen] == [0, 1, 2, 3, 4]
+    assert all(a is None for _, a in seen)  # no criterion -> no mask
+    assert out.steps_run == 5 and out.readouts == 0 and out.stats is None
+    assert out.steps_used.shape == (2,) and (out.steps_used == 5).all()
+    torch.testing.assert_close(out.state.double(), closed_form(s0, torch.full((2,), 5)))
+
+
+def test_negative_step_counts_are_refused():
+    with pytest.raises(ValueError, match="n_no_grad"):
+        unroll(contraction, torch.zeros(3), -1, 2)
+
+
+# ---------------------------------------------------------------------------------------- convergence exit
+def expected_exit_step(d: float, threshold: float, n: int) -> int:
+    """First step t with ‖s_t − s_{t−1}‖/‖s_t‖ < threshold for one element, by direct simulation."""
+    s = (2 * C + d).double()
+    for t in range(1, n + 1):
+        new = 0.5 * s + C
+        if ((new - s).norm() / new.norm()).item() < threshold:
+            return t
+        s = new
+    return n
+
+
+def test_convergence_freezes_exited_elements_and_counts_their_steps():
+    distances, threshold, n = (0.01, 1.0, 50.0, 1e4), 0.01, 30
+    s0 = s0_at_distances(*distances).view(2, 2, 3)  # element shape (2, 2): per-token over a batch
+    actives = []
+
+    def step(s, i, active):
+        actives.append(active.clone())
+        return contraction(s, i, active)
+
+    out = unroll(step, s0, 0, n, criterion=Convergence(threshold))
+    want = torch.tensor([expected_exit_step(d, threshold, n) for d in distances]).view(2, 2)
+    assert len(set(want.flatten().tolist())) == 4  # elements really exit at different steps
+    assert torch.equal(out.steps_used, want)
+    assert out.steps_run == want.max()  # stops once every element has exited
+    # Frozen: each element holds exactly its state after its own number of steps.
+    torch.testing.assert_close(out.state.double(), closed_form(s0, want), rtol=1e-5, atol=1e-5)
+    # The step sees which elements are still active.
+    for i, active in enumerate(actives):
+        assert torch.equal(active, want > i)
+
+
+def test_batched_exit_equals_each_element_alone():
+    distances = (0.3, 3.0, 300.0)
+    s0 = s0_at_distances(*distances)
+    batched = unroll(contraction, s0, 1, 20, criterion=Convergence(0.02))
+    for j in range(len(distances)):
+        alone = unroll(contraction, s0[j : j + 1], 1, 20, criterion=Convergence(0.02))
+        assert batched.steps_used[j] == alone.steps_used[0]
+        torch.testing.assert_close(batched.state[j], alone.state[0])
+
+
+def test_threshold_zero_equals_fixed_depth():
+    s0 = s0_at_distances(0.5, 5.0)
+    fixed = unroll(contraction, s0, 3, 4)
+    never = unroll(contraction, s0, 3, 4, criterion=Convergence(0.0))
+    assert torch.equal(never.state, fixed.state)
+    assert (never.steps_used == 7).all() and never.steps_run == 7
+
+
+def test_min_and_max_steps():
+    s0 = s0_at_distances(0.0001, 1.0)
+    capped = unroll(contraction, s0, 0, 50, criterion=Convergence(0.0, max_steps=6))
+    assert capped.steps_run == 6 and (capped.steps_used == 6).all()
+    floor = unroll(contraction, s0, 0, 50, criterion=Convergence(1e9, min_steps=3))
+    assert (floor.steps_used == 3).all()
+    with pytest.raises(ValueError, match="min_steps"):
+        Convergence(0.1, min_steps=0)
+    with pytest.raises(ValueError, match="max_steps"):
+        Convergence(0.1, min_steps=4, max_steps=2)
+    with pytest.raises(ValueError, match="threshold"):
+        Convergence(-1.0)
+
+
+# ---------------------------------------------------------------------------------------- stats
+def test_stats_shapes_and_values():
+    s0 = s0_at_distances(1.0, 2.0, 3.0).view(3, 1, 3)
+    out = unroll(contraction, s0, 2, 3, record_stats=True)
+    assert isinstance(out.stats, LoopStats)
+    norms, changes = out.stats.as_tensors()
+    assert norms.shape == (5,) and changes.shape == (5,)
+    states = [s0]
+    for i in range(5):
+        states.append(contraction(states[-1], i, None))
+    want_norms = torch.stack([s.norm(dim=-1).mean() for s in states[1:]])
+    want_changes = torch.stack([relative_change(a, b).mean() for a, b in zip(states, states[1:])])
+    torch.testing.assert_close(norms, want_norms)
+    torch.testing.assert_close(changes, want_changes)
+    assert (changes[1:] < changes[:-1]).all()  # a contraction converges
+
+
+def test_telemetry_helpers():
+    s = torch.randn(2, 5, 8)
+    assert relative_change(s, s).abs().max() == 0
+    torch.testing.assert_close(relative_change(torch.zeros(3), torch.ones(3)), torch.tensor(1.0))
+    collapsed = torch.ones(2, 5, 8)
+    assert token_correlation(collapsed).item() == pytest.approx(1.0, abs=1e-6)
+    orthogonal = torch.eye(8)[:5].expand(2, 5, 8)
+    assert token_correlation(orthogonal).item() == pytest.approx(0.0, abs=1e-6)
+
+
+# ---------------------------------------------------------------------------------------- gradients
+class Toy(torch.nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        g = torch.Generator().manual_seed(0)
+        self.w = torch.nn.Parameter(torch.randn(4, 4, generator=g) / 2)
+        self.c = torch.nn.Parameter(torch.randn(4, generator=g))
+
+    def forward(self, s, i, active):
+        return torch.tanh(s @ self.w) + self.c
+
+
+def toy_grads(n_no_grad: int, n_grad: int, checkpoint: bool):
+    toy = Toy()
+    s0 = torch.randn(3, 4, generator=torch.Generator().manual_seed(1)).requires_grad_(True)
+    out = unroll(toy, s0, n_no_grad, n_grad, checkpoint=checkpoint)
+    (out.state ** 2).sum().backward()
+    return toy.w.grad, toy.c.grad, s0.grad
+
+
+@pytest.mark.parametrize("n_no_grad", [0, 3])
+def test_checkpoint_gives_the_same_gradients(n_no_grad):
+    plain = toy_grads(n_no_grad, 4, checkpoint=False)
+    ckpt = toy_grads(n_no_grad, 4, checkpoint=True)
+    for a, b in zip(plain, ckpt):
+        if a is None:
+            assert b is None
+        else:
+            torch.testing.assert_close(a, b)
+
+
+def test_truncation_matches_a_detached_reference():
+    w, c, s0_grad = toy_grads(3, 2, checkpoint=False)
+    assert s0_grad is None
+    _, _, s0_full = toy_grads(0, 5, checkpoint=False)
+    assert s0_full is not None and s0_full.abs().sum() > 0
+
+    toy = Toy()
+    s = torch.randn(3, 4, generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        for i in range(3):
+            s = toy(s, i, None)
+    s = s.detach()
+    for i in range(3, 5):
+        s = toy(s, i, None)
+    (s ** 2).sum().backward()
+    torch.testing.assert_close(w, toy.w.grad)
+    torch.testing.assert_close(c, toy.c.grad)
+
+
+def test_no_grad_context_is_respected():
+    toy = Toy()
+    with torch.no_grad():
+        out = unroll(toy, torch.randn(2, 4), 0, 3)
+    assert not out.state.requires_grad
+
+
+# ---------------------------------------------------------------------------------------- output criteria
+def scripted(sequence: torch.Tensor):
+    """A step that ignores its input and emits sequence[i+1] (steps, *elements, V); s_0 = sequence[0]."""
+    def step(s, i, active):
+        return sequence[i + 1].clone()
+
+    return step
+
+
+def identity_readout(calls: list):
+    def readout(s):
+        calls.append(1)
+        return s
+
+    return readout
+
+
+LOGITS = {  # each element's logits after steps 0..6 (vocabulary of 4)
+    "settles": [[0, 0, 1, 0], [5, 0, 0, 0], [5.001, 0, 0, 0], [0, 5, 0, 0], [0, 5, 0, 0], [0, 5, 0, 0],
+                [0, 5, 0, 0]],
+    "flips": [[0, 0, 0, 0], [5, 0, 0, 0], [0, 5, 0, 0], [5, 0, 0, 0], [0, 5, 0, 0], [5, 0, 0, 0],
+              [0, 5, 0, 0]],
+    "permutes": [[0, 1, 2, 3], [3, 2, 1, 0], [1, 3, 0, 2], [2, 0, 3, 1], [0, 1, 2, 3], [3, 2, 1, 0],
+                 [1, 3, 0, 2]],
+    "still": [[1, 2, 3, 4]] * 7,
+}
+NEVER = 6  # steps available: an element that never exits uses all of them
+
+
+def sequence(*names: str) -> torch.Tensor:
+    return torch.tensor([LOGITS[n] for n in names], dtype=torch.float32).transpose(0, 1)  # (7, E, 4)
+
+
+@pytest.mark.parametrize("criterion,want", [
+    # KL(p_t || p_t-1) < 1e-3: "settles" at step 2 (logit 5 -> 5.001), "still" at once; the others
+    # keep moving their mass.
+    (KLDivergence(1e-3), {"settles": 2, "flips": NEVER, "permutes": NEVER, "still": 1}),
+    # |H_t - H_t-1| < 1e-3: permutations keep the entropy, so "permutes" exits at 1 and "flips" at 2
+    # (its first step leaves the uniform distribution); "settles" changes H by 1e-4 at step 2.
+    (EntropyChange(1e-3), {"settles": 2, "flips": 2, "permutes": 1, "still": 1}),
+    # top-1 unchanged for 2 consecutive checks. "settles": argmax 2,0,0,1,1,1 -> streak 0,1,0,1,2 -> 5.
+    (ArgmaxStable(2), {"settles": 5, "flips": NEVER, "permutes": NEVER, "still": 2}),
+])
+def test_output_criteria_on_constructed_sequences(criterion, want):
+    names = list(want)
+    seq = sequence(*names)
+    calls: list = []
+    out = unroll(scripted(seq), seq[0], 0, NEVER, criterion=criterion, readout=identity_readout(calls))
+    got = dict(zip(names, out.steps_used.tolist()))
+    assert got == want
+    # Exited elements are frozen at their own exit step's output.
+    for j, name in enumerate(names):
+        torch.testing.assert_close(out.state[j], seq[want[name], j])
+    # The first check decodes s_0 and s_1; each later one decodes only the new state.
+    assert out.readouts == len(calls) == out.steps_run + 1
+
+
+def test_argmax_stable_counts_consecutive_agreement():
+    # argmax of s_0..s_8: 1, 0, 0, 1, 0, 0, 0, 0, 1 -> streak 0, 1, 0, 0, 1, 2, 3 -> exits after step 7
+    seq = torch.tensor([[[0, 9.0]], [[9.0, 0]], [[9.0, 1]], [[0, 9.0]], [[9.0, 2]], [[9.0, 3]], [[9.0, 4]],
+                        [[9.0, 5]], [[0, 9.0]]])
+    out = unroll(scripted(seq), seq[0], 0, 8, criterion=ArgmaxStable(3), readout=lambda s: s)
+    assert out.steps_used.tolist() == [7] and out.steps_run == 7
+
+
+def test_output_criterion_without_readout_is_refused():
+    with pytest.raises(ValueError, match="readout"):
+        unroll(contraction, torch.zeros(2, 3), 0, 3, criterion=KLDivergence(0.1))
+
+
+def test_criterion_memory_is_reset_between_unrolls():
+    seq = sequence("settles", "still")
+    crit = KLDivergence(1e-3)
+    a = unroll(scripted(seq), seq[0], 0, 5, criterion=crit, readout=lambda s: s)
+    b = unroll(scripted(seq), seq[0], 0, 5, criterion=crit, readout=lambda s: s)
+    assert torch.equal(a.steps_used, b.steps_used)
+
+
+def test_build_criterion_by_name():
+    assert build_criterion(None) is None and build_criterion("none") is None
+    assert isinstance(build_criterion("convergence"), Convergence)
+    kl = build_criterion("kl", threshold=0.01, min_steps=2, max_steps=9)
+    assert isinstance(kl, KLDivergence) and (kl.threshold, kl.min_steps, kl.max_steps) == (0.01, 2, 9)
+    with pytest.raises(ValueError, match="unknown exit criterion"):
+        build_criterion("cosine-ish")
