@@ -32,6 +32,7 @@ from torch import nn
 from recurrent_lm.model import ModelConfig, RecurrentDepthLM, forward_flops_per_token, train_flops_per_token
 from recurrent_lm.model.block import Block
 from recurrent_lm.model.norm import RMSNorm
+from recurrent_lm.train.hardware import measure_matmul_peak
 
 CONF = Path(__file__).resolve().parents[1] / "conf" / "model"
 
@@ -76,22 +77,6 @@ def dense_train_flops_per_token(cfg: ModelConfig, layers: int, context: int) -> 
     block = (per_core_iteration - (4 * cfg.d_model**2 if cfg.injection == "linear" else 0)) // cfg.n_core
     head = 2 * cfg.d_model * cfg.vocab_size
     return 3 * (layers * block + head)
-
-
-def matmul_peak(dtype: torch.dtype, n: int, device: torch.device, seconds: float = 1.5) -> float:
-    """Best sustained FLOP/s of an n×n×n matmul in `dtype`."""
-    a = torch.randn(n, n, device=device).to(dtype)
-    b = torch.randn(n, n, device=device).to(dtype)
-    for _ in range(2):
-        a @ b
-    sync(device)
-    best, start = 0.0, time.perf_counter()
-    while time.perf_counter() - start < seconds:
-        t0 = time.perf_counter()
-        a @ b
-        sync(device)
-        best = max(best, 2 * n**3 / (time.perf_counter() - t0))
-    return best
 
 
 def sync(device: torch.device) -> None:
@@ -182,8 +167,8 @@ def main() -> None:
     tokens = args.batch * args.seq
     layers = cfg.n_prelude + r * cfg.n_core + cfg.n_coda
 
-    peak_bf16 = matmul_peak(torch.bfloat16, args.matmul_size, device)
-    peak_fp32 = matmul_peak(torch.float32, args.matmul_size, device)
+    peak_bf16 = measure_matmul_peak(torch.bfloat16, device, args.matmul_size, seconds=1.5)
+    peak_fp32 = measure_matmul_peak(torch.float32, device, args.matmul_size, seconds=1.5)
     precision = args.precision
     if precision == "auto":
         precision = "bf16" if peak_bf16 >= peak_fp32 else "fp32"

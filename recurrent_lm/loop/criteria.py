@@ -91,7 +91,7 @@ class KLDivergence(_OutputCriterion):
 
     def _compare(self, prev_logprobs, logprobs):
         kl = (logprobs.exp() * (logprobs - prev_logprobs)).sum(-1)
-        return kl < self.threshold
+        return kl.clamp_min(0) < self.threshold  # rounding can make KL of equal distributions < 0
 
 
 class EntropyChange(_OutputCriterion):

@@ -4,8 +4,10 @@ Core entries live in *slots*. ``full`` gives every iteration its own slot; ``com
 ``window`` slots and maps iteration i to slot i mod window (so a cache with window >= r is the full
 cache); ``latest`` keeps one slot, i.e. each position's most recent K/V. A token that exited early
 has no K/V for later iterations: every strategy serves its latest computed entry instead, both for
-tokens exited in an earlier forward and for exited tokens inside a batch (``CacheView.active``).
-This is what makes batched decoding with per-token exit equal to one-by-one decoding.
+tokens exited in an earlier forward and for exited tokens inside a batch (``CacheView.active``);
+a slot that already holds an entry of the exited token from this forward (a reused compressed or
+latest slot) keeps it. Either way the cache ends up as if the loop had stopped when the token
+exited, which is what makes batched decoding with per-token exit equal to one-by-one decoding.
 """
 
 from __future__ import annotations
@@ -48,12 +50,21 @@ class RecurrentKVCache:
         key = self.slot_key(slot)
         if slot[0] == "core":
             layer = slot[2]
+            latest = (k, v)
             if active is not None and layer in self._pending:
                 keep = active[:, None, :, None]  # (B, 1, T, 1): exited tokens keep their latest K/V
-                k = torch.where(keep, k, self._pending[layer][0])
-                v = torch.where(keep, v, self._pending[layer][1])
+                pending_k, pending_v = self._pending[layer]
+                latest = (torch.where(keep, k, pending_k), torch.where(keep, v, pending_v))
+                if key in self._written:
+                    # The slot already holds an entry of this forward (compressed/latest reuse slots):
+                    # an exited token keeps it, so the slot ends up with the token's own last
+                    # iterations, as if the loop had stopped when the token exited (batch invariance).
+                    held_k, held_v = (t[:, :, self.length:] for t in self._store[key])
+                    k, v = torch.where(keep, k, held_k), torch.where(keep, v, held_v)
+                else:
+                    k, v = latest
             if not read_only:
-                self._pending[layer] = (k, v)
+                self._pending[layer] = latest
         past = self._past(key)
         full_k, full_v = (k, v) if past is None else (torch.cat((past[0], k), 2), torch.cat((past[1], v), 2))
         if not read_only:
@@ -75,8 +86,10 @@ class RecurrentKVCache:
     def commit(self, new_tokens: int) -> None:
         """Close a forward: slots that did not run this time get the new tokens' latest K/V."""
         for layer, (k, v) in self._pending.items():
-            wanted = range(self.n_slots) if self.n_slots is not None else \
-                {s[1] for s in self._store if s[0] == "core" and s[2] == layer}
+            # Only slots that exist: a compressed cache whose window exceeds every depth run so far
+            # then holds exactly the full cache's slots (and bytes). A slot created later starts
+            # from the highest one, which holds each position's latest entry (see _past).
+            wanted = {s[1] for s in self._store if s[0] == "core" and s[2] == layer}
             for slot_index in wanted:
                 key = ("core", slot_index, layer)
                 if key not in self._written:
@@ -86,6 +99,15 @@ class RecurrentKVCache:
         self.length += new_tokens
         self._pending.clear()
         self._written.clear()
+
+    def select_rows(self, rows: Tensor) -> None:
+        """Keep only batch rows ``rows`` (a 1-D index tensor), e.g. to drop finished sequences.
+
+        Call between forwards (after ``commit``); the cache then serves a batch of ``len(rows)``.
+        """
+        if self._pending:
+            raise RuntimeError("RecurrentKVCache.select_rows during a forward; call it after commit()")
+        self._store = {key: (k[rows], v[rows]) for key, (k, v) in self._store.items()}
 
     def nbytes(self) -> int:
         return sum(k.nbytes + v.nbytes for k, v in self._store.values())

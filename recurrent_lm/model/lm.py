@@ -129,8 +129,12 @@ class RecurrentDepthLM(nn.Module):
         """
         past = cache.length if cache is not None else 0
         total = past + seq
-        if total > self.config.block_size:
-            raise ValueError(f"sequence of {total} tokens exceeds the model context block_size="
+        # Left padding occupies cache columns but no positions: with a mask, count real tokens only,
+        # so a padded batch reaches exactly as far as its rows would one by one.
+        longest = total if attention_mask is None or position_ids is not None else \
+            int(attention_mask.sum(-1).max())
+        if longest > self.config.block_size:
+            raise ValueError(f"sequence of {longest} tokens exceeds the model context block_size="
                              f"{self.config.block_size}; shorten the prompt or truncate the input")
         if position_ids is None:
             if attention_mask is not None:
@@ -199,9 +203,14 @@ class RecurrentDepthLM(nn.Module):
         x = self.embed_tokens(input_ids) if inputs_embeds is None else inputs_embeds  # (B, T, H)
         batch, seq, _ = x.shape
         n_no_grad, n_grad = self.resolve_steps(num_steps)
+        cache = past_key_values
+        if cache is None and exit_criterion is not None:
+            # An exited token must keep serving its latest K/V to later iterations, exactly as in
+            # cached decoding; a throwaway one-slot cache does that bookkeeping.
+            cache = RecurrentKVCache("latest")
         ctx = self.attention_context(batch, seq, x.device, attention_mask=attention_mask,
                                      position_ids=position_ids, document_ids=document_ids,
-                                     cache=past_key_values)
+                                     cache=cache)
         e = self.run_layers(self.prelude, x, ctx, "prelude")  # (B, T, H)
         s0 = self.initial_state(e) if init_state is None else init_state.to(e.dtype)
         readout_ctx = replace(ctx, cache=ctx.cache.cache.view(read_only=True)) if ctx.cache else ctx

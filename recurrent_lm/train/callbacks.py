@@ -2,27 +2,10 @@
 
 from __future__ import annotations
 
-import time
-
 import torch
 from lightning.pytorch.callbacks import ThroughputMonitor
 
-
-def measure_matmul_peak(dtype: torch.dtype, device: str = "cpu", n: int = 2048, repeats: int = 5) -> float:
-    """Achievable dense-matmul FLOP/s on this device: the MFU denominator where no spec sheet applies."""
-    a = torch.randn(n, n, device=device, dtype=dtype)
-    b = torch.randn(n, n, device=device, dtype=dtype)
-    a @ b  # warm-up
-    best = float("inf")
-    for _ in range(repeats):
-        if device == "cuda":
-            torch.cuda.synchronize()
-        start = time.perf_counter()
-        a @ b
-        if device == "cuda":
-            torch.cuda.synchronize()
-        best = min(best, time.perf_counter() - start)
-    return 2 * n**3 / best
+from recurrent_lm.train.hardware import measure_matmul_peak
 
 
 class DepthThroughputMonitor(ThroughputMonitor):

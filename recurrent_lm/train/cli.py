@@ -32,6 +32,7 @@ from recurrent_lm.model.io import TOKENIZER_FILE
 from recurrent_lm.train.callbacks import DepthThroughputMonitor
 from recurrent_lm.train.checkpoint_io import SafeCheckpointIO
 from recurrent_lm.train.datamodule import TextDataModule
+from recurrent_lm.train.hardware import resolve_precision
 from recurrent_lm.train.export import CHECKPOINT_DIR, EXPORT_DIR, LAST_CHECKPOINT, export_model
 from recurrent_lm.train.module import RecurrentLMModule
 from recurrent_lm.train.report import print_report
@@ -110,7 +111,7 @@ def build_trainer(cfg: TrainConfig, run_dir: Path) -> L.Trainer:
     devices: Any = int(t.devices) if str(t.devices).isdigit() else t.devices
     return L.Trainer(
         accelerator=t.accelerator, devices=devices, num_nodes=t.num_nodes, strategy=t.strategy,
-        precision=t.precision, max_steps=t.max_steps, accumulate_grad_batches=t.accumulate_grad_batches,
+        precision=resolve_precision(t.precision, t.accelerator), max_steps=t.max_steps, accumulate_grad_batches=t.accumulate_grad_batches,
         gradient_clip_val=t.gradient_clip_val, val_check_interval=t.val_check_interval,
         check_val_every_n_epoch=None, limit_val_batches=t.val_batches, num_sanity_val_steps=0,
         log_every_n_steps=t.log_every_n_steps, deterministic=t.deterministic, callbacks=callbacks,

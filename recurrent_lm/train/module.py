@@ -65,7 +65,7 @@ class RecurrentLMModule(L.LightningModule):
     def validation_step(self, batch: dict[str, Tensor], batch_idx: int) -> None:
         for r in self.eval_depths:
             out = self.model(batch["input_ids"], num_steps=r, labels=batch["labels"],
-                             record_stats=r == max(self.eval_depths))
+                             position_ids=batch.get("position_ids"), record_stats=r == max(self.eval_depths))
             self.log(f"val/loss_r{r}", out.loss, sync_dist=True)
             if out.stats is not None:
                 _, rel = out.stats.as_tensors()

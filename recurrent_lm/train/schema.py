@@ -54,7 +54,9 @@ class TrainerConfig:
     num_nodes: int = 1
     strategy: str = "auto"
     """auto | ddp | fsdp | deepspeed_stage_2 | ... (Lightning strategy names)."""
-    precision: str = "bf16-mixed"
+    precision: str = "auto"
+    """auto = bf16-mixed wherever bf16 is native (CUDA, CPUs with AVX512-BF16/AMX), else 32-true; or any
+    Lightning precision string (bf16-mixed, 32-true, 16-mixed, ...)."""
     max_steps: int = 1000
     micro_batch_size: int = 8
     accumulate_grad_batches: int = 1
