@@ -19,13 +19,13 @@ def load_preset(name: str) -> dict[str, Any]:
     return OmegaConf.to_container(OmegaConf.load(CONF_DIR / "model" / f"{name}.yaml"), resolve=True)
 
 
-@pytest.fixture
+@pytest.fixture(scope="session", autouse=True)
 def single_thread():
-    """Run a test on one intra-op thread, restoring the setting afterwards.
+    """Run the suite on one intra-op thread, restoring the setting afterwards.
 
-    Tiny tensors gain nothing from a second thread, and on a shared 2-core machine the thread pool
-    oversubscribes (measured: 3× slower wall time under load). Opt in per module with
-    ``pytestmark = pytest.mark.usefixtures("single_thread")``.
+    The tests use tiny tensors, which gain nothing from a second thread; on a shared 2-core machine
+    the thread pool oversubscribes (measured: 3–15× slower wall time under load). Subprocesses the
+    tests start (training runs) keep torch's default.
     """
     before = torch.get_num_threads()
     torch.set_num_threads(1)

@@ -14,7 +14,6 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from recurrent_lm.model import count_params, forward_flops_per_token, train_flops_per_token
 
-pytestmark = pytest.mark.usefixtures("single_thread")
 
 B, T = 2, 32
 

@@ -64,12 +64,6 @@ GEN_PROMPTS = ["Tom is a", "Every wumpus", "If music be", "Q: 3 + 4 =", "Stella 
 NAMES = ["wumpus", "yumpus", "lorpus", "brimpus", "zumpus", "gorpus"]
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 @pytest.fixture(scope="module")

@@ -18,12 +18,6 @@ from recurrent_lm.evaluation.harness import RecurrentLMEval  # noqa: E402
 STEPS = 3
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 @pytest.fixture(scope="module")

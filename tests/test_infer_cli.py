@@ -13,7 +13,7 @@ from recurrent_lm.infer import GenerationConfig, generate_text
 from recurrent_lm.infer.cli import main
 from recurrent_lm.infer.display import BARS
 from recurrent_lm.model import RecurrentDepthLM
-from test_infer_generate import one_thread, tiny_model  # noqa: F401  (one_thread: module-wide autouse)
+from test_infer_generate import tiny_model
 
 LINES = ["the quick brown fox jumps over the lazy dog", "hello world, hello there", "to be or not to be"] * 5
 

@@ -14,7 +14,7 @@ import torch
 
 from recurrent_lm.infer import generate
 from recurrent_lm.loop import build_criterion
-from test_infer_generate import one_thread, tiny_model  # noqa: F401  (one_thread: module-wide autouse)
+from test_infer_generate import tiny_model
 
 R = 14
 TOKENS = [7, 50, 123, 260, 301, 444, 499, 12]

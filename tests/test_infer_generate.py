@@ -20,13 +20,6 @@ TINY = Path(__file__).resolve().parents[1] / "conf" / "model" / "tiny.yaml"
 PROMPTS = [[7, 8, 9, 10, 11], [20, 21], [30, 31, 32, 33, 34, 35, 36, 37]]
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """A tiny model runs fastest on one thread (and does not fight other processes for cores)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 def tiny_model(seed: int = 0, dtype=torch.float64, **overrides) -> RecurrentDepthLM:

@@ -9,7 +9,7 @@ import torch
 
 from recurrent_lm.infer import GenerationConfig, filter_logits, generate, select_tokens
 from recurrent_lm.infer.sampling import row_generators
-from test_infer_generate import PROMPTS, one_thread, tiny_model  # noqa: F401  (one_thread: module-wide autouse)
+from test_infer_generate import PROMPTS, tiny_model
 
 LOGITS = torch.log(torch.tensor([[0.5, 0.25, 0.15, 0.1], [0.1, 0.2, 0.3, 0.4]]))
 

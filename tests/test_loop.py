@@ -8,7 +8,6 @@ import torch
 from recurrent_lm.loop import (ArgmaxStable, Convergence, EntropyChange, KLDivergence, LoopStats,
                                build_criterion, relative_change, token_correlation, unroll)
 
-pytestmark = pytest.mark.usefixtures("single_thread")
 
 C = torch.tensor([1.0, -2.0, 0.5])
 

@@ -19,7 +19,6 @@ from recurrent_lm.model.attention import _flash
 
 CONF_DIR = Path(__file__).resolve().parents[1] / "conf"
 
-pytestmark = pytest.mark.usefixtures("single_thread")
 
 VOCAB = 512  # tiny preset
 
