@@ -26,7 +26,6 @@ import torch
 from recurrent_lm.loop import DepthSampler, SamplerConfig
 from recurrent_lm.model import ModelConfig, RecurrentDepthLM, count_params
 from recurrent_lm.reasoning.config import TaskConfig
-from recurrent_lm.reasoning.datamodule import add_position_ids
 from recurrent_lm.reasoning.evaluate import evaluate, save_task
 from recurrent_lm.reasoning.tasks import collate, train_examples, vocab_size
 
@@ -45,7 +44,7 @@ def parse(argv=None) -> argparse.Namespace:
     a("--num-eval", type=int, default=512)
     a("--nodes-per-hop", type=float, default=2.0)
     a("--num-names", type=int, default=64)
-    a("--position-offset", action="store_true", help="random RoPE start position per training sequence")
+    a("--pack-length", type=int, default=0, help="pack whole training problems into rows of this many tokens")
     a("--task-seed", type=int, default=0)
     # model
     a("--d-model", type=int, default=64)
@@ -105,7 +104,7 @@ def main(argv=None) -> int:
     if args.eval_depths:
         task_kw["eval_depths"] = args.eval_depths
     task = TaskConfig(name=args.task, answer=args.answer, train_min=args.train_min, train_max=tm,
-                      num_eval=args.num_eval, seed=args.task_seed, position_offset=args.position_offset,
+                      num_eval=args.num_eval, seed=args.task_seed, pack_length=args.pack_length,
                       nodes_per_hop=args.nodes_per_hop, num_names=args.num_names, **task_kw)
     high = args.depth_high if args.sampler == "uniform" else int(args.depth_mean)
     cfg = ModelConfig(vocab_size=vocab_size(task), block_size=args.block_size, d_model=args.d_model,
@@ -139,15 +138,13 @@ def main(argv=None) -> int:
         for g in opt.param_groups:
             g["lr"] = lr
         batch = collate(train_examples(task, step, args.batch_size))
-        position_ids = add_position_ids(batch, task, args.block_size, seed=args.seed, step=step)
         n_no_grad, n_grad = sampler(step)
         if args.progressive:
             r = n_no_grad + n_grad
             k = int(np.random.default_rng((args.seed, 11, step)).integers(1, min(args.backprop, r) + 1))
             n_no_grad, n_grad = r - k, k
         with torch.autocast("cpu", dtype=torch.bfloat16, enabled=args.bf16):
-            res = model(batch["input_ids"], num_steps=(n_no_grad, n_grad), labels=batch["labels"],
-                        position_ids=position_ids)
+            res = model(batch["input_ids"], num_steps=(n_no_grad, n_grad), labels=batch["labels"])
         opt.zero_grad(set_to_none=True)
         res.loss.backward()
         gnorm = torch.nn.utils.clip_grad_norm_(model.parameters(), args.clip)

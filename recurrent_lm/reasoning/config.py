@@ -1,0 +1,111 @@
+"""The reasoning-task configuration: one dataclass, validated at construction.
+
+Every field is a primitive (or a list of ints) so the class doubles as the hydra structured-config
+schema for ``conf/task/*.yaml``. Each field's docstring is its CLI help.
+
+"Difficulty" is task specific: for ``parity`` it is the number of input bits; for
+``reachability`` it is the number of hops from a root to the deepest node of the graph.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from typing import Any
+
+TASKS = ("parity", "reachability")
+ANSWERS = ("all", "final")
+
+
+@dataclass
+class TaskConfig:
+    """Which synthetic task, its train/eval difficulty ranges, and how it is evaluated."""
+
+    name: str = "parity"
+    """'parity' (prefix parity of a bit string) or 'reachability' (which root reaches each node)."""
+    answer: str = "all"
+    """'all': supervise every intermediate answer (each prefix parity / every node's root value);
+    'final': supervise only the last answer (the parity of the whole string / the deepest node's value)."""
+    train_min: int = 1
+    """Smallest training difficulty (inclusive)."""
+    train_max: int = 16
+    """Largest training difficulty (inclusive)."""
+    eval_difficulties: list[int] = field(default_factory=lambda: [8, 16, 32, 64])
+    """Difficulties the evaluation reports (typically train_max, 2x, 4x ...)."""
+    eval_depths: list[int] = field(default_factory=lambda: [4, 8, 16, 32, 64, 96])
+    """Test-time core iterations the evaluation sweeps."""
+    num_train: int = 0
+    """Size of a fixed training set; 0 = an endless stream, each batch generated from (seed, step)."""
+    num_val: int = 256
+    """Validation examples at each of train_max and the largest eval difficulty."""
+    num_eval: int = 512
+    """Test examples per eval difficulty."""
+    seed: int = 0
+    """Seeds every generator: train, validation and test sets never overlap in seed space."""
+    pack_length: int = 0
+    """0: one problem per training row. N > 0: each training row packs whole problems (each with its own
+    BOS) back to back up to N tokens, so that the model meets long contexts (and attention distances up
+    to N) without any problem being harder than train_max. Validation and test rows hold one problem."""
+    exit_criterion: str = "convergence"
+    """Criterion whose chosen depth the evaluation reports ('convergence', 'kl', ... or 'none')."""
+    exit_threshold: float = 0.03
+    """Threshold of that criterion (relative latent change for 'convergence')."""
+    exit_max_steps: int = 0
+    """Depth cap for the exit run; 0 = max(eval_depths)."""
+    num_names: int = 64
+    """reachability: node-name vocabulary; a graph uses each name at most once."""
+    nodes_per_hop: float = 2.0
+    """reachability: graph size = max(hops + 2, round(nodes_per_hop * hops)) nodes (the rest are distractors)."""
+
+    def __post_init__(self) -> None:
+        if self.name not in TASKS:
+            raise ValueError(f"task.name={self.name!r} is unknown; choose one of {TASKS}")
+        if self.answer not in ANSWERS:
+            raise ValueError(f"task.answer={self.answer!r} is unknown; choose one of {ANSWERS}")
+        if not 1 <= self.train_min <= self.train_max:
+            raise ValueError(f"task.train_min={self.train_min}, train_max={self.train_max}: "
+                             "need 1 <= train_min <= train_max")
+        if not self.eval_difficulties or min(self.eval_difficulties) < 1:
+            raise ValueError(f"task.eval_difficulties={self.eval_difficulties} must be a non-empty list of ints >= 1")
+        if not self.eval_depths or min(self.eval_depths) < 1:
+            raise ValueError(f"task.eval_depths={self.eval_depths} must be a non-empty list of ints >= 1")
+        for name in ("num_train", "num_val", "num_eval", "exit_max_steps", "pack_length"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"task.{name}={getattr(self, name)} must be >= 0")
+        if self.pack_length and self.pack_length < sequence_length(self, self.train_max):
+            raise ValueError(f"task.pack_length={self.pack_length} is shorter than one problem of difficulty "
+                             f"train_max={self.train_max} ({sequence_length(self, self.train_max)} tokens)")
+        if self.nodes_per_hop < 1:
+            raise ValueError(f"task.nodes_per_hop={self.nodes_per_hop} must be >= 1")
+        if self.name == "reachability":
+            need = max(num_nodes(self, d) for d in (self.train_max, *self.eval_difficulties))
+            if need > self.num_names:
+                raise ValueError(f"task.num_names={self.num_names} is too small: the largest graph has {need} "
+                                 f"nodes; raise num_names or lower nodes_per_hop / the difficulties")
+
+    @property
+    def max_exit_steps(self) -> int:
+        return self.exit_max_steps or max(self.eval_depths)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> "TaskConfig":
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise ValueError(f"TaskConfig: unknown field(s) {unknown}; valid fields are {sorted(known)}")
+        return cls(**{k: list(v) if isinstance(v, (list, tuple)) else v for k, v in data.items()})
+
+
+def sequence_length(task: TaskConfig, difficulty: int) -> int:
+    """Tokens of one problem at this difficulty (every problem of a difficulty has this length)."""
+    if task.name == "parity":
+        return 1 + difficulty + (task.answer == "final")
+    return 1 + 3 * num_nodes(task, difficulty) + 2 * (task.answer == "final")
+
+
+def num_nodes(task: TaskConfig, hops: int) -> int:
+    """Nodes in a reachability graph of the given difficulty (two roots included)."""
+    return max(hops + 2, round(task.nodes_per_hop * hops))

@@ -1,0 +1,334 @@
+"""Accuracy by difficulty × test-time depth, and the depth an exit criterion chooses per difficulty.
+
+Library use::
+
+    report = evaluate(model, task)            # a ReasoningReport
+    print(report.to_markdown())
+
+CLI (a model directory from ``save_pretrained`` / ``recurrent-lm-export``; the task is read from
+``task.json`` in that directory unless given)::
+
+    python -m recurrent_lm.reasoning.evaluate --model runs/parity/model \
+        --difficulties 16 32 64 --depths 8 16 32 64 --out evals/reasoning/results/parity.md
+
+Exact match: an example counts as solved only if the argmax at *every* supervised position equals
+its label (for parity with answer='all', every prefix parity must be right).
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import io
+import json
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Optional, Sequence
+
+import torch
+
+from recurrent_lm.loop import build_criterion, relative_change
+from recurrent_lm.reasoning.config import TaskConfig
+from recurrent_lm.reasoning.tasks import IGNORE_INDEX, TEST_SPLIT, collate, fixed_examples, sequence_length
+
+TASK_FILE = "task.json"
+
+
+@dataclass
+class ReasoningReport:
+    task: str
+    difficulties: list[int]
+    depths: list[int]
+    accuracy: dict[tuple[int, int], float]
+    """(difficulty, depth) -> exact-match accuracy in [0, 1]."""
+    token_accuracy: dict[tuple[int, int], float]
+    """(difficulty, depth) -> per-answer-token accuracy in [0, 1]."""
+    exit_name: str = "none"
+    exit_threshold: float = 0.0
+    exit_max_steps: int = 0
+    exit_mean_steps: dict[int, float] = field(default_factory=dict)
+    """difficulty -> mean core iterations the exit criterion gave the answer tokens."""
+    exit_max_mean_steps: dict[int, float] = field(default_factory=dict)
+    """difficulty -> mean over examples of the most iterations any of its answer tokens got."""
+    exit_accuracy: dict[int, float] = field(default_factory=dict)
+    """difficulty -> exact match when each token stops where the criterion says."""
+    seq_exit_threshold: float = 0.0
+    seq_exit_mean_steps: dict[int, float] = field(default_factory=dict)
+    """difficulty -> mean iterations of the sequence-level convergence exit (a sequence stops once the
+    relative latent change of every one of its answer tokens is below the threshold)."""
+    seq_exit_accuracy: dict[int, float] = field(default_factory=dict)
+    num_examples: int = 0
+
+    # -------------------------------------------------------------------------------- output
+    def best_depth(self, difficulty: int) -> int:
+        return max(self.depths, key=lambda r: (self.accuracy[(difficulty, r)], -r))
+
+    def rows(self) -> list[dict]:
+        """One row per difficulty: acc@r for each depth, then the exit columns (for CSV)."""
+        out = []
+        for d in self.difficulties:
+            row: dict = {"difficulty": d}
+            for r in self.depths:
+                row[f"acc@{r}"] = round(100 * self.accuracy[(d, r)], 2)
+            if self.exit_mean_steps:
+                row["exit_mean_steps"] = round(self.exit_mean_steps[d], 2)
+                row["exit_max_steps"] = round(self.exit_max_mean_steps[d], 2)
+                row["exit_acc"] = round(100 * self.exit_accuracy[d], 2)
+            if self.seq_exit_mean_steps:
+                row["seq_exit_steps"] = round(self.seq_exit_mean_steps[d], 2)
+                row["seq_exit_acc"] = round(100 * self.seq_exit_accuracy[d], 2)
+            out.append(row)
+        return out
+
+    def to_csv(self) -> str:
+        rows = self.rows()
+        buf = io.StringIO()
+        writer = csv.DictWriter(buf, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows)
+        return buf.getvalue()
+
+    def to_markdown(self) -> str:
+        """Exact-match % by difficulty (rows) × test-time depth (columns), then the exit columns."""
+        head = ["difficulty"] + [f"r={r}" for r in self.depths]
+        if self.exit_mean_steps:
+            head += [f"token {self.exit_name} exit: mean steps", "max steps", "acc"]
+        if self.seq_exit_mean_steps:
+            head += ["sequence exit: steps", "acc"]
+        lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+        for d in self.difficulties:
+            cells = [str(d)] + [f"{100 * self.accuracy[(d, r)]:.1f}" for r in self.depths]
+            if self.exit_mean_steps:
+                cells += [f"{self.exit_mean_steps[d]:.1f}", f"{self.exit_max_mean_steps[d]:.1f}",
+                          f"{100 * self.exit_accuracy[d]:.1f}"]
+            if self.seq_exit_mean_steps:
+                cells += [f"{self.seq_exit_mean_steps[d]:.1f}", f"{100 * self.seq_exit_accuracy[d]:.1f}"]
+            lines.append("| " + " | ".join(cells) + " |")
+        note = (f"\nExact match (%) over {self.num_examples} test examples per difficulty ({self.task}); "
+                "r = test-time core iterations.")
+        if self.exit_mean_steps:
+            note += (f" Token exit: the model's per-token `{self.exit_name}` criterion (threshold "
+                     f"{self.exit_threshold:g}, cap {self.exit_max_steps}); mean steps over answer tokens, max steps "
+                     "= mean over examples of the deepest answer token.")
+        if self.seq_exit_mean_steps:
+            note += (f" Sequence exit: a whole example stops once every answer token's relative latent change "
+                     f"is below {self.seq_exit_threshold:g}.")
+        return "\n".join(lines) + "\n" + note + "\n"
+
+    def to_dict(self) -> dict:
+        return {
+            "task": self.task, "difficulties": self.difficulties, "depths": self.depths,
+            "accuracy": {f"{d}@{r}": v for (d, r), v in self.accuracy.items()},
+            "token_accuracy": {f"{d}@{r}": v for (d, r), v in self.token_accuracy.items()},
+            "exit": {"name": self.exit_name, "threshold": self.exit_threshold, "max_steps": self.exit_max_steps,
+                     "mean_steps": self.exit_mean_steps, "max_mean_steps": self.exit_max_mean_steps,
+                     "accuracy": self.exit_accuracy},
+            "sequence_exit": {"threshold": self.seq_exit_threshold, "mean_steps": self.seq_exit_mean_steps,
+                              "accuracy": self.seq_exit_accuracy},
+            "num_examples": self.num_examples,
+        }
+
+
+# ------------------------------------------------------------------------------------ evaluation
+def _score(logits: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(per-example exact match (B,) bool, per-token correct over answer positions (N,) bool)."""
+    mask = labels != IGNORE_INDEX
+    correct = (logits.argmax(-1) == labels) | ~mask  # (B, T)
+    return correct.all(-1), correct[mask]
+
+
+@torch.no_grad()
+def depth_sweep(model: torch.nn.Module, input_ids: torch.Tensor, depths: Sequence[int]):
+    """Yield (r, logits at depth r) for each r in sorted ``depths`` from ONE unroll of the core.
+
+    Equivalent to ``model(input_ids, num_steps=r).logits`` for every r (same initial state draw
+    shared by all depths) at the cost of the deepest run alone.
+    """
+    if not all(hasattr(model, m) for m in ("attention_context", "run_layers", "core_step", "decode")):
+        for r in sorted(set(depths)):
+            yield r, model(input_ids, num_steps=r).logits
+        return
+    wanted = sorted(set(depths))
+    batch, seq = input_ids.shape
+    ctx = model.attention_context(batch, seq, input_ids.device)
+    e = model.run_layers(model.prelude, model.embed_tokens(input_ids), ctx, "prelude")  # (B, T, H)
+    state = model.initial_state(e)
+    for i in range(wanted[-1]):
+        state = model.core_step(state, e, ctx, i)
+        if i + 1 in wanted:
+            yield i + 1, model.decode(state, ctx)
+
+
+@torch.no_grad()
+def sequence_exit(model: torch.nn.Module, input_ids: torch.Tensor, answer_mask: torch.Tensor, threshold: float,
+                  max_steps: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Sequence-level convergence exit: example b stops at the first iteration where the relative latent
+    change ‖s_t − s_{t−1}‖/‖s_t‖ of *every* answer token is below ``threshold`` (or at ``max_steps``).
+
+    Unlike the per-token exit, a token whose state is momentarily still (waiting for information from
+    earlier positions) cannot stop on its own. Returns (logits at each example's exit (B, T, V), steps (B,)).
+    """
+    batch, seq = input_ids.shape
+    ctx = model.attention_context(batch, seq, input_ids.device)
+    e = model.run_layers(model.prelude, model.embed_tokens(input_ids), ctx, "prelude")
+    state = model.initial_state(e)
+    final = state.clone()
+    steps = torch.full((batch,), max_steps, dtype=torch.long, device=input_ids.device)
+    done = torch.zeros(batch, dtype=torch.bool, device=input_ids.device)
+    for i in range(max_steps):
+        new = model.core_step(state, e, ctx, i)
+        change = relative_change(state, new).masked_fill(~answer_mask, 0).amax(-1)  # (B,)
+        state = new
+        stop = ~done & ((change < threshold) | (i + 1 == max_steps))
+        final[stop] = state[stop]
+        steps[stop] = i + 1
+        done |= stop
+        if bool(done.all()):
+            break
+    return model.decode(final, ctx), steps
+
+
+@torch.no_grad()
+def evaluate(
+    model: torch.nn.Module,
+    task: TaskConfig,
+    *,
+    difficulties: Optional[Sequence[int]] = None,
+    depths: Optional[Sequence[int]] = None,
+    num_examples: Optional[int] = None,
+    batch_size: int = 256,
+    exit_criterion: Optional[str] = None,
+    exit_threshold: Optional[float] = None,
+    exit_max_steps: Optional[int] = None,
+    seed: int = 0,
+    device: Optional[torch.device | str] = None,
+) -> ReasoningReport:
+    """Exact match per (difficulty, depth) on the task's test split, plus the exit criterion's depth.
+
+    Defaults come from ``task`` (eval_difficulties, eval_depths, num_eval, exit_*). ``seed`` seeds the
+    model's random initial state so that repeated evaluations agree.
+    """
+    difficulties = list(difficulties or task.eval_difficulties)
+    depths = list(depths or task.eval_depths)
+    count = num_examples or task.num_eval
+    exit_name = task.exit_criterion if exit_criterion is None else exit_criterion
+    threshold = task.exit_threshold if exit_threshold is None else exit_threshold
+    cap = exit_max_steps or task.max_exit_steps
+    block = getattr(getattr(model, "config", None), "block_size", None)
+    if block is not None:
+        too_long = [d for d in difficulties if sequence_length(task, d) > block]
+        if too_long:
+            raise ValueError(f"difficulties {too_long} need up to {sequence_length(task, max(too_long))} tokens but "
+                             f"the model's block_size is {block}; train with a larger block_size")
+    was_training = model.training
+    model.eval()
+    device = device or next(model.parameters()).device
+    gen_state = torch.random.get_rng_state()
+    torch.manual_seed(seed)
+    report = ReasoningReport(task=task.name, difficulties=difficulties, depths=depths, accuracy={},
+                             token_accuracy={}, num_examples=count)
+    try:
+        for d in difficulties:
+            examples = fixed_examples(task, TEST_SPLIT, d, count)
+            batches = [collate(examples[i:i + batch_size]) for i in range(0, count, batch_size)]
+            exact: dict[int, list] = {r: [] for r in depths}
+            tokens: dict[int, list] = {r: [] for r in depths}
+            for batch in batches:
+                for r, logits in depth_sweep(model, batch["input_ids"].to(device), depths):
+                    e, t = _score(logits.cpu(), batch["labels"])
+                    exact[r].append(e)
+                    tokens[r].append(t)
+            for r in depths:
+                report.accuracy[(d, r)] = torch.cat(exact[r]).float().mean().item()
+                report.token_accuracy[(d, r)] = torch.cat(tokens[r]).float().mean().item()
+            if exit_name and exit_name != "none":
+                exact, steps, deepest = [], [], []
+                for batch in batches:
+                    criterion = build_criterion(exit_name, threshold, max_steps=cap)
+                    out = model(batch["input_ids"].to(device), num_steps=cap, exit_criterion=criterion)
+                    labels = batch["labels"]
+                    mask = labels != IGNORE_INDEX
+                    exact.append(_score(out.logits.cpu(), labels)[0])
+                    used = out.steps_used.cpu()
+                    steps.append(used[mask].float())
+                    deepest.append(used.masked_fill(~mask, 0).amax(-1).float())
+                report.exit_name, report.exit_threshold, report.exit_max_steps = exit_name, threshold, cap
+                report.exit_mean_steps[d] = torch.cat(steps).mean().item()
+                report.exit_max_mean_steps[d] = torch.cat(deepest).mean().item()
+                report.exit_accuracy[d] = torch.cat(exact).float().mean().item()
+            if exit_name == "convergence" and hasattr(model, "core_step"):
+                exact, steps = [], []
+                for batch in batches:
+                    labels = batch["labels"]
+                    logits, used = sequence_exit(model, batch["input_ids"].to(device),
+                                                 (labels != IGNORE_INDEX).to(device), threshold, cap)
+                    exact.append(_score(logits.cpu(), labels)[0])
+                    steps.append(used.cpu().float())
+                report.seq_exit_threshold = threshold
+                report.seq_exit_mean_steps[d] = torch.cat(steps).mean().item()
+                report.seq_exit_accuracy[d] = torch.cat(exact).float().mean().item()
+    finally:
+        torch.random.set_rng_state(gen_state)
+        model.train(was_training)
+    return report
+
+
+# ------------------------------------------------------------------------------------ model dirs
+def save_task(task: TaskConfig, directory: str | Path) -> Path:
+    path = Path(directory) / TASK_FILE
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(task.to_dict(), indent=2, sort_keys=True))
+    return path
+
+
+def load_task(directory: str | Path) -> TaskConfig:
+    path = Path(directory) / TASK_FILE
+    if not path.is_file():
+        raise FileNotFoundError(f"{path} not found: pass --task parity|reachability (and the difficulty options) "
+                                "or save the training task next to the model with save_task()")
+    return TaskConfig.from_dict(json.loads(path.read_text()))
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="python -m recurrent_lm.reasoning.evaluate",
+        description="Exact match of a looped model on a reasoning task by difficulty x test-time depth, "
+                    "and the depth the exit criterion chooses per difficulty.")
+    parser.add_argument("--model", required=True, help="model directory (config.json + model.safetensors)")
+    parser.add_argument("--task", choices=["parity", "reachability"],
+                        help="task name; default: task.json in the model directory")
+    parser.add_argument("--difficulties", type=int, nargs="+", help="default: the task's eval_difficulties")
+    parser.add_argument("--depths", type=int, nargs="+", help="default: the task's eval_depths")
+    parser.add_argument("--num-examples", type=int, help="test examples per difficulty (default: task.num_eval)")
+    parser.add_argument("--exit", dest="exit_name", help="exit criterion: convergence|kl|entropy|argmax|none")
+    parser.add_argument("--threshold", type=float, help="exit threshold (default: the task's)")
+    parser.add_argument("--exit-max-steps", type=int, help="depth cap of the exit run (default: max depth)")
+    parser.add_argument("--batch-size", type=int, default=256)
+    parser.add_argument("--seed", type=int, default=0, help="seed of the random initial state")
+    parser.add_argument("--threads", type=int, default=0, help="torch threads (0 = torch default)")
+    parser.add_argument("--out", help="write the Markdown table here (and .csv / .json beside it)")
+    args = parser.parse_args(argv)
+
+    from recurrent_lm.model import RecurrentDepthLM
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    model = RecurrentDepthLM.from_pretrained(args.model)
+    task = TaskConfig(name=args.task) if args.task else load_task(args.model)
+    report = evaluate(model, task, difficulties=args.difficulties, depths=args.depths,
+                      num_examples=args.num_examples, batch_size=args.batch_size, exit_criterion=args.exit_name,
+                      exit_threshold=args.threshold, exit_max_steps=args.exit_max_steps, seed=args.seed)
+    table = report.to_markdown()
+    print(table)
+    if args.out:
+        out = Path(args.out)
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(table)
+        out.with_suffix(".csv").write_text(report.to_csv())
+        out.with_suffix(".json").write_text(json.dumps(report.to_dict(), indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
