@@ -139,7 +139,10 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
                                compile_blocks=cfg.trainer.compile, telemetry_every=cfg.trainer.log_every_n_steps)
     trainer = build_trainer(cfg, run_dir)
     trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path, weights_only=True)
-    val = trainer.validate(module, datamodule=datamodule, verbose=False)[0]
+    # Lightning already validated at the last step when val_check_interval divides it: reuse that.
+    val = {k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith("val/")}
+    if trainer.global_step % cfg.trainer.val_check_interval != 0 or not val:
+        val = trainer.validate(module, datamodule=datamodule, verbose=False)[0]
     summary: dict[str, Any] = {"run_dir": run_dir, "val": val, "tokenizer": tokenizer, "model": module.model,
                                "step": trainer.global_step}
     if cfg.export and trainer.is_global_zero:
