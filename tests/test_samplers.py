@@ -99,3 +99,13 @@ def test_ramp_grows_linearly_to_the_mean():
 def test_invalid_sampler_configs(kwargs, match):
     with pytest.raises(ValueError, match=match):
         SamplerConfig(**kwargs)
+
+
+def test_progressive_draws_k_uniformly_below_the_cap_and_replays():
+    sampler = DepthSampler(SamplerConfig(name="uniform", low=1, high=10, backprop_depth=10, progressive=True))
+    draws = [sampler(step) for step in range(4000)]
+    assert draws == [sampler(step) for step in range(4000)]  # pure in (seed, step)
+    assert all(1 <= n_grad <= n_no_grad + n_grad for n_no_grad, n_grad in draws)
+    assert any(n_no_grad > 0 for n_no_grad, _ in draws if n_no_grad + _ == 10)  # truncation happens
+    full = [n_grad for n_no_grad, n_grad in draws if n_no_grad + n_grad == 10]
+    assert abs(sum(full) / len(full) - 5.5) < 0.5  # k ~ U[1, 10] when r = 10

@@ -27,6 +27,10 @@ class SamplerConfig:
     """Log-normal spread of the Poisson rate."""
     backprop_depth: int = 8
     """k: the last min(k, r) iterations carry gradient."""
+    progressive: bool = False
+    """Bansal et al.'s progressive loss: k ~ U[1, min(backprop_depth, r)] per step instead of a fixed k,
+    so the gradient-carrying steps start after a random number of no-grad ones. Rewards steps that keep
+    improving any state, which is what lets the iteration count extrapolate past the training depth."""
     low: int = 1
     """uniform: smallest r (inclusive)."""
     high: int = 64
@@ -79,6 +83,8 @@ class DepthSampler:
     def __call__(self, step: int) -> tuple[int, int]:
         r = self.depth(step)
         n_grad = min(self.config.backprop_depth, r)
+        if self.config.progressive:
+            n_grad = int(np.random.default_rng((self.config.seed, step, 1)).integers(1, n_grad + 1))
         return r - n_grad, n_grad
 
 

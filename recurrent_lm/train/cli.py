@@ -140,9 +140,10 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
     trainer = build_trainer(cfg, run_dir)
     trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path, weights_only=True)
     # Lightning already validated at the last step when val_check_interval divides it: reuse that.
-    val = {k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith("val/")}
+    val = {k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith("val")}
     if trainer.global_step % cfg.trainer.val_check_interval != 0 or not val:
-        val = trainer.validate(module, datamodule=datamodule, verbose=False)[0]
+        val = {k: v for results in trainer.validate(module, datamodule=datamodule, verbose=False)
+               for k, v in results.items()}
     summary: dict[str, Any] = {"run_dir": run_dir, "val": val, "tokenizer": tokenizer, "model": module.model,
                                "step": trainer.global_step}
     if cfg.export and trainer.is_global_zero:

@@ -62,15 +62,18 @@ class RecurrentLMModule(L.LightningModule):
         return out.loss
 
     # ------------------------------------------------------------------ validation
-    def validation_step(self, batch: dict[str, Tensor], batch_idx: int) -> None:
+    def validation_step(self, batch: dict[str, Tensor], batch_idx: int, dataloader_idx: int = 0) -> None:
+        """Loss at every eval depth; with several val loaders (a task's difficulties) metrics are ``val{i}/``."""
+        prefix = f"val{dataloader_idx}" if len(self.trainer.num_val_batches) > 1 else "val"
         for r in self.eval_depths:
             out = self.model(batch["input_ids"], num_steps=r, labels=batch["labels"],
                              position_ids=batch.get("position_ids"), record_stats=r == max(self.eval_depths))
-            self.log(f"val/loss_r{r}", out.loss, sync_dist=True)
+            self.log(f"{prefix}/loss_r{r}", out.loss, sync_dist=True, add_dataloader_idx=False)
             if out.stats is not None:
                 _, rel = out.stats.as_tensors()
-                self.log("val/rel_change_last", rel[-1], sync_dist=True)
-                self.log("val/token_corr", token_correlation(out.state), sync_dist=True)
+                self.log(f"{prefix}/rel_change_last", rel[-1], sync_dist=True, add_dataloader_idx=False)
+                self.log(f"{prefix}/token_corr", token_correlation(out.state), sync_dist=True,
+                         add_dataloader_idx=False)
 
     # ------------------------------------------------------------------ optim
     def configure_optimizers(self) -> dict[str, Any]:

@@ -24,10 +24,17 @@ def depth_table(val: dict[str, float], mean_recurrence: int) -> Table:
 
 def print_report(cfg: TrainConfig, summary: dict[str, Any]) -> None:
     console = Console()
-    console.print(depth_table(summary["val"], cfg.model.mean_recurrence))
+    if any(k.startswith("val/loss_r") for k in summary["val"]):
+        console.print(depth_table(summary["val"], cfg.model.mean_recurrence))
     console.print(f"steps trained: {summary['step']}   run dir: {summary['run_dir']}")
     if "export" in summary:
         console.print(f"exported model: [bold]{summary['export']}[/bold]")
+    if cfg.task is not None:
+        from recurrent_lm.reasoning import evaluate
+
+        console.rule(f"{cfg.task.name}: exact match by difficulty × test-time depth")
+        console.print(evaluate(summary["model"].float().eval(), cfg.task).to_markdown(), markup=False,
+                      soft_wrap=True)
     tokenizer = summary.get("tokenizer")
     if tokenizer is not None and cfg.sample_tokens > 0:
         from recurrent_lm.infer import GenerationConfig, generate
