@@ -10,7 +10,7 @@ import torch
 from recurrent_lm.model import ModelConfig, RecurrentDepthLM
 from recurrent_lm.reasoning.config import TaskConfig
 from recurrent_lm.reasoning.datamodule import ReasoningDataModule
-from recurrent_lm.reasoning.tasks import BOS, IGNORE_INDEX, ONE, PAD, ZERO, collate, make_example, sequence_length
+from recurrent_lm.reasoning.tasks import ARROW, BOS, IGNORE_INDEX, ONE, PAD, ZERO, collate, make_example, sequence_length
 
 
 def first_batches(dm: ReasoningDataModule, n: int) -> list[dict]:
@@ -105,3 +105,11 @@ def test_packed_rows_hold_whole_independent_problems():
                 assert lab == (ONE if parity else ZERO)
     with pytest.raises(ValueError, match="pack_length"):
         TaskConfig(train_max=16, pack_length=10)
+
+
+def test_packed_reachability_rows_use_each_name_once():
+    task = TaskConfig(name="reachability", train_max=8, eval_difficulties=[16], pack_length=160)
+    batch = first_batches(ReasoningDataModule(task, batch_size=6, block_size=160), 1)[0]
+    for row in batch["input_ids"].tolist():
+        children = [row[i + 1] for i, tok in enumerate(row) if tok == ARROW]
+        assert row.count(BOS) >= 2 and len(children) == len(set(children))

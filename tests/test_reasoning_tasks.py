@@ -78,8 +78,10 @@ def test_reachability_labels_match_brute_force(hops):
             assert arrow == ARROW and child >= FIRST_NAME and child not in defined  # names are unique
             assert head in (ZERO, ONE) or head in defined  # a parent is defined before its child
             defined.add(child)
-            assert ex.labels[i:i + 2] == [IGNORE_INDEX, IGNORE_INDEX]
-            assert ex.labels[i + 2] == (ONE if truth[child][0] else ZERO)
+            value = ONE if truth[child][0] else ZERO
+            assert ex.labels[i + 1] == IGNORE_INDEX and ex.labels[i + 2] == value
+            # a parent mention is asked for its own value (the same as its child's); a root's constant is not
+            assert ex.labels[i] == (IGNORE_INDEX if head in (ZERO, ONE) else ONE if truth[head][0] else ZERO)
         # Difficulty = hops from a root to the deepest node; both root values appear.
         assert max(h for _, h in truth.values()) == hops
         assert sum(1 for i in range(1, len(ex.input_ids), 3) if ex.input_ids[i] in (ZERO, ONE)) == 2

@@ -17,7 +17,10 @@ topological order (a parent is always defined before its children); a root's sta
 value obtained by following parent links back to a root: exactly `hops(node)` look-ups::
 
     input   BOS 1 > a  0 > b  a > c  c > d  b > e ...       (answer='all')
-    labels  -   - - 1  - - 0  - - 1  - - 1  - - 0
+    labels  -   - - 1  - - 0  1 - 1  1 - 1  0 - 0
+
+(with answer='all' every mention of a node is asked for its value: the child of each statement and
+the parent named in it, whose value is the same).
     ... SEP d   with the label on `d`                        (answer='final': the deepest node)
 
 A looped model can solve both with one step of a local rule per iteration (parity: read the
@@ -28,6 +31,7 @@ with the difficulty, which is what the suite measures.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Optional
 
 import numpy as np
 
@@ -107,11 +111,13 @@ class Forest:
         return self.root_value[v]
 
 
-def make_forest(task: TaskConfig, hops: int, rng: np.random.Generator) -> Forest:
+def make_forest(task: TaskConfig, hops: int, rng: np.random.Generator,
+                names: Optional[list[int]] = None) -> Forest:
     """Two roots of balanced trees: a chain of `hops` nodes below one root, a chain of hops/2..hops nodes
     below the other (as far as the node budget allows), then distractors hung from a uniformly chosen tree
     at depth < hops. The deepest node is exactly `hops` hops from its root, and neither root's value
-    is a majority answer one could guess without following the links."""
+    is a majority answer one could guess without following the links. ``names`` (distinct name indices,
+    at least num_nodes of them) overrides the random choice of node names."""
     n = num_nodes(task, hops)
     parent = [-1, -1]
     depth = [0, 0]
@@ -143,7 +149,7 @@ def make_forest(task: TaskConfig, hops: int, rng: np.random.Generator) -> Forest
         node = ready.pop(int(rng.integers(0, len(ready))))
         order.append(node)
         ready.extend(children[node])
-    names = [int(x) for x in rng.permutation(task.num_names)[:n]]
+    names = [int(x) for x in (rng.permutation(task.num_names) if names is None else names)[:n]]
     return Forest(parent=parent, root_value={0: values[0], 1: values[1]}, order=order, names=names)
 
 
@@ -154,8 +160,10 @@ def forest_example(task: TaskConfig, forest: Forest, hops: int) -> Example:
         p = forest.parent[v]
         head = (ONE if forest.root_value[v] else ZERO) if p < 0 else FIRST_NAME + forest.names[p]
         ids += [head, ARROW, FIRST_NAME + forest.names[v]]
-        answer = ONE if forest.value(v) else ZERO
-        labels += [IGNORE_INDEX, IGNORE_INDEX, IGNORE_INDEX if final else answer]
+        answer = IGNORE_INDEX if final else (ONE if forest.value(v) else ZERO)
+        # The parent mention is asked for its own value too (= the child's): every occurrence of a name
+        # then carries its value, so a look-up by name finds it wherever the name last appeared.
+        labels += [answer if p >= 0 else IGNORE_INDEX, IGNORE_INDEX, answer]
     if final:
         deepest = max(range(len(forest.parent)), key=forest.hops)
         ids += [SEP, FIRST_NAME + forest.names[deepest]]
@@ -163,22 +171,28 @@ def forest_example(task: TaskConfig, forest: Forest, hops: int) -> Example:
     return Example(ids, labels, hops)
 
 
-def reachability_example(task: TaskConfig, hops: int, rng: np.random.Generator) -> Example:
-    return forest_example(task, make_forest(task, hops, rng), hops)
+def reachability_example(task: TaskConfig, hops: int, rng: np.random.Generator,
+                         names: Optional[list[int]] = None) -> Example:
+    return forest_example(task, make_forest(task, hops, rng, names), hops)
 
 
 # ---------------------------------------------------------------------------------------- common
-def make_example(task: TaskConfig, difficulty: int, rng: np.random.Generator) -> Example:
+def make_example(task: TaskConfig, difficulty: int, rng: np.random.Generator,
+                 names: Optional[list[int]] = None) -> Example:
+    """One problem; ``names`` (reachability only) fixes which node names it uses."""
     if task.name == "parity":
         return parity_example(task, difficulty, rng)
-    return reachability_example(task, difficulty, rng)
+    return reachability_example(task, difficulty, rng, names)
 
 
 def train_examples(task: TaskConfig, step: int, batch_size: int) -> list[Example]:
     """The training batch of optimizer step `step`: difficulties uniform in [train_min, train_max].
 
     With ``task.pack_length`` each of the `batch_size` rows packs independent problems back to back
-    (each starting with its own BOS) until the next one would not fit in ``pack_length`` tokens.
+    (each starting with its own BOS) until the next one would not fit in ``pack_length`` tokens. For
+    reachability the problems of a row use disjoint node names (the row also ends when names run
+    out), so that a name always refers to one node of the row: looking a parent up never needs to
+    tell problems apart.
     """
     rng = np.random.default_rng((task.seed, TRAIN_SPLIT, step))
     if not task.pack_length:
@@ -187,8 +201,15 @@ def train_examples(task: TaskConfig, step: int, batch_size: int) -> list[Example
     rows = []
     for _ in range(batch_size):
         row = Example([], [], 0)
+        pool = [int(x) for x in rng.permutation(task.num_names)]
         while True:
-            ex = make_example(task, int(rng.integers(task.train_min, task.train_max + 1)), rng)
+            difficulty = int(rng.integers(task.train_min, task.train_max + 1))
+            names = None
+            if task.name == "reachability":
+                names, pool = pool[:num_nodes(task, difficulty)], pool[num_nodes(task, difficulty):]
+                if len(names) < num_nodes(task, difficulty):
+                    break
+            ex = make_example(task, difficulty, rng, names)
             if row.input_ids and len(row.input_ids) + len(ex.input_ids) > task.pack_length:
                 break  # this problem is dropped, not split: every problem in a row is whole
             row.input_ids += ex.input_ids
