@@ -12,6 +12,8 @@ import math
 from dataclasses import dataclass, field
 from typing import Any, Optional
 
+from recurrent_lm.config_dict import from_dict
+
 NORM_STYLES = ("sandwich", "pre")
 INJECTIONS = ("linear", "add")
 ATTN_BACKENDS = ("sdpa", "flash", "eager")
@@ -119,11 +121,7 @@ class ModelConfig:
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> "ModelConfig":
         """Build from a dict (config.json, a hydra group), refusing unknown keys by name."""
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(data) - known)
-        if unknown:
-            raise ValueError(f"ModelConfig: unknown field(s) {unknown}; valid fields are {sorted(known)}")
-        return cls(**data)
+        return from_dict(cls, data)
 
 
 def _require(ok: bool, name: str, value: Any, why: str) -> None:

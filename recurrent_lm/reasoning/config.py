@@ -13,6 +13,8 @@ import dataclasses
 from dataclasses import dataclass, field
 from typing import Any
 
+from recurrent_lm.config_dict import from_dict
+
 TASKS = ("parity", "reachability")
 ANSWERS = ("all", "final")
 
@@ -92,11 +94,7 @@ class TaskConfig:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> "TaskConfig":
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(data) - known)
-        if unknown:
-            raise ValueError(f"TaskConfig: unknown field(s) {unknown}; valid fields are {sorted(known)}")
-        return cls(**{k: list(v) if isinstance(v, (list, tuple)) else v for k, v in data.items()})
+        return from_dict(cls, data)
 
 
 def sequence_length(task: TaskConfig, difficulty: int) -> int:
