@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from recurrent_lm.loop import (ArgmaxStable, Convergence, EntropyChange, KLDivergence, LoopStats,
+from recurrent_lm.loop import (ArgmaxStable, Convergence, EntropyChange, GroupConvergence, KLDivergence, LoopStats,
                                build_criterion, relative_change, token_correlation, unroll)
 
 
@@ -283,3 +283,29 @@ def test_build_criterion_by_name():
     assert isinstance(kl, KLDivergence) and (kl.threshold, kl.min_steps, kl.max_steps) == (0.01, 2, 9)
     with pytest.raises(ValueError, match="unknown exit criterion"):
         build_criterion("cosine-ish")
+
+
+def test_group_convergence_exits_whole_groups_once_every_watched_element_is_still():
+    # s <- c*s + 1: relative change shrinks like c^t for c < 1, but only like 1/t for c = 1.
+    rates = torch.tensor([[0.5, 0.5, 1.0], [0.5, 0.9, 0.5]]).unsqueeze(-1)  # (groups, elements, 1)
+
+    def step(s, i, active):
+        return rates * s + 1
+
+    def run(watch):
+        return unroll(step, torch.zeros(2, 3, 4), 0, 200, criterion=GroupConvergence(0.01, watch=watch)).steps_used
+
+    watch = torch.tensor([[True, True, False], [True, True, True]])
+    used = run(watch)
+    assert (used == used[:, :1]).all()  # every element of a group exits at the same step
+    assert used[1, 0] > used[0, 0]  # group 1 waits for its slow (c = 0.9) watched element
+    per_token = unroll(step, torch.zeros(2, 3, 4), 0, 200, criterion=Convergence(0.01)).steps_used
+    assert used[0, 0] == per_token[0, 0]  # group 0 exits when its watched elements do, ignoring (0, 2)
+    assert run(None)[0, 0] > 10 * used[0, 0]  # watching the slow (c = 1: change 1/t) element delays group 0
+
+
+def test_observe_sees_every_step_in_order():
+    seen = []
+    unroll(lambda s, i, active: s + 1, torch.zeros(2, 3), 2, 3,
+           observe=lambda n, s: seen.append((n, float(s[0, 0]))))
+    assert seen == [(1, 1.0), (2, 2.0), (3, 3.0), (4, 4.0), (5, 5.0)]

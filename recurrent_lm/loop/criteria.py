@@ -61,6 +61,29 @@ class Convergence(ExitCriterion):
         return delta < self.threshold, 0
 
 
+class GroupConvergence(ExitCriterion):
+    """Exit whole groups (the last element axis, e.g. every token of an example) together, once the
+    relative change of every *watched* element in the group is below threshold.
+
+    A per-token test stops a token that is merely waiting (its inputs not yet resolved by earlier
+    iterations, as in a propagating solution); requiring the whole group to be still does not.
+    ``watch`` (bool, element shape) selects the elements that must converge; None watches all.
+    """
+
+    name = "group_convergence"
+
+    def __init__(self, threshold: float, watch: Optional[Tensor] = None, min_steps: int = 1,
+                 max_steps: Optional[int] = None) -> None:
+        super().__init__(threshold, min_steps=min_steps, max_steps=max_steps)
+        self.watch = watch
+
+    def converged(self, prev, new, delta, readout):
+        still = delta < self.threshold
+        if self.watch is not None:
+            still = still | ~self.watch
+        return still.all(-1, keepdim=True).expand_as(still), 0
+
+
 class _OutputCriterion(ExitCriterion):
     """Shared memory handling for criteria that compare successive output distributions."""
 

@@ -54,6 +54,7 @@ def unroll(
     criterion: Optional[ExitCriterion] = None,
     readout: Optional[Readout] = None,
     record_stats: bool = False,
+    observe: Optional[Callable[[int, Tensor], None]] = None,
 ) -> LoopResult:
     """Run ``n_no_grad`` steps without autograd, then ``n_grad`` steps with it.
 
@@ -65,7 +66,9 @@ def unroll(
     With a ``criterion``, each element (every index of ``state.shape[:-1]``, i.e. every token for
     the recurrent core) is checked after each step; elements that exit keep their state frozen and
     stop counting steps, and the loop stops once all have exited. ``readout`` maps a state to
-    logits for output-based criteria (KL, entropy, argmax); its calls are counted.
+    logits for output-based criteria (KL, entropy, argmax); its calls are counted. ``observe(n, state)``
+    is called after each step with the number of steps done, e.g. to read out several depths from one
+    unroll.
     """
     if n_no_grad < 0 or n_grad < 0:
         raise ValueError(f"unroll: step counts must be >= 0, got n_no_grad={n_no_grad}, n_grad={n_grad}")
@@ -103,6 +106,8 @@ def unroll(
         if stats is not None:
             stats.record(new, delta)
         state = new
+        if observe is not None:
+            observe(i + 1, state)
         if criterion is not None and bool(exited.all()):
             break
     return LoopResult(state=state, steps_used=steps_used, steps_run=steps_run, readouts=readouts, stats=stats)

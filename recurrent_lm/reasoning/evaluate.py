@@ -28,7 +28,7 @@ from typing import Optional, Sequence
 
 import torch
 
-from recurrent_lm.loop import build_criterion, relative_change
+from recurrent_lm.loop import GroupConvergence, build_criterion, unroll
 from recurrent_lm.reasoning.config import TaskConfig
 from recurrent_lm.reasoning.tasks import IGNORE_INDEX, TEST_SPLIT, collate, fixed_examples, sequence_length
 
@@ -139,25 +139,28 @@ def _score(logits: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, to
 
 
 @torch.no_grad()
-def depth_sweep(model: torch.nn.Module, input_ids: torch.Tensor, depths: Sequence[int]):
-    """Yield (r, logits at depth r) for each r in sorted ``depths`` from ONE unroll of the core.
+def depth_sweep(model: torch.nn.Module, input_ids: torch.Tensor,
+                depths: Sequence[int]) -> list[tuple[int, torch.Tensor]]:
+    """(r, logits at depth r) for each r in sorted ``depths``, read out of ONE unroll of the core.
 
-    Equivalent to ``model(input_ids, num_steps=r).logits`` for every r (same initial state draw
-    shared by all depths) at the cost of the deepest run alone.
+    Equivalent to ``model(input_ids, num_steps=r).logits`` for every r (one initial-state draw shared by
+    all depths) at the cost of the deepest run alone.
     """
-    if not all(hasattr(model, m) for m in ("attention_context", "run_layers", "core_step", "decode")):
-        for r in sorted(set(depths)):
-            yield r, model(input_ids, num_steps=r).logits
-        return
     wanted = sorted(set(depths))
+    if not all(hasattr(model, m) for m in ("attention_context", "run_layers", "core_step", "decode")):
+        return [(r, model(input_ids, num_steps=r).logits) for r in wanted]
     batch, seq = input_ids.shape
     ctx = model.attention_context(batch, seq, input_ids.device)
     e = model.run_layers(model.prelude, model.embed_tokens(input_ids), ctx, "prelude")  # (B, T, H)
-    state = model.initial_state(e)
-    for i in range(wanted[-1]):
-        state = model.core_step(state, e, ctx, i)
-        if i + 1 in wanted:
-            yield i + 1, model.decode(state, ctx)
+    out: list[tuple[int, torch.Tensor]] = []
+
+    def read(steps: int, state: torch.Tensor) -> None:
+        if steps in wanted:
+            out.append((steps, model.decode(state, ctx)))
+
+    unroll(lambda s, i, active: model.core_step(s, e, ctx, i, active), model.initial_state(e), 0, wanted[-1],
+           observe=read)
+    return out
 
 
 @torch.no_grad()
@@ -169,24 +172,9 @@ def sequence_exit(model: torch.nn.Module, input_ids: torch.Tensor, answer_mask: 
     Unlike the per-token exit, a token whose state is momentarily still (waiting for information from
     earlier positions) cannot stop on its own. Returns (logits at each example's exit (B, T, V), steps (B,)).
     """
-    batch, seq = input_ids.shape
-    ctx = model.attention_context(batch, seq, input_ids.device)
-    e = model.run_layers(model.prelude, model.embed_tokens(input_ids), ctx, "prelude")
-    state = model.initial_state(e)
-    final = state.clone()
-    steps = torch.full((batch,), max_steps, dtype=torch.long, device=input_ids.device)
-    done = torch.zeros(batch, dtype=torch.bool, device=input_ids.device)
-    for i in range(max_steps):
-        new = model.core_step(state, e, ctx, i)
-        change = relative_change(state, new).masked_fill(~answer_mask, 0).amax(-1)  # (B,)
-        state = new
-        stop = ~done & ((change < threshold) | (i + 1 == max_steps))
-        final[stop] = state[stop]
-        steps[stop] = i + 1
-        done |= stop
-        if bool(done.all()):
-            break
-    return model.decode(final, ctx), steps
+    criterion = GroupConvergence(threshold, watch=answer_mask.bool(), max_steps=max_steps)
+    out = model(input_ids, num_steps=max_steps, exit_criterion=criterion)
+    return out.logits, out.steps_used[:, 0]
 
 
 @torch.no_grad()
