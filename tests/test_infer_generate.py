@@ -126,6 +126,8 @@ BATCH_CASES = {
     "kl": dict(num_steps=12, exit="kl", threshold=1e-3, min_steps=2),
     "entropy": dict(num_steps=12, exit="entropy", threshold=1e-2),
     "argmax": dict(num_steps=12, exit="argmax", threshold=2),
+    "causal_convergence": dict(num_steps=12, exit="causal_convergence", threshold=0.08),
+    "sequence_convergence": dict(num_steps=12, exit="sequence_convergence", threshold=0.08),
     "warm_start_exit": dict(num_steps=12, exit="convergence", threshold=0.08, warm_start=True),
     "compressed_exit": dict(num_steps=12, exit="convergence", threshold=0.08, kv_cache="compressed", cache_window=3),
     "latest_exit": dict(num_steps=12, exit="convergence", threshold=0.08, kv_cache="latest"),

@@ -5,7 +5,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from recurrent_lm.loop import (ArgmaxStable, Convergence, EntropyChange, GroupConvergence, KLDivergence, LoopStats,
+from recurrent_lm.loop import (ArgmaxStable, CausalConvergence, Convergence, EntropyChange, KLDivergence, LoopStats,
+                                SequenceConvergence,
                                build_criterion, relative_change, token_correlation, unroll)
 
 
@@ -285,7 +286,7 @@ def test_build_criterion_by_name():
         build_criterion("cosine-ish")
 
 
-def test_group_convergence_exits_whole_groups_once_every_watched_element_is_still():
+def test_sequence_convergence_exits_whole_sequences_once_every_watched_element_is_still():
     # s <- c*s + 1: relative change shrinks like c^t for c < 1, but only like 1/t for c = 1.
     rates = torch.tensor([[0.5, 0.5, 1.0], [0.5, 0.9, 0.5]]).unsqueeze(-1)  # (groups, elements, 1)
 
@@ -293,7 +294,7 @@ def test_group_convergence_exits_whole_groups_once_every_watched_element_is_stil
         return rates * s + 1
 
     def run(watch):
-        return unroll(step, torch.zeros(2, 3, 4), 0, 200, criterion=GroupConvergence(0.01, watch=watch)).steps_used
+        return unroll(step, torch.zeros(2, 3, 4), 0, 200, criterion=SequenceConvergence(0.01, watch=watch)).steps_used
 
     watch = torch.tensor([[True, True, False], [True, True, True]])
     used = run(watch)
@@ -302,6 +303,39 @@ def test_group_convergence_exits_whole_groups_once_every_watched_element_is_stil
     per_token = unroll(step, torch.zeros(2, 3, 4), 0, 200, criterion=Convergence(0.01)).steps_used
     assert used[0, 0] == per_token[0, 0]  # group 0 exits when its watched elements do, ignoring (0, 2)
     assert run(None)[0, 0] > 10 * used[0, 0]  # watching the slow (c = 1: change 1/t) element delays group 0
+
+
+def wave(length: int):
+    """A step that changes token i at iteration i only: a solution travelling along the sequence, with
+    tokens ahead of it sitting still while they wait."""
+
+    def step(s, i, active):
+        new = s.clone()
+        if i < length:
+            new[..., i, :] += 10.0
+        return new
+
+    return step
+
+
+@pytest.mark.parametrize("scope, expected", [
+    (Convergence, [2, 1, 1, 1, 1, 1]),            # each token alone: the waiting ones stop at once
+    (CausalConvergence, [2, 3, 4, 5, 6, 7]),      # a token stops once its whole prefix is still
+    (SequenceConvergence, [7, 7, 7, 7, 7, 7]),    # everyone waits for the last token
+])
+def test_convergence_scopes_on_a_wave(scope, expected):
+    used = unroll(wave(6), torch.ones(2, 6, 3), 0, 50, criterion=scope(0.01)).steps_used
+    assert used.tolist() == [expected, expected]
+
+
+def test_causal_convergence_ignores_unwatched_tokens_and_exits_in_prefix_order():
+    watch = torch.tensor([True, True, True, False, True, True])
+    used = unroll(wave(6), torch.ones(6, 3), 0, 50, criterion=CausalConvergence(0.01, watch=watch)).steps_used
+    assert used.tolist() == [2, 3, 4, 4, 4, 4]  # token 3 changing (step 4) holds nobody back
+    torch.manual_seed(0)
+    noisy = unroll(lambda s, i, a: s + torch.randn_like(s) / (i + 1) ** 2, torch.ones(3, 8, 4), 0, 60,
+                   criterion=CausalConvergence(0.02)).steps_used
+    assert (noisy[:, 1:] >= noisy[:, :-1]).all()  # exits never overtake an earlier token
 
 
 def test_observe_sees_every_step_in_order():

@@ -56,6 +56,37 @@ def test_causal_with_random_initial_state_and_fixed_seed(tiny_model):
     torch.testing.assert_close(a[:, :9], b[:, :9], rtol=0, atol=1e-5)
 
 
+@pytest.mark.parametrize("backend", ["sdpa", "eager"])
+def test_attention_window_bounds_how_far_information_travels(tiny_model, backend):
+    """Each layer sees w − 1 tokens back, so a token reaches (w − 1) × (layers run) positions ahead:
+    prelude + r × core + coda layers. Past that reach logits do not move; at it they do."""
+    w, r = 3, 2
+    model = tiny_model(init_scale=0.0, attn_window=w, attn_backend=backend)
+    cfg = model.config
+    reach = (w - 1) * (cfg.n_prelude + r * cfg.n_core + cfg.n_coda)
+    x = ids(1, reach + 6)
+    y = x.clone()
+    y[0, 0] = (y[0, 0] + 1) % VOCAB
+    with torch.no_grad():
+        a, b = model(x, num_steps=r).logits, model(y, num_steps=r).logits
+    assert (a[0, 1] - b[0, 1]).abs().max() > 1e-3
+    assert (a[0, reach] - b[0, reach]).abs().max() > 0  # the farthest reached position does move (weakly)
+    torch.testing.assert_close(a[0, reach + 1:], b[0, reach + 1:], rtol=0, atol=0)
+    wide = tiny_model(init_scale=0.0, attn_window=x.shape[1], attn_backend=backend)
+    with torch.no_grad():  # a window as long as the input is plain causal attention
+        torch.testing.assert_close(wide(x, num_steps=r).logits, tiny_model(init_scale=0.0)(x, num_steps=r).logits,
+                                   rtol=1e-5, atol=1e-5)
+
+
+def test_attention_window_with_kv_cache_equals_full_recompute(tiny_model):
+    model = tiny_model(init_scale=0.0, attn_window=4)
+    x = ids(2, 14)
+    with torch.no_grad():
+        full = model(x, num_steps=3).logits
+        incremental = decode_incrementally(model, x, 5, 3, RecurrentKVCache("full"))
+    torch.testing.assert_close(incremental, full, rtol=0, atol=1e-5)
+
+
 # ---------------------------------------------------------------------------------------- determinism
 def test_zero_initial_state_is_deterministic(tiny_model):
     model = tiny_model(init_scale=0.0)
@@ -338,6 +369,8 @@ def test_huginn_preset_matches_the_published_shape():
     ({"mlp_hidden": 0}, "mlp_hidden"),
     ({"n_prelude": -1}, "n_prelude"),
     ({"init_scale": -1.0}, "init_scale"),
+    ({"attn_window": -1}, "attn_window"),
+    ({"attn_window": 8, "attn_backend": "flash"}, "attn_window"),
 ])
 def test_invalid_config_names_the_field(tiny_config, overrides, field):
     with pytest.raises(ValueError, match=rf"ModelConfig\.{field}="):

@@ -10,7 +10,7 @@ import torch
 from recurrent_lm.model import ModelConfig, RecurrentDepthLM
 from recurrent_lm.reasoning.config import TaskConfig
 from recurrent_lm.reasoning.datamodule import ReasoningDataModule
-from recurrent_lm.reasoning.tasks import ARROW, BOS, IGNORE_INDEX, ONE, PAD, ZERO, collate, make_example, sequence_length
+from recurrent_lm.reasoning.tasks import BOS, IGNORE_INDEX, ONE, PAD, ROW_END, ZERO, collate, make_example, sequence_length
 
 
 def first_batches(dm: ReasoningDataModule, n: int) -> list[dict]:
@@ -20,8 +20,8 @@ def first_batches(dm: ReasoningDataModule, n: int) -> list[dict]:
 @pytest.mark.parametrize("name", ["parity", "reachability"])
 def test_train_batches_are_padded_and_masked(name):
     task = TaskConfig(name=name, train_min=2, train_max=8, eval_difficulties=[8, 16])
-    dm = ReasoningDataModule(task, batch_size=12, block_size=128, seed=0)
-    assert dm.vocab_size == (6 if name == "parity" else 6 + task.num_names)
+    dm = ReasoningDataModule(task, batch_size=12, block_size=160, seed=0)
+    assert dm.vocab_size == (6 if name == "parity" else 10)
     for batch in first_batches(dm, 3):
         ids, labels, diff = batch["input_ids"], batch["labels"], batch["difficulty"]
         assert ids.dtype == labels.dtype == torch.long and ids.shape == labels.shape and ids.shape[0] == 12
@@ -107,9 +107,11 @@ def test_packed_rows_hold_whole_independent_problems():
         TaskConfig(train_max=16, pack_length=10)
 
 
-def test_packed_reachability_rows_use_each_name_once():
+def test_packed_reachability_rows_hold_whole_mazes():
     task = TaskConfig(name="reachability", train_max=8, eval_difficulties=[16], pack_length=160)
     batch = first_batches(ReasoningDataModule(task, batch_size=6, block_size=160), 1)[0]
     for row in batch["input_ids"].tolist():
-        children = [row[i + 1] for i, tok in enumerate(row) if tok == ARROW]
-        assert row.count(BOS) >= 2 and len(children) == len(set(children))
+        row = row[:len(row) - row[::-1].index(ROW_END)]  # drop the padding
+        starts = [i for i, tok in enumerate(row) if tok == BOS] + [len(row)]
+        assert len(starts) >= 3 and len(row) <= 160
+        assert all((b - a - 1) % (task.grid_width + 1) == 0 for a, b in zip(starts, starts[1:]))

@@ -9,7 +9,8 @@ import torch
 
 from recurrent_lm.model import ModelConfig, RecurrentDepthLM
 from recurrent_lm.reasoning.config import TaskConfig
-from recurrent_lm.reasoning.evaluate import depth_sweep, evaluate, load_task, main, save_task, sequence_exit
+from recurrent_lm.loop import SequenceConvergence
+from recurrent_lm.reasoning.evaluate import depth_sweep, evaluate, load_task, main, save_task
 from recurrent_lm.reasoning.tasks import ONE, ZERO, collate, fixed_examples, vocab_size
 
 
@@ -28,13 +29,14 @@ def test_report_has_one_cell_per_difficulty_and_depth(name):
     report = evaluate(tiny(task), task, batch_size=8)
     assert set(report.accuracy) == {(d, r) for d in diffs for r in (1, 3, 6)}
     assert all(0.0 <= v <= 1.0 for v in [*report.accuracy.values(), *report.token_accuracy.values()])
-    assert set(report.exit_mean_steps) == set(report.exit_accuracy) == set(diffs)
-    assert all(1 <= s <= 8 for s in report.exit_mean_steps.values())
-    assert all(report.exit_max_mean_steps[d] >= report.exit_mean_steps[d] for d in diffs)
+    names = ["convergence", "causal_convergence", "sequence_convergence"]
+    assert [e.name for e in report.exits] == names
+    for e in report.exits:
+        assert set(e.mean_steps) == set(e.deepest_steps) == set(e.accuracy) == set(diffs)
+        assert all(1 <= e.mean_steps[d] <= e.deepest_steps[d] <= 8 for d in diffs)
     md = report.to_markdown().splitlines()
-    assert md[0].startswith("| difficulty | r=1 | r=3 | r=6 | token convergence exit: mean steps")
-    assert md[0].endswith("| sequence exit: steps | acc |")
-    assert set(report.seq_exit_mean_steps) == set(report.seq_exit_accuracy) == set(diffs)
+    assert md[0].startswith("| difficulty | r=1 | r=3 | r=6 | convergence: steps (mean / deepest) | acc |")
+    assert md[0].endswith("| sequence_convergence: steps (mean / deepest) | acc |")
     assert len([line for line in md if line.startswith("| ") and line[2].isdigit()]) == 3
     assert report.to_csv().splitlines()[0].split(",")[:4] == ["difficulty", "acc@1", "acc@3", "acc@6"]
     assert json.loads(json.dumps(report.to_dict()))["accuracy"]["4@6"] == report.accuracy[(4, 6)]
@@ -53,19 +55,24 @@ def test_sequence_exit_stops_each_example_at_its_own_depth():
     model = tiny(task, init_scale=0.0)
     batch = collate(fixed_examples(task, 2, 6, 4))
     ids, mask = batch["input_ids"], batch["labels"] != -100
-    logits, steps = sequence_exit(model, ids, mask, threshold=0.0, max_steps=5)
+
+    def run(rows, threshold, cap):
+        with torch.no_grad():
+            out = model(ids[rows], num_steps=cap, exit_criterion=SequenceConvergence(threshold, watch=mask[rows]))
+        return out.logits, out.steps_used[:, 0]
+
+    logits, steps = run(slice(None), 0.0, 5)
     assert steps.tolist() == [5] * 4  # nothing converges below 0: everyone runs to the cap
     torch.testing.assert_close(logits, model(ids, num_steps=5).logits, rtol=1e-5, atol=1e-5)
-    _, steps = sequence_exit(model, ids, mask, threshold=10.0, max_steps=5)
-    assert steps.tolist() == [1] * 4  # any change is "small": everyone stops after one step
-    _, steps = sequence_exit(model, ids, mask, threshold=0.05, max_steps=30)
+    assert run(slice(None), 10.0, 5)[1].tolist() == [1] * 4  # any change is "small": one step each
+    _, steps = run(slice(None), 0.05, 30)
     for b, r in enumerate(steps.tolist()):  # each example's logits are those of its own depth
-        single, _ = sequence_exit(model, ids[b:b + 1], mask[b:b + 1], threshold=0.05, max_steps=30)
+        single, _ = run(slice(b, b + 1), 0.05, 30)
         torch.testing.assert_close(single[0], model(ids[b:b + 1], num_steps=r).logits[0], rtol=1e-4, atol=1e-5)
 
 
 def test_exact_match_counts_the_whole_answer():
-    task = TaskConfig(train_max=4, eval_difficulties=[4], eval_depths=[1], num_eval=16, exit_criterion="none")
+    task = TaskConfig(train_max=4, eval_difficulties=[4], eval_depths=[1], num_eval=16, exit_criteria=[])
 
     class Oracle(torch.nn.Module):
         """Answers every prefix parity right except, optionally, the last bit's."""
@@ -106,3 +113,15 @@ def test_cli_reads_task_json_and_writes_tables(tmp_path, capsys):
     assert "| difficulty | r=1 | r=2 |" in capsys.readouterr().out
     assert out.is_file() and out.with_suffix(".csv").is_file()
     assert json.loads(out.with_suffix(".json").read_text())["difficulties"] == [4, 8]
+
+
+def test_cli_bad_input_is_one_line_and_status_2(tmp_path, capsys):
+    assert main(["--model", str(tmp_path / "missing")]) == 2
+    assert capsys.readouterr().err.startswith("error: ")
+    task = TaskConfig(train_max=4, eval_difficulties=[4])
+    tiny(task).save_pretrained(tmp_path / "model")
+    assert main(["--model", str(tmp_path / "model")]) == 2  # no task.json and no --task
+    assert "pass --task" in capsys.readouterr().err
+    save_task(task, tmp_path / "model")
+    assert main(["--model", str(tmp_path / "model"), "--exit", "causal"]) == 2
+    assert "unknown exit criterion 'causal'" in capsys.readouterr().err

@@ -1,4 +1,4 @@
-"""The reasoning-task generators: answers checked by brute force, determinism, difficulty = hops."""
+"""The reasoning-task generators: answers checked by brute force, determinism, difficulty."""
 
 from __future__ import annotations
 
@@ -7,10 +7,10 @@ import itertools
 import numpy as np
 import pytest
 
-from recurrent_lm.reasoning.config import TaskConfig, num_nodes
-from recurrent_lm.reasoning.tasks import (ARROW, BOS, FIRST_NAME, IGNORE_INDEX, ONE, SEP, TEST_SPLIT, TRAIN_SPLIT,
-                                          VAL_SPLIT, ZERO, fixed_examples, make_example, make_forest,
-                                          sequence_length, train_examples, vocab_size)
+from recurrent_lm.reasoning.config import TaskConfig
+from recurrent_lm.reasoning.tasks import (BOS, IGNORE_INDEX, ONE, ROW_END, SEP, START, TEST_SPLIT, TRAIN_SPLIT,
+                                          VAL_SPLIT, WALL, ZERO, fixed_examples, make_example, sequence_length,
+                                          train_examples, vocab_size)
 
 
 def parity_task(**kw) -> TaskConfig:
@@ -49,73 +49,67 @@ def test_parity_covers_every_string_of_a_short_length():
 
 
 # ---------------------------------------------------------------------------- reachability
-def solve_by_search(ids: list[int]) -> dict[int, tuple[int, int]]:
-    """Brute force from the token sequence alone: name token -> (value, hops) by walking parent links."""
+def solve_by_search(ids: list[int], width: int) -> set[tuple[int, int]]:
+    """Breadth-first search from S over right/down moves, from the token sequence alone."""
     assert ids[0] == BOS
-    statements = [ids[i:i + 3] for i in range(1, len(ids), 3) if ids[i + 1:i + 2] == [ARROW]]
-    parent = {child: head for head, arrow, child in statements}
-    out = {}
-    for node in parent:
-        hops, v = 0, node
-        while parent[v] not in (ZERO, ONE):
-            v, hops = parent[v], hops + 1
-        out[node] = (1 if parent[v] == ONE else 0, hops)
-    return out
+    rows = [ids[1 + i:1 + i + width] for i in range(0, len(ids) - 1, width + 1)]
+    assert all(ids[i + width] == ROW_END for i in range(1, len(ids), width + 1))
+    assert rows[0][0] == START
+    seen, frontier = {(0, 0)}, [(0, 0)]
+    while frontier:
+        i, j = frontier.pop()
+        for a, b in ((i + 1, j), (i, j + 1)):
+            if a < len(rows) and b < width and rows[a][b] != WALL and (a, b) not in seen:
+                seen.add((a, b))
+                frontier.append((a, b))
+    return seen
 
 
-@pytest.mark.parametrize("hops", [1, 2, 5, 12])
-def test_reachability_labels_match_brute_force(hops):
-    task = reach_task(eval_difficulties=[12])
-    rng = np.random.default_rng(hops)
-    for _ in range(20):
-        ex = make_example(task, hops, rng)
-        assert len(ex.input_ids) == sequence_length(task, hops)
-        truth = solve_by_search(ex.input_ids)
-        assert len(truth) == num_nodes(task, hops)
-        defined = set()
-        for i in range(1, len(ex.input_ids), 3):
-            head, arrow, child = ex.input_ids[i:i + 3]
-            assert arrow == ARROW and child >= FIRST_NAME and child not in defined  # names are unique
-            assert head in (ZERO, ONE) or head in defined  # a parent is defined before its child
-            defined.add(child)
-            value = ONE if truth[child][0] else ZERO
-            assert ex.labels[i + 1] == IGNORE_INDEX and ex.labels[i + 2] == value
-            # a parent mention is asked for its own value (the same as its child's); a root's constant is not
-            assert ex.labels[i] == (IGNORE_INDEX if head in (ZERO, ONE) else ONE if truth[head][0] else ZERO)
-        # Difficulty = hops from a root to the deepest node; both root values appear.
-        assert max(h for _, h in truth.values()) == hops
-        assert sum(1 for i in range(1, len(ex.input_ids), 3) if ex.input_ids[i] in (ZERO, ONE)) == 2
-
-
-def test_reachability_final_answer_asks_for_the_deepest_node():
-    task = reach_task(answer="final")
-    rng = np.random.default_rng(3)
-    for hops in (1, 4, 6):
-        ex = make_example(task, hops, rng)
-        assert ex.input_ids[-2] == SEP
-        truth = solve_by_search(ex.input_ids[:-2])
-        value, depth = truth[ex.input_ids[-1]]
-        assert depth == hops
-        assert [lab for lab in ex.labels if lab != IGNORE_INDEX] == [ONE if value else ZERO]
-        assert ex.labels[-1] == (ONE if value else ZERO)
-
-
-def test_difficulty_increases_the_required_hops():
-    task = reach_task(eval_difficulties=[16], num_names=64)
+@pytest.mark.parametrize("answer", ["all", "final"])
+def test_reachability_labels_match_search(answer):
+    task = reach_task(answer=answer, grid_width=5)
     rng = np.random.default_rng(0)
-    mean_hops = []
-    for hops in (2, 4, 8, 16):
-        forests = [make_forest(task, hops, rng) for _ in range(20)]
-        assert all(max(f.hops(v) for v in range(len(f.parent))) == hops for f in forests)
-        mean_hops.append(np.mean([f.hops(v) for f in forests for v in range(len(f.parent))]))
-    assert mean_hops == sorted(mean_hops) and mean_hops[-1] > 2 * mean_hops[0]
-    # Parity: the number of chained xor steps behind the last answer is the length itself.
-    assert [sequence_length(parity_task(), n) - 1 for n in (16, 32, 64)] == [16, 32, 64]
+    for rows in (1, 2, 5, 12):
+        for _ in range(20):
+            ex = make_example(task, rows, rng)
+            assert len(ex.input_ids) == sequence_length(task, rows) and ex.difficulty == rows
+            reached = solve_by_search(ex.input_ids, 5)
+            for i in range(rows):
+                for j in range(5):
+                    pos = 1 + i * 6 + j
+                    tok, label = ex.input_ids[pos], ex.labels[pos]
+                    asked = tok != WALL and (answer == "all" or (i, j) == (rows - 1, 4))
+                    assert label == ((ONE if (i, j) in reached else ZERO) if asked else IGNORE_INDEX)
+            if answer == "final":
+                assert ex.input_ids[-2] != WALL and sum(lab != IGNORE_INDEX for lab in ex.labels) == 1
 
 
-def test_reachability_refuses_too_few_names():
-    with pytest.raises(ValueError, match="num_names"):
-        TaskConfig(name="reachability", train_max=8, eval_difficulties=[40], num_names=32)
+def test_reachability_paths_grow_with_the_difficulty():
+    """More rows: the reached cells lie further from S (more hops), and both answers stay common."""
+    task = reach_task()
+    rng = np.random.default_rng(1)
+    far, shares = [], []
+    for rows in (2, 4, 8, 16):
+        examples = [make_example(task, rows, rng) for _ in range(100)]
+        far.append(np.mean([max(i + j for i, j in solve_by_search(e.input_ids, task.grid_width))
+                            for e in examples]))
+        labels = np.array([lab for e in examples for lab in e.labels if lab != IGNORE_INDEX])
+        shares.append((labels == ONE).mean())
+    assert far == sorted(far) and far[-1] > 2 * far[0]
+    assert all(0.3 < s < 0.8 for s in shares)
+
+
+@pytest.mark.parametrize("overrides, message", [
+    ({"grid_width": 0}, "grid_width"), ({"wall_prob": 1.0}, "wall_prob"), ({"wall_prob": -0.1}, "wall_prob"),
+])
+def test_reachability_config_errors(overrides, message):
+    with pytest.raises(ValueError, match=rf"task.{message}="):
+        reach_task(**overrides)
+
+
+def test_unknown_exit_criterion_is_refused_by_name():
+    with pytest.raises(ValueError, match=r"task.exit_criteria has unknown \['causal'\]; choose from"):
+        TaskConfig(exit_criteria=["convergence", "causal"])
 
 
 # ------------------------------------------------------------------------------ determinism
@@ -143,6 +137,6 @@ def test_train_difficulties_span_the_configured_range():
 def test_vocab_is_tiny_and_every_token_fits():
     for task in (parity_task(), reach_task()):
         v = vocab_size(task)
-        assert v <= 6 + task.num_names
+        assert v == (6 if task.name == "parity" else 10)
         exs = list(itertools.chain(train_examples(task, 0, 32), fixed_examples(task, TEST_SPLIT, 12, 8)))
         assert max(max(e.input_ids) for e in exs) < v

@@ -318,7 +318,7 @@ class RecurrentLMEval(TemplateLM):
 
     def _forward(self, input_ids: Tensor, valid: Tensor, **kwargs: Any) -> Tensor:
         """Logits (B, T, V) at the configured depth; ``valid`` (B, T) marks the real tokens to account."""
-        criterion = build_criterion(self.exit, self.threshold, min_steps=self.min_steps)
+        criterion = build_criterion(self.exit, self.threshold, min_steps=self.min_steps, watch=valid)
         if self._init_states is not None:  # positions 0..T-1: inputs here are right-padded, never cached
             kwargs["init_state"] = self._init_states[: input_ids.shape[1]].expand(input_ids.shape[0], -1, -1)
         out = self.model(input_ids, num_steps=self.num_steps, exit_criterion=criterion, **kwargs)

@@ -33,9 +33,11 @@ class GenerationConfig:
     num_steps: Optional[int] = None
     """Core iterations r per token (fixed depth), or the cap with an exit criterion; None = model's mean_recurrence."""
     exit: Optional[str] = None
-    """Per-token exit criterion: none | convergence | kl | entropy | argmax."""
+    """Exit criterion: none | convergence | causal_convergence | sequence_convergence | kl | entropy | argmax
+    (recurrent_lm.loop.CRITERIA). The causal and sequence scopes only differ from ``convergence`` in the
+    prompt's forward: generated tokens are decoded one at a time."""
     threshold: Optional[float] = None
-    """Criterion threshold; None = the criterion's default (convergence 0.03, kl 5e-4, entropy 1e-3, argmax 4)."""
+    """Criterion threshold; None = the criterion's default (convergence* 0.03, kl 5e-4, entropy 1e-3, argmax 4)."""
     min_steps: int = 1
     """Iterations every token runs before the criterion may stop it."""
     max_steps: Optional[int] = None

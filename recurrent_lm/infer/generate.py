@@ -198,7 +198,10 @@ def _generate(model, prompts, config: GenerationConfig, eos_id, pad_id, decode, 
     alive = list(range(batch))  # original row of each batch position
 
     start = time.perf_counter()
-    out = model(ids, num_steps=cap, attention_mask=mask, past_key_values=cache, exit_criterion=criterion,
+    # The prompt's criterion watches real tokens only: left padding must not hold a row back (causal and
+    # sequence convergence look past each token's own change).
+    prefill_criterion = build_criterion(config.exit, config.threshold, min_steps, cap, watch=mask.bool())
+    out = model(ids, num_steps=cap, attention_mask=mask, past_key_values=cache, exit_criterion=prefill_criterion,
                 init_state=None if noise is None else noise[positions])
     used = out.steps_used.tolist()
     prompt_steps = [used[b][longest - len(p):] for b, p in enumerate(prompts)]

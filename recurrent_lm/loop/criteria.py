@@ -53,35 +53,50 @@ class ExitCriterion(ABC):
 
 
 class Convergence(ExitCriterion):
-    """Exit when ‖s_t − s_{t−1}‖ / ‖s_t‖ < threshold: a fixed point of the latent recurrence."""
+    """Exit when the relative latent change ‖s_t − s_{t−1}‖ / ‖s_t‖ < threshold: a fixed point of the
+    latent recurrence.
 
-    name = "convergence"
+    ``scope`` says whose change counts, along the last element axis (the tokens of a sequence):
 
-    def converged(self, prev, new, delta, readout):
-        return delta < self.threshold, 0
+    * ``token``: each token on its own (Huginn's rule). Cheap and exact for cached decoding, but a
+      token whose inputs are still being computed by earlier positions can look still while it waits,
+      and stops too early when a solution propagates along the sequence (a "wave").
+    * ``causal``: a token stops once it *and every earlier token* are still. In a causal model a token
+      depends only on its prefix, so nothing can reach it any more; tokens exit in prefix order and a
+      wave gives later tokens more iterations. For one-token decode it equals ``token``.
+    * ``sequence``: a whole sequence stops together once all its tokens are still.
 
-
-class GroupConvergence(ExitCriterion):
-    """Exit whole groups (the last element axis, e.g. every token of an example) together, once the
-    relative change of every *watched* element in the group is below threshold.
-
-    A per-token test stops a token that is merely waiting (its inputs not yet resolved by earlier
-    iterations, as in a propagating solution); requiring the whole group to be still does not.
-    ``watch`` (bool, element shape) selects the elements that must converge; None watches all.
+    ``watch`` (bool, element shape) marks the elements that must be still (e.g. answer tokens, or
+    not padding); the others never hold anyone back. Unused with ``token`` scope.
     """
 
-    name = "group_convergence"
+    name = "convergence"
+    scope = "token"
 
-    def __init__(self, threshold: float, watch: Optional[Tensor] = None, min_steps: int = 1,
-                 max_steps: Optional[int] = None) -> None:
+    def __init__(self, threshold: float, min_steps: int = 1, max_steps: Optional[int] = None,
+                 watch: Optional[Tensor] = None) -> None:
         super().__init__(threshold, min_steps=min_steps, max_steps=max_steps)
         self.watch = watch
 
     def converged(self, prev, new, delta, readout):
-        still = delta < self.threshold
+        still = delta < self.threshold  # (*elements)
+        if self.scope == "token":
+            return still, 0
         if self.watch is not None:
             still = still | ~self.watch
+        if self.scope == "causal":
+            return torch.cummin(still.to(torch.uint8), dim=-1).values.bool(), 0
         return still.all(-1, keepdim=True).expand_as(still), 0
+
+
+class CausalConvergence(Convergence):
+    name = "causal_convergence"
+    scope = "causal"
+
+
+class SequenceConvergence(Convergence):
+    name = "sequence_convergence"
+    scope = "sequence"
 
 
 class _OutputCriterion(ExitCriterion):
@@ -146,17 +161,23 @@ class ArgmaxStable(_OutputCriterion):
 
 
 CRITERIA: dict[str, type[ExitCriterion]] = {
-    c.name: c for c in (Convergence, KLDivergence, EntropyChange, ArgmaxStable)
+    c.name: c for c in (Convergence, CausalConvergence, SequenceConvergence, KLDivergence, EntropyChange,
+                        ArgmaxStable)
 }
-DEFAULT_THRESHOLDS = {"convergence": 0.03, "kl": 5e-4, "entropy": 1e-3, "argmax": 4}
+DEFAULT_THRESHOLDS = {"convergence": 0.03, "causal_convergence": 0.03, "sequence_convergence": 0.03,
+                      "kl": 5e-4, "entropy": 1e-3, "argmax": 4}
 
 
 def build_criterion(name: Optional[str], threshold: Optional[float] = None, min_steps: int = 1,
-                    max_steps: Optional[int] = None) -> Optional[ExitCriterion]:
-    """Criterion by name; ``None``/``"none"`` means fixed depth (no exit)."""
+                    max_steps: Optional[int] = None, watch: Optional[Tensor] = None) -> Optional[ExitCriterion]:
+    """Criterion by name; ``None``/``"none"`` means fixed depth (no exit). ``watch`` goes to the
+    convergence criteria (the elements that must be still), and is ignored by the others."""
     if name is None or name == "none":
         return None
     if name not in CRITERIA:
         raise ValueError(f"unknown exit criterion {name!r}; choose one of {['none', *CRITERIA]}")
     value = DEFAULT_THRESHOLDS[name] if threshold is None else threshold
-    return CRITERIA[name](value, min_steps=min_steps, max_steps=max_steps)
+    cls = CRITERIA[name]
+    if issubclass(cls, Convergence):
+        return cls(value, min_steps=min_steps, max_steps=max_steps, watch=watch)
+    return cls(value, min_steps=min_steps, max_steps=max_steps)

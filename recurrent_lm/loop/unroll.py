@@ -92,10 +92,11 @@ def unroll(
             else:
                 new = step(state, i, active)
         steps_run += 1
+        if active is not None:
+            new = torch.where(active.unsqueeze(-1), new, state)  # exited elements stay frozen (delta 0)
         needs_delta = stats is not None or criterion is not None
         delta = relative_change(state, new) if needs_delta else None  # shape: element_shape
         if active is not None:
-            new = torch.where(active.unsqueeze(-1), new, state)
             steps_used += active.long()
             if i + 1 >= criterion.min_steps:
                 done_now, used = criterion.converged(state, new, delta, readout)

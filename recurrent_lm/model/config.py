@@ -48,6 +48,10 @@ class ModelConfig:
     qk_bias: bool = True
     """Learned per-head bias on q and k, added before RoPE."""
     rope_theta: float = 50_000.0
+    attn_window: int = 0
+    """Sliding attention window: a token sees itself and the attn_window − 1 tokens before it, in every layer;
+    0 = the whole prefix. A window makes information travel a bounded distance per iteration, so a problem
+    over longer inputs *needs* more iterations: the inductive bias of the reasoning-extrapolation recipes."""
     norm_eps: float = 1e-6
     tie_embeddings: bool = True
     attn_backend: str = "sdpa"
@@ -89,6 +93,9 @@ class ModelConfig:
         _require(self.mean_backprop_depth <= self.mean_recurrence, "mean_backprop_depth",
                  self.mean_backprop_depth, f"(k) must be <= mean_recurrence={self.mean_recurrence} (r̄)")
         _require(self.init_scale >= 0, "init_scale", self.init_scale, "must be >= 0 (0 = zero initial state)")
+        _require(self.attn_window >= 0, "attn_window", self.attn_window, "must be >= 0 (0 = no window)")
+        _require(not (self.attn_window and self.attn_backend == "flash"), "attn_window", self.attn_window,
+                 "needs attn_backend='sdpa' or 'eager' (the flash path is plain causal only)")
         _require(self.rope_theta > 0 and self.norm_eps > 0, "rope_theta/norm_eps",
                  (self.rope_theta, self.norm_eps), "must be positive")
 

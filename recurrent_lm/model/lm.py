@@ -126,6 +126,7 @@ class RecurrentDepthLM(nn.Module):
 
         attention_mask: (B, past + T) 1 = real token, 0 = padding (left padding for generation).
         document_ids:   (B, T) tokens attend only within their own document (packed sequences).
+        config.attn_window > 0 adds a sliding window to the causal mask.
         """
         past = cache.length if cache is not None else 0
         total = past + seq
@@ -144,9 +145,13 @@ class RecurrentDepthLM(nn.Module):
         cos = self.rope_cos[position_ids].unsqueeze(1)  # (B|1, 1, T, D/2)
         sin = self.rope_sin[position_ids].unsqueeze(1)
         mask = None
-        if attention_mask is not None or document_ids is not None or past > 0:
+        window = self.config.attn_window
+        if attention_mask is not None or document_ids is not None or past > 0 or window:
             q_pos = torch.arange(past, total, device=device)
-            allowed = q_pos[:, None] >= torch.arange(total, device=device)[None, :]  # (T, S) causal
+            behind = q_pos[:, None] - torch.arange(total, device=device)[None, :]  # (T, S) query − key column
+            allowed = behind >= 0  # causal
+            if window:  # columns are positions up to left padding, which the window may cover harmlessly
+                allowed = allowed & (behind < window)
             allowed = allowed.expand(batch, seq, total)
             if attention_mask is not None:
                 allowed = allowed & attention_mask.bool()[:, None, :]

@@ -4,14 +4,14 @@ Every field is a primitive (or a list of ints) so the class doubles as the hydra
 schema for ``conf/task/*.yaml``. Each field's docstring is its CLI help.
 
 "Difficulty" is task specific: for ``parity`` it is the number of input bits; for
-``reachability`` it is the number of hops from a root to the deepest node of the graph.
+``reachability`` it is the number of rows of the maze (its longest path grows with it).
 """
 
 from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Optional
 
 from recurrent_lm.config_dict import from_dict
 
@@ -24,10 +24,10 @@ class TaskConfig:
     """Which synthetic task, its train/eval difficulty ranges, and how it is evaluated."""
 
     name: str = "parity"
-    """'parity' (prefix parity of a bit string) or 'reachability' (which root reaches each node)."""
+    """'parity' (prefix parity of a bit string) or 'reachability' (which maze cells the start reaches)."""
     answer: str = "all"
-    """'all': supervise every intermediate answer (each prefix parity / every node's root value);
-    'final': supervise only the last answer (the parity of the whole string / the deepest node's value)."""
+    """'all': supervise every intermediate answer (each prefix parity / every open cell);
+    'final': supervise only the last answer (the parity of the whole string / the bottom-right cell)."""
     train_min: int = 1
     """Smallest training difficulty (inclusive)."""
     train_max: int = 16
@@ -48,16 +48,23 @@ class TaskConfig:
     """0: one problem per training row. N > 0: each training row packs whole problems (each with its own
     BOS) back to back up to N tokens, so that the model meets long contexts (and attention distances up
     to N) without any problem being harder than train_max. Validation and test rows hold one problem."""
-    exit_criterion: str = "convergence"
-    """Criterion whose chosen depth the evaluation reports ('convergence', 'kl', ... or 'none')."""
-    exit_threshold: float = 0.03
-    """Threshold of that criterion (relative latent change for 'convergence')."""
+    exit_criteria: list[str] = field(default_factory=lambda: ["convergence", "causal_convergence",
+                                                                "sequence_convergence"])
+    """Exit criteria whose chosen depth and accuracy the evaluation reports, by name (recurrent_lm.loop.CRITERIA);
+    empty = none. The three convergence scopes differ in whose latent change counts: each token's own
+    ('convergence'), every token of its prefix ('causal_convergence'), or the whole example's
+    ('sequence_convergence')."""
+    exit_threshold: Optional[float] = 0.03
+    """Threshold of every reported criterion (relative latent change for the convergence ones);
+    None = each criterion's default (recurrent_lm.loop.criteria.DEFAULT_THRESHOLDS)."""
     exit_max_steps: int = 0
     """Depth cap for the exit run; 0 = max(eval_depths)."""
-    num_names: int = 64
-    """reachability: node-name vocabulary; a graph uses each name at most once."""
-    nodes_per_hop: float = 2.0
-    """reachability: graph size = max(hops + 2, round(nodes_per_hop * hops)) nodes (the rest are distractors)."""
+    grid_width: int = 8
+    """reachability: columns of the maze; the upper neighbour of a cell is grid_width + 1 tokens back."""
+    wall_prob: float = 0.25
+    """reachability: probability that a cell is a wall. Just below directed percolation's threshold (≈ 0.29)
+    whether a cell is reached depends on long paths, not just on its neighbourhood, and about half of the
+    16-row mazes are still open in their last row."""
 
     def __post_init__(self) -> None:
         if self.name not in TASKS:
@@ -77,13 +84,15 @@ class TaskConfig:
         if self.pack_length and self.pack_length < sequence_length(self, self.train_max):
             raise ValueError(f"task.pack_length={self.pack_length} is shorter than one problem of difficulty "
                              f"train_max={self.train_max} ({sequence_length(self, self.train_max)} tokens)")
-        if self.nodes_per_hop < 1:
-            raise ValueError(f"task.nodes_per_hop={self.nodes_per_hop} must be >= 1")
-        if self.name == "reachability":
-            need = max(num_nodes(self, d) for d in (self.train_max, *self.eval_difficulties))
-            if need > self.num_names:
-                raise ValueError(f"task.num_names={self.num_names} is too small: the largest graph has {need} "
-                                 f"nodes; raise num_names or lower nodes_per_hop / the difficulties")
+        from recurrent_lm.loop.criteria import CRITERIA
+
+        unknown = [c for c in self.exit_criteria if c not in CRITERIA]
+        if unknown:
+            raise ValueError(f"task.exit_criteria has unknown {unknown}; choose from {sorted(CRITERIA)} (or [])")
+        if self.grid_width < 1:
+            raise ValueError(f"task.grid_width={self.grid_width} must be >= 1")
+        if not 0.0 <= self.wall_prob < 1.0:
+            raise ValueError(f"task.wall_prob={self.wall_prob} must be in [0, 1)")
 
     @property
     def max_exit_steps(self) -> int:
@@ -101,9 +110,4 @@ def sequence_length(task: TaskConfig, difficulty: int) -> int:
     """Tokens of one problem at this difficulty (every problem of a difficulty has this length)."""
     if task.name == "parity":
         return 1 + difficulty + (task.answer == "final")
-    return 1 + 3 * num_nodes(task, difficulty) + 2 * (task.answer == "final")
-
-
-def num_nodes(task: TaskConfig, hops: int) -> int:
-    """Nodes in a reachability graph of the given difficulty (two roots included)."""
-    return max(hops + 2, round(task.nodes_per_hop * hops))
+    return 1 + difficulty * (task.grid_width + 1)

@@ -4,7 +4,7 @@ Batches are dicts of LongTensors::
 
     input_ids     (B, T)  right-padded with PAD
     labels        (B, T)  the answer token at supervised positions, -100 elsewhere (padding included)
-    difficulty    (B,)    each example's difficulty (bits / hops)
+    difficulty    (B,)    each example's difficulty (bits / maze rows)
 
 Labels are aligned targets (the model scores ``cross_entropy(logits, labels)`` without a shift).
 Right padding under causal attention leaves every real position unchanged. (No position offsets: RoPE

@@ -19,20 +19,37 @@ from __future__ import annotations
 
 import argparse
 import csv
+import dataclasses
 import io
 import json
 import math
+import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Optional, Sequence
 
 import torch
 
-from recurrent_lm.loop import GroupConvergence, build_criterion, unroll
+from recurrent_lm.loop import build_criterion, unroll
 from recurrent_lm.reasoning.config import TaskConfig
 from recurrent_lm.reasoning.tasks import IGNORE_INDEX, TEST_SPLIT, collate, fixed_examples, sequence_length
 
 TASK_FILE = "task.json"
+
+
+@dataclass
+class ExitResult:
+    """What one exit criterion chose, per difficulty."""
+
+    name: str
+    threshold: Optional[float]
+    max_steps: int
+    mean_steps: dict[int, float] = field(default_factory=dict)
+    """difficulty -> mean core iterations the answer tokens got."""
+    deepest_steps: dict[int, float] = field(default_factory=dict)
+    """difficulty -> mean over examples of the most iterations any of its answer tokens got."""
+    accuracy: dict[int, float] = field(default_factory=dict)
+    """difficulty -> exact match when each token stops where the criterion says."""
 
 
 @dataclass
@@ -44,20 +61,7 @@ class ReasoningReport:
     """(difficulty, depth) -> exact-match accuracy in [0, 1]."""
     token_accuracy: dict[tuple[int, int], float]
     """(difficulty, depth) -> per-answer-token accuracy in [0, 1]."""
-    exit_name: str = "none"
-    exit_threshold: float = 0.0
-    exit_max_steps: int = 0
-    exit_mean_steps: dict[int, float] = field(default_factory=dict)
-    """difficulty -> mean core iterations the exit criterion gave the answer tokens."""
-    exit_max_mean_steps: dict[int, float] = field(default_factory=dict)
-    """difficulty -> mean over examples of the most iterations any of its answer tokens got."""
-    exit_accuracy: dict[int, float] = field(default_factory=dict)
-    """difficulty -> exact match when each token stops where the criterion says."""
-    seq_exit_threshold: float = 0.0
-    seq_exit_mean_steps: dict[int, float] = field(default_factory=dict)
-    """difficulty -> mean iterations of the sequence-level convergence exit (a sequence stops once the
-    relative latent change of every one of its answer tokens is below the threshold)."""
-    seq_exit_accuracy: dict[int, float] = field(default_factory=dict)
+    exits: list[ExitResult] = field(default_factory=list)
     num_examples: int = 0
 
     # -------------------------------------------------------------------------------- output
@@ -65,19 +69,16 @@ class ReasoningReport:
         return max(self.depths, key=lambda r: (self.accuracy[(difficulty, r)], -r))
 
     def rows(self) -> list[dict]:
-        """One row per difficulty: acc@r for each depth, then the exit columns (for CSV)."""
+        """One row per difficulty: acc@r for each depth, then each exit's steps and accuracy (for CSV)."""
         out = []
         for d in self.difficulties:
             row: dict = {"difficulty": d}
             for r in self.depths:
                 row[f"acc@{r}"] = round(100 * self.accuracy[(d, r)], 2)
-            if self.exit_mean_steps:
-                row["exit_mean_steps"] = round(self.exit_mean_steps[d], 2)
-                row["exit_max_steps"] = round(self.exit_max_mean_steps[d], 2)
-                row["exit_acc"] = round(100 * self.exit_accuracy[d], 2)
-            if self.seq_exit_mean_steps:
-                row["seq_exit_steps"] = round(self.seq_exit_mean_steps[d], 2)
-                row["seq_exit_acc"] = round(100 * self.seq_exit_accuracy[d], 2)
+            for e in self.exits:
+                row[f"{e.name}_mean_steps"] = round(e.mean_steps[d], 2)
+                row[f"{e.name}_deepest_steps"] = round(e.deepest_steps[d], 2)
+                row[f"{e.name}_acc"] = round(100 * e.accuracy[d], 2)
             out.append(row)
         return out
 
@@ -90,30 +91,24 @@ class ReasoningReport:
         return buf.getvalue()
 
     def to_markdown(self) -> str:
-        """Exact-match % by difficulty (rows) × test-time depth (columns), then the exit columns."""
+        """Exact-match % by difficulty (rows) × test-time depth (columns), then per exit criterion the
+        steps it chose (mean over answer tokens / mean of each example's deepest token) and its accuracy."""
         head = ["difficulty"] + [f"r={r}" for r in self.depths]
-        if self.exit_mean_steps:
-            head += [f"token {self.exit_name} exit: mean steps", "max steps", "acc"]
-        if self.seq_exit_mean_steps:
-            head += ["sequence exit: steps", "acc"]
+        for e in self.exits:
+            head += [f"{e.name}: steps (mean / deepest)", "acc"]
         lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
         for d in self.difficulties:
             cells = [str(d)] + [f"{100 * self.accuracy[(d, r)]:.1f}" for r in self.depths]
-            if self.exit_mean_steps:
-                cells += [f"{self.exit_mean_steps[d]:.1f}", f"{self.exit_max_mean_steps[d]:.1f}",
-                          f"{100 * self.exit_accuracy[d]:.1f}"]
-            if self.seq_exit_mean_steps:
-                cells += [f"{self.seq_exit_mean_steps[d]:.1f}", f"{100 * self.seq_exit_accuracy[d]:.1f}"]
+            for e in self.exits:
+                cells += [f"{e.mean_steps[d]:.1f} / {e.deepest_steps[d]:.1f}", f"{100 * e.accuracy[d]:.1f}"]
             lines.append("| " + " | ".join(cells) + " |")
         note = (f"\nExact match (%) over {self.num_examples} test examples per difficulty ({self.task}); "
                 "r = test-time core iterations.")
-        if self.exit_mean_steps:
-            note += (f" Token exit: the model's per-token `{self.exit_name}` criterion (threshold "
-                     f"{self.exit_threshold:g}, cap {self.exit_max_steps}); mean steps over answer tokens, max steps "
-                     "= mean over examples of the deepest answer token.")
-        if self.seq_exit_mean_steps:
-            note += (f" Sequence exit: a whole example stops once every answer token's relative latent change "
-                     f"is below {self.seq_exit_threshold:g}.")
+        if self.exits:
+            settings = ", ".join(f"`{e.name}` {e.threshold if e.threshold is not None else 'default'}"
+                                 for e in self.exits)
+            note += (f" Exits ({settings}; cap {self.exits[0].max_steps} iterations): steps over answer tokens; "
+                     "acc = exact match with each token stopped where its criterion says.")
         return "\n".join(lines) + "\n" + note + "\n"
 
     def to_dict(self) -> dict:
@@ -121,11 +116,7 @@ class ReasoningReport:
             "task": self.task, "difficulties": self.difficulties, "depths": self.depths,
             "accuracy": {f"{d}@{r}": v for (d, r), v in self.accuracy.items()},
             "token_accuracy": {f"{d}@{r}": v for (d, r), v in self.token_accuracy.items()},
-            "exit": {"name": self.exit_name, "threshold": self.exit_threshold, "max_steps": self.exit_max_steps,
-                     "mean_steps": self.exit_mean_steps, "max_mean_steps": self.exit_max_mean_steps,
-                     "accuracy": self.exit_accuracy},
-            "sequence_exit": {"threshold": self.seq_exit_threshold, "mean_steps": self.seq_exit_mean_steps,
-                              "accuracy": self.seq_exit_accuracy},
+            "exits": [dataclasses.asdict(e) for e in self.exits],
             "num_examples": self.num_examples,
         }
 
@@ -164,20 +155,6 @@ def depth_sweep(model: torch.nn.Module, input_ids: torch.Tensor,
 
 
 @torch.no_grad()
-def sequence_exit(model: torch.nn.Module, input_ids: torch.Tensor, answer_mask: torch.Tensor, threshold: float,
-                  max_steps: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Sequence-level convergence exit: example b stops at the first iteration where the relative latent
-    change ‖s_t − s_{t−1}‖/‖s_t‖ of *every* answer token is below ``threshold`` (or at ``max_steps``).
-
-    Unlike the per-token exit, a token whose state is momentarily still (waiting for information from
-    earlier positions) cannot stop on its own. Returns (logits at each example's exit (B, T, V), steps (B,)).
-    """
-    criterion = GroupConvergence(threshold, watch=answer_mask.bool(), max_steps=max_steps)
-    out = model(input_ids, num_steps=max_steps, exit_criterion=criterion)
-    return out.logits, out.steps_used[:, 0]
-
-
-@torch.no_grad()
 def evaluate(
     model: torch.nn.Module,
     task: TaskConfig,
@@ -186,13 +163,13 @@ def evaluate(
     depths: Optional[Sequence[int]] = None,
     num_examples: Optional[int] = None,
     batch_size: int = 256,
-    exit_criterion: Optional[str] = None,
+    exit_criteria: Optional[Sequence[str]] = None,
     exit_threshold: Optional[float] = None,
     exit_max_steps: Optional[int] = None,
     seed: int = 0,
     device: Optional[torch.device | str] = None,
 ) -> ReasoningReport:
-    """Exact match per (difficulty, depth) on the task's test split, plus the exit criterion's depth.
+    """Exact match per (difficulty, depth) on the task's test split, plus the depth and accuracy of each exit criterion.
 
     Defaults come from ``task`` (eval_difficulties, eval_depths, num_eval, exit_*). ``seed`` seeds the
     model's random initial state so that repeated evaluations agree.
@@ -200,7 +177,7 @@ def evaluate(
     difficulties = list(difficulties or task.eval_difficulties)
     depths = list(depths or task.eval_depths)
     count = num_examples or task.num_eval
-    exit_name = task.exit_criterion if exit_criterion is None else exit_criterion
+    exit_names = list(task.exit_criteria if exit_criteria is None else exit_criteria)
     threshold = task.exit_threshold if exit_threshold is None else exit_threshold
     cap = exit_max_steps or task.max_exit_steps
     block = getattr(getattr(model, "config", None), "block_size", None)
@@ -230,32 +207,24 @@ def evaluate(
             for r in depths:
                 report.accuracy[(d, r)] = torch.cat(exact[r]).float().mean().item()
                 report.token_accuracy[(d, r)] = torch.cat(tokens[r]).float().mean().item()
-            if exit_name and exit_name != "none":
+            for name in exit_names:
+                result = next((e for e in report.exits if e.name == name), None)
+                if result is None:
+                    result = ExitResult(name, threshold, cap)
+                    report.exits.append(result)
                 exact, steps, deepest = [], [], []
                 for batch in batches:
-                    criterion = build_criterion(exit_name, threshold, max_steps=cap)
-                    out = model(batch["input_ids"].to(device), num_steps=cap, exit_criterion=criterion)
                     labels = batch["labels"]
-                    mask = labels != IGNORE_INDEX
+                    mask = labels != IGNORE_INDEX  # (B, T): the answer tokens must be still
+                    criterion = build_criterion(name, threshold, max_steps=cap, watch=mask.to(device))
+                    out = model(batch["input_ids"].to(device), num_steps=cap, exit_criterion=criterion)
                     exact.append(_score(out.logits.cpu(), labels)[0])
-                    used = out.steps_used.cpu()
+                    used = out.steps_used.cpu()  # (B, T)
                     steps.append(used[mask].float())
                     deepest.append(used.masked_fill(~mask, 0).amax(-1).float())
-                report.exit_name, report.exit_threshold, report.exit_max_steps = exit_name, threshold, cap
-                report.exit_mean_steps[d] = torch.cat(steps).mean().item()
-                report.exit_max_mean_steps[d] = torch.cat(deepest).mean().item()
-                report.exit_accuracy[d] = torch.cat(exact).float().mean().item()
-            if exit_name == "convergence" and hasattr(model, "core_step"):
-                exact, steps = [], []
-                for batch in batches:
-                    labels = batch["labels"]
-                    logits, used = sequence_exit(model, batch["input_ids"].to(device),
-                                                 (labels != IGNORE_INDEX).to(device), threshold, cap)
-                    exact.append(_score(logits.cpu(), labels)[0])
-                    steps.append(used.cpu().float())
-                report.seq_exit_threshold = threshold
-                report.seq_exit_mean_steps[d] = torch.cat(steps).mean().item()
-                report.seq_exit_accuracy[d] = torch.cat(exact).float().mean().item()
+                result.mean_steps[d] = torch.cat(steps).mean().item()
+                result.deepest_steps[d] = torch.cat(deepest).mean().item()
+                result.accuracy[d] = torch.cat(exact).float().mean().item()
     finally:
         torch.random.set_rng_state(gen_state)
         model.train(was_training)
@@ -264,10 +233,23 @@ def evaluate(
 
 # ------------------------------------------------------------------------------------ model dirs
 def save_task(task: TaskConfig, directory: str | Path) -> Path:
+    from recurrent_lm.model.io import atomic_write
+
     path = Path(directory) / TASK_FILE
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(task.to_dict(), indent=2, sort_keys=True))
+    text = json.dumps(task.to_dict(), indent=2, sort_keys=True)
+    atomic_write(path, lambda tmp: Path(tmp).write_text(text))
     return path
+
+
+def save_report(report: ReasoningReport, path: str | Path) -> None:
+    """The Markdown table at ``path``, with .csv and .json beside it (each written atomically)."""
+    from recurrent_lm.model.io import atomic_write
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    for suffix, text in ((path.suffix, report.to_markdown()), (".csv", report.to_csv()),
+                         (".json", json.dumps(report.to_dict(), indent=2))):
+        atomic_write(path.with_suffix(suffix), lambda tmp, text=text: Path(tmp).write_text(text))
 
 
 def load_task(directory: str | Path) -> TaskConfig:
@@ -289,12 +271,16 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     parser.add_argument("--difficulties", type=int, nargs="+", help="default: the task's eval_difficulties")
     parser.add_argument("--depths", type=int, nargs="+", help="default: the task's eval_depths")
     parser.add_argument("--num-examples", type=int, help="test examples per difficulty (default: task.num_eval)")
-    parser.add_argument("--exit", dest="exit_name", help="exit criterion: convergence|kl|entropy|argmax|none")
+    parser.add_argument("--exit", dest="exit_names", nargs="*", metavar="CRITERION",
+                        help="exit criteria to report (convergence, causal_convergence, sequence_convergence, kl, "
+                             "entropy, argmax); none given = no exit columns; default: the task's exit_criteria")
     parser.add_argument("--threshold", type=float, help="exit threshold (default: the task's)")
     parser.add_argument("--exit-max-steps", type=int, help="depth cap of the exit run (default: max depth)")
     parser.add_argument("--batch-size", type=int, default=256)
     parser.add_argument("--seed", type=int, default=0, help="seed of the random initial state")
     parser.add_argument("--threads", type=int, default=0, help="torch threads (0 = torch default)")
+    parser.add_argument("--block-size", type=int,
+                        help="extend the model's context (RoPE tables) to test longer inputs than it was built for")
     parser.add_argument("--out", help="write the Markdown table here (and .csv / .json beside it)")
     args = parser.parse_args(argv)
 
@@ -302,19 +288,19 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
 
     if args.threads:
         torch.set_num_threads(args.threads)
-    model = RecurrentDepthLM.from_pretrained(args.model)
-    task = TaskConfig(name=args.task) if args.task else load_task(args.model)
-    report = evaluate(model, task, difficulties=args.difficulties, depths=args.depths,
-                      num_examples=args.num_examples, batch_size=args.batch_size, exit_criterion=args.exit_name,
-                      exit_threshold=args.threshold, exit_max_steps=args.exit_max_steps, seed=args.seed)
-    table = report.to_markdown()
-    print(table)
+    overrides = {"block_size": args.block_size} if args.block_size else {}
+    try:  # bad input (model dir, task.json, difficulties, criteria): one line naming the fix, exit status 2
+        model = RecurrentDepthLM.from_pretrained(args.model, **overrides)
+        task = TaskConfig(name=args.task) if args.task else load_task(args.model)
+        report = evaluate(model, task, difficulties=args.difficulties, depths=args.depths,
+                          num_examples=args.num_examples, batch_size=args.batch_size, exit_criteria=args.exit_names,
+                          exit_threshold=args.threshold, exit_max_steps=args.exit_max_steps, seed=args.seed)
+    except (FileNotFoundError, ValueError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    print(report.to_markdown())
     if args.out:
-        out = Path(args.out)
-        out.parent.mkdir(parents=True, exist_ok=True)
-        out.write_text(table)
-        out.with_suffix(".csv").write_text(report.to_csv())
-        out.with_suffix(".json").write_text(json.dumps(report.to_dict(), indent=2))
+        save_report(report, args.out)
     return 0
 
 

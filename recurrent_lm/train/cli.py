@@ -150,7 +150,23 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
         tokenizer_file = run_dir / TOKENIZER_FILE
         summary["export"] = export_model(module.model.float().eval(), tokenizer_file if tokenizer_file.is_file()
                                          else None, run_dir / EXPORT_DIR)
+    if cfg.task is not None and trainer.is_global_zero:
+        summary["reasoning"] = evaluate_task(cfg, module.model.float().eval(), run_dir, summary.get("export"))
     return summary
+
+
+def evaluate_task(cfg: TrainConfig, model: torch.nn.Module, run_dir: Path, export_dir: Optional[Path]):
+    """The reasoning evaluation of a task run, written to ``<run_dir>/reasoning_eval.{md,csv,json}``; the
+    task also goes into the export (task.json) so ``python -m recurrent_lm.reasoning.evaluate --model
+    <export>`` re-runs it without arguments."""
+    from recurrent_lm.reasoning.evaluate import evaluate, save_report, save_task
+
+    assert cfg.task is not None
+    if export_dir is not None:
+        save_task(cfg.task, export_dir)
+    report = evaluate(model, cfg.task, seed=cfg.seed)
+    save_report(report, run_dir / "reasoning_eval.md")
+    return report
 
 
 def save_resolved_config(cfg: DictConfig, run_dir: Path) -> None:

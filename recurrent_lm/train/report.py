@@ -29,12 +29,10 @@ def print_report(cfg: TrainConfig, summary: dict[str, Any]) -> None:
     console.print(f"steps trained: {summary['step']}   run dir: {summary['run_dir']}")
     if "export" in summary:
         console.print(f"exported model: [bold]{summary['export']}[/bold]")
-    if cfg.task is not None:
-        from recurrent_lm.reasoning import evaluate
-
-        console.rule(f"{cfg.task.name}: exact match by difficulty × test-time depth")
-        console.print(evaluate(summary["model"].float().eval(), cfg.task).to_markdown(), markup=False,
-                      soft_wrap=True)
+    if "reasoning" in summary:
+        console.rule(f"{summary['reasoning'].task}: exact match by difficulty × test-time depth")
+        console.print(summary["reasoning"].to_markdown(), markup=False, soft_wrap=True)
+        console.print(f"written to {summary['run_dir'] / 'reasoning_eval.md'} (.csv, .json)")
     tokenizer = summary.get("tokenizer")
     if tokenizer is not None and cfg.sample_tokens > 0:
         from recurrent_lm.infer import GenerationConfig, generate
