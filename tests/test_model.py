@@ -396,6 +396,19 @@ def test_too_long_input_is_refused(tiny_model):
 
 
 # ---------------------------------------------------------------------------------------- persistence
+def test_saved_files_get_ordinary_permissions(tiny_model, tmp_path: Path):
+    """Atomic writes go through mkstemp (mode 0600); the result must be readable like any file (umask)."""
+    import os
+
+    old = os.umask(0o022)
+    try:
+        tiny_model().save_pretrained(tmp_path / "m")
+    finally:
+        os.umask(old)
+    assert {f.name: f.stat().st_mode & 0o777 for f in (tmp_path / "m").iterdir()} == {
+        "config.json": 0o644, "model.safetensors": 0o644}
+
+
 def test_save_and_load_round_trip(tiny_model, tmp_path: Path):
     model = tiny_model(init_scale=0.0, n_kv_heads=2)
     model.save_pretrained(tmp_path / "m")

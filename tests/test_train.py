@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import json
 import os
 import signal
 import subprocess
@@ -193,3 +194,26 @@ def test_dry_run_builds_nothing_on_disk(corpus_dir, tmp_path, capsys):
     run(cfg)
     assert "3,564,976,800" in capsys.readouterr().out
     assert not (tmp_path / "dry").exists()
+
+
+@pytest.mark.parametrize("experiment", ["reasoning_parity", "reasoning_reachability"])
+def test_reasoning_experiment_trains_evaluates_and_exports_its_task(experiment, tmp_path):
+    """The hydra app with a task group: a few steps, then the reasoning table in the run dir, and an
+    export that the evaluation CLI re-runs from alone (task.json beside the weights)."""
+    from recurrent_lm.reasoning.evaluate import load_task, main as evaluate_main
+
+    small = {"reasoning_parity": "[4,8]", "reasoning_reachability": "[2,3]"}[experiment]
+    cfg = compose_cfg([f"experiment={experiment}", f"run_dir={tmp_path}", "trainer.max_steps=3",
+                       "trainer.enable_progress_bar=false", "trainer.eval_depths=[2]", "logger.tensorboard=false",
+                       "task.num_val=8", "task.num_eval=8", f"task.eval_difficulties={small}",
+                       "task.eval_depths=[1,3]", "task.exit_max_steps=4"])
+    summary = run(cfg)
+    report = summary["reasoning"]
+    assert report.task == cfg.task.name and sorted(report.accuracy) == sorted(
+        (d, r) for d in cfg.task.eval_difficulties for r in (1, 3))
+    assert [e.name for e in report.exits] == ["convergence", "causal_convergence", "sequence_convergence"]
+    table = (tmp_path / "reasoning_eval.md").read_text()
+    assert table == report.to_markdown() and json.loads((tmp_path / "reasoning_eval.json").read_text())
+    export = tmp_path / "export"
+    assert load_task(export).name == cfg.task.name
+    assert evaluate_main(["--model", str(export), "--exit", "--num-examples", "4"]) == 0
