@@ -8,7 +8,7 @@ Library use::
 CLI (a model directory from ``save_pretrained`` / ``recurrent-lm-export``; the task is read from
 ``task.json`` in that directory unless given)::
 
-    python -m recurrent_lm.reasoning.evaluate --model runs/parity/model \
+    recurrent-lm-reasoning-eval --model runs/reasoning_parity/export \
         --difficulties 16 32 64 --depths 8 16 32 64 --out evals/reasoning/results/parity.md
 
 Exact match: an example counts as solved only if the argmax at *every* supervised position equals
@@ -262,7 +262,7 @@ def load_task(directory: str | Path) -> TaskConfig:
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
     parser = argparse.ArgumentParser(
-        prog="python -m recurrent_lm.reasoning.evaluate",
+        prog="recurrent-lm-reasoning-eval",
         description="Exact match of a looped model on a reasoning task by difficulty x test-time depth, "
                     "and the depth the exit criterion chooses per difficulty.")
     parser.add_argument("--model", required=True, help="model directory (config.json + model.safetensors)")

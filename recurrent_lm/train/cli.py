@@ -157,7 +157,7 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
 
 def evaluate_task(cfg: TrainConfig, model: torch.nn.Module, run_dir: Path, export_dir: Optional[Path]):
     """The reasoning evaluation of a task run, written to ``<run_dir>/reasoning_eval.{md,csv,json}``; the
-    task also goes into the export (task.json) so ``python -m recurrent_lm.reasoning.evaluate --model
+    task also goes into the export (task.json) so ``recurrent-lm-reasoning-eval --model
     <export>`` re-runs it without arguments."""
     from recurrent_lm.reasoning.evaluate import evaluate, save_report, save_task
 
