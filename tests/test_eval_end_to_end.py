@@ -11,7 +11,6 @@ import json
 import math
 
 import pytest
-import torch
 from eval_support import ManualScorer, make_model_dir
 
 lm_eval = pytest.importorskip("lm_eval")

@@ -8,9 +8,9 @@ import pytest
 import torch
 
 from recurrent_lm.model import ModelConfig, RecurrentDepthLM
-from recurrent_lm.reasoning.config import TaskConfig
+from recurrent_lm.reasoning.config import TaskConfig, sequence_length
 from recurrent_lm.reasoning.datamodule import ReasoningDataModule
-from recurrent_lm.reasoning.tasks import BOS, IGNORE_INDEX, ONE, PAD, ROW_END, ZERO, collate, make_example, sequence_length
+from recurrent_lm.reasoning.tasks import BOS, IGNORE_INDEX, ONE, PAD, ROW_END, ZERO, collate, make_example
 
 
 def first_batches(dm: ReasoningDataModule, n: int) -> list[dict]:

@@ -7,10 +7,10 @@ import itertools
 import numpy as np
 import pytest
 
-from recurrent_lm.reasoning.config import TaskConfig
+from recurrent_lm.reasoning.config import TaskConfig, sequence_length
 from recurrent_lm.reasoning.tasks import (BOS, IGNORE_INDEX, ONE, ROW_END, SEP, START, TEST_SPLIT, TRAIN_SPLIT,
-                                          VAL_SPLIT, WALL, ZERO, fixed_examples, make_example, sequence_length,
-                                          train_examples, vocab_size)
+                                          VAL_SPLIT, WALL, ZERO, fixed_examples, make_example, train_examples,
+                                          vocab_size)
 
 
 def parity_task(**kw) -> TaskConfig:

@@ -8,6 +8,6 @@ from recurrent_lm.loop.unroll import LoopResult, StepFn, unroll
 
 __all__ = [
     "CRITERIA", "ArgmaxStable", "CausalConvergence", "Convergence", "DepthSampler", "EntropyChange",
-    "ExitCriterion", "KLDivergence", "SequenceConvergence", "LoopResult", "LoopStats", "SamplerConfig", "StepFn", "build_criterion",
-    "relative_change", "token_correlation", "unroll",
+    "ExitCriterion", "KLDivergence", "LoopResult", "LoopStats", "SamplerConfig", "SequenceConvergence", "StepFn",
+    "build_criterion", "relative_change", "token_correlation", "unroll",
 ]

@@ -19,16 +19,15 @@ instead cycles over a fixed set of that size). Validation holds ``num_val`` exam
 
 from __future__ import annotations
 
-from typing import Iterator, Optional
+from typing import Iterator
 
 import lightning as L
 import numpy as np
-import torch
 from torch.utils.data import DataLoader, Dataset, IterableDataset
 
-from recurrent_lm.reasoning.config import TaskConfig
+from recurrent_lm.reasoning.config import TaskConfig, sequence_length
 from recurrent_lm.reasoning.tasks import (FIXED_TRAIN_SPLIT, VAL_SPLIT, Example, collate, fixed_examples,
-                                          make_example, sequence_length, train_examples, vocab_size)
+                                          make_example, train_examples, vocab_size)
 
 
 class _TrainStream(IterableDataset):

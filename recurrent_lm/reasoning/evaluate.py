@@ -22,7 +22,6 @@ import csv
 import dataclasses
 import io
 import json
-import math
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -31,8 +30,8 @@ from typing import Optional, Sequence
 import torch
 
 from recurrent_lm.loop import build_criterion, unroll
-from recurrent_lm.reasoning.config import TaskConfig
-from recurrent_lm.reasoning.tasks import IGNORE_INDEX, TEST_SPLIT, collate, fixed_examples, sequence_length
+from recurrent_lm.reasoning.config import TaskConfig, sequence_length
+from recurrent_lm.reasoning.tasks import IGNORE_INDEX, TEST_SPLIT, collate, fixed_examples
 
 TASK_FILE = "task.json"
 

@@ -30,7 +30,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 import numpy as np
 
-from recurrent_lm.reasoning.config import TaskConfig, sequence_length
+from recurrent_lm.reasoning.config import TaskConfig
 
 IGNORE_INDEX = -100
 

@@ -16,9 +16,8 @@ Run directory (``run_dir``, default ``runs/<name>``)::
 from __future__ import annotations
 
 import os
-import shutil
 from pathlib import Path
-from typing import Any, Optional
+from typing import TYPE_CHECKING, Any, Optional
 
 import hydra
 import lightning as L
@@ -37,6 +36,9 @@ from recurrent_lm.train.export import CHECKPOINT_DIR, EXPORT_DIR, LAST_CHECKPOIN
 from recurrent_lm.train.module import RecurrentLMModule
 from recurrent_lm.train.report import print_report
 from recurrent_lm.train.schema import TrainConfig, register_configs
+
+if TYPE_CHECKING:
+    from recurrent_lm.reasoning import ReasoningReport, TaskConfig
 
 
 def conf_dir() -> Path:
@@ -151,20 +153,21 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
         summary["export"] = export_model(module.model.float().eval(), tokenizer_file if tokenizer_file.is_file()
                                          else None, run_dir / EXPORT_DIR)
     if cfg.task is not None and trainer.is_global_zero:
-        summary["reasoning"] = evaluate_task(cfg, module.model.float().eval(), run_dir, summary.get("export"))
+        summary["reasoning"] = evaluate_task(cfg.task, module.model.float().eval(), run_dir, summary.get("export"),
+                                             cfg.seed)
     return summary
 
 
-def evaluate_task(cfg: TrainConfig, model: torch.nn.Module, run_dir: Path, export_dir: Optional[Path]):
+def evaluate_task(task: TaskConfig, model: torch.nn.Module, run_dir: Path, export_dir: Optional[Path],
+                  seed: int) -> ReasoningReport:
     """The reasoning evaluation of a task run, written to ``<run_dir>/reasoning_eval.{md,csv,json}``; the
-    task also goes into the export (task.json) so ``recurrent-lm-reasoning-eval --model
-    <export>`` re-runs it without arguments."""
+    task also goes into the export (task.json) so ``recurrent-lm-reasoning-eval --model <export>``
+    re-runs it without arguments."""
     from recurrent_lm.reasoning.evaluate import evaluate, save_report, save_task
 
-    assert cfg.task is not None
     if export_dir is not None:
-        save_task(cfg.task, export_dir)
-    report = evaluate(model, cfg.task, seed=cfg.seed)
+        save_task(task, export_dir)
+    report = evaluate(model, task, seed=seed)
     save_report(report, run_dir / "reasoning_eval.md")
     return report
 
