@@ -42,6 +42,8 @@ from recurrent_lm.model.accounting import forward_flops_per_token
 
 DEFAULT_THRESHOLDS = {
     "convergence": [0.01, 0.03, 0.1],
+    "causal_convergence": [0.03],
+    "sequence_convergence": [0.03],
     "kl": [1e-4, 5e-4, 2e-3],
     "entropy": [1e-3, 1e-2],
     "argmax": [4, 8],
