@@ -64,9 +64,6 @@ class ReasoningReport:
     num_examples: int = 0
 
     # -------------------------------------------------------------------------------- output
-    def best_depth(self, difficulty: int) -> int:
-        return max(self.depths, key=lambda r: (self.accuracy[(difficulty, r)], -r))
-
     def rows(self) -> list[dict]:
         """One row per difficulty: acc@r for each depth, then each exit's steps and accuracy (for CSV)."""
         out = []
@@ -191,7 +188,8 @@ def evaluate(
     gen_state = torch.random.get_rng_state()
     torch.manual_seed(seed)
     report = ReasoningReport(task=task.name, difficulties=difficulties, depths=depths, accuracy={},
-                             token_accuracy={}, num_examples=count)
+                             token_accuracy={}, exits=[ExitResult(n, threshold, cap) for n in exit_names],
+                             num_examples=count)
     try:
         for d in difficulties:
             examples = fixed_examples(task, TEST_SPLIT, d, count)
@@ -206,16 +204,12 @@ def evaluate(
             for r in depths:
                 report.accuracy[(d, r)] = torch.cat(exact[r]).float().mean().item()
                 report.token_accuracy[(d, r)] = torch.cat(tokens[r]).float().mean().item()
-            for name in exit_names:
-                result = next((e for e in report.exits if e.name == name), None)
-                if result is None:
-                    result = ExitResult(name, threshold, cap)
-                    report.exits.append(result)
+            for result in report.exits:
                 exact, steps, deepest = [], [], []
                 for batch in batches:
                     labels = batch["labels"]
                     mask = labels != IGNORE_INDEX  # (B, T): the answer tokens must be still
-                    criterion = build_criterion(name, threshold, max_steps=cap, watch=mask.to(device))
+                    criterion = build_criterion(result.name, threshold, max_steps=cap, watch=mask.to(device))
                     out = model(batch["input_ids"].to(device), num_steps=cap, exit_criterion=criterion)
                     exact.append(_score(out.logits.cpu(), labels)[0])
                     used = out.steps_used.cpu()  # (B, T)
