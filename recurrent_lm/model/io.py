@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import tempfile
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable
@@ -41,6 +42,13 @@ def atomic_write(path: Path, write: Callable[[Path], None]) -> None:
         write(Path(tmp))
         os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600; give the file the permissions open() would
         os.replace(tmp, path)
+    except (OSError, RuntimeError) as err:
+        Path(tmp).unlink(missing_ok=True)
+        # torch.save reports ENOSPC as a bare "basic_ios::clear": say what was being written and why
+        space = shutil.disk_usage(path.parent).free
+        raise OSError(f"writing {path} failed ({err}); {space / 2**20:.0f} MiB free on its file system. "
+                      f"The previous {path.name}, if any, is intact. Free disk space or choose another "
+                      "directory, then run again") from err
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise

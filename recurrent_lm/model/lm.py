@@ -85,14 +85,19 @@ class RecurrentDepthLM(nn.Module):
             else:
                 _trunc_normal(p, std)
 
-    def initial_state(self, like: Tensor) -> Tensor:
-        """Huginn's s_0: truncated normal (±3σ, σ = sqrt(2/5h)) · √h · init_scale; fresh every call."""
+    def initial_state(self, like: Tensor, generator: Optional[torch.Generator] = None) -> Tensor:
+        """Huginn's s_0: truncated normal (±3σ, σ = sqrt(2/5h)) · √h · init_scale; fresh every call.
+
+        ``generator`` makes the draw a pure function of its seed. Training passes one seeded by
+        (seed, step, rank), so a resumed run redraws exactly the noise of the uninterrupted one;
+        without it the global RNG is used, whose position depends on everything touched before.
+        """
         scale = self.config.init_scale
         if scale == 0:
             return torch.zeros_like(like)
         std = math.sqrt(2 / (5 * self.config.d_model))
         s = torch.empty(like.shape, device=like.device, dtype=torch.float32)
-        nn.init.trunc_normal_(s, std=std, a=-3 * std, b=3 * std)
+        nn.init.trunc_normal_(s, std=std, a=-3 * std, b=3 * std, generator=generator)
         return (s * (scale * math.sqrt(self.config.d_model))).to(like.dtype)
 
     # ------------------------------------------------------------------ pieces
@@ -196,12 +201,14 @@ class RecurrentDepthLM(nn.Module):
         past_key_values: Optional[RecurrentKVCache] = None,
         exit_criterion: Optional[ExitCriterion] = None,
         init_state: Optional[Tensor] = None,
+        generator: Optional[torch.Generator] = None,
         record_stats: bool = False,
     ) -> RecurrentLMOutput:
         """Run the model at test-time depth ``num_steps`` (see :meth:`resolve_steps`).
 
         ``inputs_embeds`` (B, T, H) replaces ``embed_tokens(input_ids)``. ``init_state`` (B, T, H)
-        replaces the random s_0 (warm start). With ``past_key_values`` the cache is extended by T.
+        replaces the random s_0 (warm start); ``generator`` seeds the random one. With
+        ``past_key_values`` the cache is extended by T.
         """
         if (input_ids is None) == (inputs_embeds is None):
             raise ValueError("pass exactly one of input_ids or inputs_embeds")
@@ -217,7 +224,7 @@ class RecurrentDepthLM(nn.Module):
                                      position_ids=position_ids, document_ids=document_ids,
                                      cache=cache)
         e = self.run_layers(self.prelude, x, ctx, "prelude")  # (B, T, H)
-        s0 = self.initial_state(e) if init_state is None else init_state.to(e.dtype)
+        s0 = self.initial_state(e, generator) if init_state is None else init_state.to(e.dtype)
         readout_ctx = replace(ctx, cache=ctx.cache.cache.view(read_only=True)) if ctx.cache else ctx
         loop = unroll(
             lambda s, i, active: self.core_step(s, e, ctx, i, active),

@@ -13,7 +13,14 @@ class DepthThroughputMonitor(ThroughputMonitor):
 
     The module sets ``flops_per_batch`` in every training_step from the (n_no_grad, n_grad) it drew.
     On CPUs, where Lightning knows no peak, MFU is reported against a matmul peak measured at setup.
+    Validation is timed (so it is kept out of the training throughput) but not logged: Lightning logs
+    it at its own batch counter as the step, which would interleave unrelated rows with the
+    training steps of metrics.csv.
     """
+
+    def on_validation_batch_end(self, trainer, pl_module, outputs, batch, *args, **kwargs) -> None:
+        if not trainer.sanity_checking and trainer.is_global_zero:
+            self._update(trainer, pl_module, batch, trainer._evaluation_loop.batch_progress.total.ready)
 
     def setup(self, trainer, pl_module, stage: str) -> None:
         super().setup(trainer, pl_module, stage)

@@ -6,16 +6,21 @@
 
 Run directory (``run_dir``, default ``runs/<name>``)::
 
-    config.yaml        resolved config of this run
+    config.yaml        resolved config of the latest session
     tokenizer.json     the tokenizer the data was packed with
-    checkpoints/       last.ckpt (+ step-*.ckpt); ``resume=auto`` continues from last.ckpt
-    logs/              metrics.csv and TensorBoard events
+    .lock              held by the live run (host, pid, SLURM job id); a second launch is refused
+    checkpoints/       last.ckpt (+ step-N.ckpt); ``resume=auto`` continues from the newest complete one
+    logs/              metrics.csv and tensorboard/, continued (not restarted) by every resume
     export/            model.safetensors + config.json + tokenizer.json (RecurrentDepthLM.from_pretrained)
+
+Before anything is written the run directory is locked, partial writes of a killed run are removed,
+and the resume is chosen and checked (see :mod:`recurrent_lm.train.run_dir`): a refusal changes nothing.
 """
 
 from __future__ import annotations
 
 import os
+import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Optional
 
@@ -23,7 +28,7 @@ import hydra
 import lightning as L
 import torch
 from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint, RichProgressBar
-from lightning.pytorch.loggers import CSVLogger, Logger, TensorBoardLogger
+from lightning.pytorch.loggers import Logger, TensorBoardLogger
 from lightning.pytorch.utilities import rank_zero_only
 from omegaconf import DictConfig, OmegaConf
 
@@ -32,9 +37,13 @@ from recurrent_lm.train.callbacks import DepthThroughputMonitor
 from recurrent_lm.train.checkpoint_io import SafeCheckpointIO
 from recurrent_lm.train.datamodule import TextDataModule
 from recurrent_lm.train.hardware import resolve_precision
-from recurrent_lm.train.export import CHECKPOINT_DIR, EXPORT_DIR, LAST_CHECKPOINT, export_model
+from recurrent_lm.train.export import export_model
+from recurrent_lm.train.metrics_log import RunCSVLogger
 from recurrent_lm.train.module import RecurrentLMModule
 from recurrent_lm.train.report import print_report
+from recurrent_lm.train.run_dir import (CHECKPOINT_DIR, EXPORT_DIR, LOG_DIR, Resume, RunDirInUse, RunDirLock,
+                                        check_compatible, clear_run, make_run_dir, remove_partial_writes,
+                                        resolve_resume, write_text_atomic)
 from recurrent_lm.train.schema import TrainConfig, register_configs
 
 if TYPE_CHECKING:
@@ -50,30 +59,6 @@ def conf_dir() -> Path:
     return path
 
 
-def resolve_resume(resume: str, run_dir: Path) -> Optional[Path]:
-    """resume=auto -> last.ckpt if the run has one; none -> fresh; else an explicit checkpoint path."""
-    if resume == "none":
-        return None
-    if resume == "auto":
-        last = run_dir / CHECKPOINT_DIR / LAST_CHECKPOINT
-        return last if last.is_file() else None
-    path = Path(resume)
-    if not path.is_file():
-        raise FileNotFoundError(f"resume={resume}: no such checkpoint; use resume=auto, resume=none, or the path "
-                                f"of an existing .ckpt (e.g. {run_dir / CHECKPOINT_DIR / LAST_CHECKPOINT})")
-    return path
-
-
-def prepare_run_dir(run_dir: Path) -> None:
-    try:
-        (run_dir / CHECKPOINT_DIR).mkdir(parents=True, exist_ok=True)
-    except OSError as err:
-        raise PermissionError(f"run_dir={run_dir} cannot be created ({err.strerror}); set run_dir= to a writable "
-                              "directory") from err
-    if not os.access(run_dir, os.W_OK) or not os.access(run_dir / CHECKPOINT_DIR, os.W_OK):
-        raise PermissionError(f"run_dir={run_dir} is not writable; set run_dir= to a writable directory")
-
-
 def build_datamodule(cfg: TrainConfig) -> L.LightningDataModule:
     t = cfg.trainer
     if cfg.task is not None:
@@ -85,12 +70,17 @@ def build_datamodule(cfg: TrainConfig) -> L.LightningDataModule:
                           val_batches=t.val_batches, seed=cfg.seed)
 
 
-def build_loggers(cfg: TrainConfig, run_dir: Path) -> list[Logger]:
+def build_loggers(cfg: TrainConfig, run_dir: Path, resume: Resume) -> list[Logger]:
+    """Loggers that continue the run's history from the resumed step: rows and events of steps that are
+    about to be re-run are superseded (CSV rows dropped, TensorBoard's purge_step), never duplicated."""
     loggers: list[Logger] = []
     if cfg.logger.csv:
-        loggers.append(CSVLogger(run_dir, name="logs", version="", flush_logs_every_n_steps=cfg.logger.flush_every_n_steps))
+        carried = resume.checkpoint.get("step_log") if resume.checkpoint is not None else None
+        loggers.append(RunCSVLogger(run_dir / LOG_DIR, resume.step, flush_every_n_steps=cfg.logger.flush_every_n_steps,
+                                    carried_row=carried))
     if cfg.logger.tensorboard:
-        loggers.append(TensorBoardLogger(run_dir, name="logs", version="tensorboard", default_hp_metric=False))
+        loggers.append(TensorBoardLogger(run_dir, name=LOG_DIR, version="tensorboard", default_hp_metric=False,
+                                         purge_step=resume.step or None))
     if cfg.logger.wandb:
         from lightning.pytorch.loggers import WandbLogger
 
@@ -98,35 +88,46 @@ def build_loggers(cfg: TrainConfig, run_dir: Path) -> list[Logger]:
     return loggers
 
 
-def build_trainer(cfg: TrainConfig, run_dir: Path) -> L.Trainer:
+class RunCheckpoint(ModelCheckpoint):
+    """step-N.ckpt every n steps plus last.ckpt, and last.ckpt again at the end of training when the
+    final step is not a multiple of n (Lightning's own end-of-training save skips a session that
+    saved before), so a finished run resumes as finished."""
+
+    def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if self._last_global_step_saved != trainer.global_step:
+            self._save_last_checkpoint(trainer, self._monitor_candidates(trainer))
+
+
+def build_trainer(cfg: TrainConfig, run_dir: Path, resume: Resume) -> L.Trainer:
     t = cfg.trainer
+    loggers = build_loggers(cfg, run_dir, resume)
     callbacks: list[Any] = [
-        ModelCheckpoint(dirpath=run_dir / CHECKPOINT_DIR, filename="step-{step}", auto_insert_metric_name=False,
-                        every_n_train_steps=t.checkpoint_every_n_steps, save_last=True, save_top_k=1,
-                        enable_version_counter=False),
-        LearningRateMonitor(logging_interval="step"),
+        RunCheckpoint(dirpath=run_dir / CHECKPOINT_DIR, filename="step-{step}", auto_insert_metric_name=False,
+                      every_n_train_steps=t.checkpoint_every_n_steps or 0, every_n_epochs=0, save_last=True,
+                      save_top_k=1, enable_version_counter=False),
         DepthThroughputMonitor(batch_size_fn=lambda b: b["input_ids"].shape[0],
                                length_fn=lambda b: b["input_ids"].numel(), window_size=t.throughput_window),
     ]
+    if loggers:
+        callbacks.append(LearningRateMonitor(logging_interval="step"))
     if t.enable_progress_bar:
         callbacks.append(RichProgressBar())
     devices: Any = int(t.devices) if str(t.devices).isdigit() else t.devices
     return L.Trainer(
         accelerator=t.accelerator, devices=devices, num_nodes=t.num_nodes, strategy=t.strategy,
         precision=resolve_precision(t.precision, t.accelerator), max_steps=t.max_steps, accumulate_grad_batches=t.accumulate_grad_batches,
-        gradient_clip_val=t.gradient_clip_val, val_check_interval=t.val_check_interval,
-        check_val_every_n_epoch=None, limit_val_batches=t.val_batches, num_sanity_val_steps=0,
-        log_every_n_steps=t.log_every_n_steps, deterministic=t.deterministic, callbacks=callbacks,
-        logger=build_loggers(cfg, run_dir) or False, plugins=[SafeCheckpointIO()], default_root_dir=run_dir,
+        gradient_clip_val=t.gradient_clip_val, val_check_interval=t.val_check_interval or t.max_steps,
+        check_val_every_n_epoch=None, limit_val_batches=t.val_batches if t.val_check_interval else 0,
+        num_sanity_val_steps=0, log_every_n_steps=t.log_every_n_steps, deterministic=t.deterministic,
+        callbacks=callbacks, logger=loggers or False, default_root_dir=run_dir,
+        plugins=[SafeCheckpointIO(preloaded=(resume.path, resume.checkpoint) if resume.path else None)],
         enable_progress_bar=t.enable_progress_bar, enable_model_summary=False, use_distributed_sampler=False,
     )
 
 
-def train(cfg: TrainConfig) -> dict[str, Any]:
+def train(cfg: TrainConfig, resume: Resume) -> dict[str, Any]:
     """Fit (or resume), validate across depths, export. Returns a summary dict (used by the report)."""
     run_dir = Path(cfg.run_dir)
-    prepare_run_dir(run_dir)
-    ckpt_path = resolve_resume(cfg.resume, run_dir)
     L.seed_everything(cfg.seed, workers=True, verbose=False)
     datamodule = build_datamodule(cfg)
     datamodule.prepare_data()
@@ -138,12 +139,18 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
                              f"{cfg.model.vocab_size}; raise model.vocab_size or use a smaller tokenizer")
         tokenizer.save(run_dir / TOKENIZER_FILE)
     module = RecurrentLMModule(cfg.model, cfg.sampler, cfg.optim, cfg.trainer.eval_depths,
-                               compile_blocks=cfg.trainer.compile, telemetry_every=cfg.trainer.log_every_n_steps)
-    trainer = build_trainer(cfg, run_dir)
-    trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path, weights_only=True)
+                               compile_blocks=cfg.trainer.compile, telemetry_every=cfg.trainer.log_every_n_steps,
+                               seed=cfg.seed, max_nonfinite_steps=cfg.trainer.max_nonfinite_steps)
+    trainer = build_trainer(cfg, run_dir, resume)
+    if resume.path is not None:
+        print(f"resuming from {resume.path} (step {resume.step})")
+    trainer.fit(module, datamodule=datamodule, ckpt_path=resume.path, weights_only=True)
     # Lightning already validated at the last step when val_check_interval divides it: reuse that.
     val = {k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith("val")}
-    if trainer.global_step % cfg.trainer.val_check_interval != 0 or not val:
+    interval = cfg.trainer.val_check_interval
+    if resume.step >= cfg.trainer.max_steps:
+        trainer.loggers = []  # a finished run re-run: its logs already hold this validation
+    if interval is not None and (trainer.global_step % interval != 0 or not val):
         val = {k: v for results in trainer.validate(module, datamodule=datamodule, verbose=False)
                for k, v in results.items()}
     summary: dict[str, Any] = {"run_dir": run_dir, "val": val, "tokenizer": tokenizer, "model": module.model,
@@ -172,11 +179,6 @@ def evaluate_task(task: TaskConfig, model: torch.nn.Module, run_dir: Path, expor
     return report
 
 
-def save_resolved_config(cfg: DictConfig, run_dir: Path) -> None:
-    run_dir.mkdir(parents=True, exist_ok=True)
-    (run_dir / "config.yaml").write_text(OmegaConf.to_yaml(cfg, resolve=True))
-
-
 def run(cfg: DictConfig) -> dict[str, Any]:
     typed: TrainConfig = OmegaConf.to_object(cfg)  # runs every dataclass __post_init__ check
     if typed.dry_run:
@@ -187,19 +189,39 @@ def run(cfg: DictConfig) -> dict[str, Any]:
         print(OmegaConf.to_yaml(cfg, resolve=True))
         print(f"parameters: {counts.total:,} ({counts})")
         return {}
-    prepare_run_dir(Path(typed.run_dir))
-    rank_zero_only(save_resolved_config)(cfg, Path(typed.run_dir))
-    summary = train(typed)
-    rank_zero_only(print_report)(typed, summary)
+    run_dir = Path(typed.run_dir)
+    make_run_dir(run_dir)
+    if rank_zero_only.rank != 0:  # rank 0 guards the directory; the others follow its resume choice
+        return train(typed, resolve_resume(typed.resume, run_dir, overwrite=True))
+    with RunDirLock(run_dir):
+        remove_partial_writes(run_dir)
+        resume = resolve_resume(typed.resume, run_dir, typed.overwrite)
+        check_compatible(resume, typed.model)
+        if typed.resume == "none" and typed.overwrite:
+            clear_run(run_dir)
+        write_text_atomic(run_dir / "config.yaml", OmegaConf.to_yaml(cfg, resolve=True))
+        summary = train(typed, resume)
+        print_report(typed, summary)
     return summary
 
 
 register_configs()
 
 
+USER_ERRORS = (ValueError, OSError, RunDirInUse, FloatingPointError)
+"""What bad input, a guarded run directory or a diverging run raise: each message names the setting or
+file and the fix, so it is printed as one line (exit status 2) instead of a traceback."""
+
+
 @hydra.main(config_path=str(conf_dir()), config_name="config", version_base="1.3")
 def _hydra_main(cfg: DictConfig) -> None:
-    run(cfg)
+    try:
+        run(cfg)
+    except USER_ERRORS as err:
+        if os.environ.get("HYDRA_FULL_ERROR") == "1":
+            raise
+        print(f"recurrent-lm-train: error: {err}\n(set HYDRA_FULL_ERROR=1 for the traceback)", file=sys.stderr)
+        sys.exit(2)
 
 
 def main() -> None:

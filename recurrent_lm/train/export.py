@@ -14,10 +14,7 @@ from typing import Optional
 from recurrent_lm.model import ModelConfig, RecurrentDepthLM
 from recurrent_lm.model.io import TOKENIZER_FILE, atomic_write
 from recurrent_lm.train.checkpoint_io import load_checkpoint
-
-CHECKPOINT_DIR = "checkpoints"
-LAST_CHECKPOINT = "last.ckpt"
-EXPORT_DIR = "export"
+from recurrent_lm.train.run_dir import CHECKPOINT_DIR, EXPORT_DIR, LAST_CHECKPOINT, newest_checkpoint
 
 
 def export_model(model: RecurrentDepthLM, tokenizer_file: Optional[Path], out_dir: Path) -> Path:
@@ -28,7 +25,7 @@ def export_model(model: RecurrentDepthLM, tokenizer_file: Optional[Path], out_di
 
 
 def model_from_checkpoint(path: Path) -> RecurrentDepthLM:
-    checkpoint = load_checkpoint(path)
+    checkpoint = load_checkpoint(path, check_finite=True)
     try:
         config = ModelConfig.from_dict(checkpoint["hyper_parameters"]["model"])
         state = {k.removeprefix("model."): v for k, v in checkpoint["state_dict"].items()}
@@ -40,9 +37,12 @@ def model_from_checkpoint(path: Path) -> RecurrentDepthLM:
 
 
 def export_run(source: Path, out_dir: Optional[Path] = None) -> Path:
-    """Export from a run directory (its last checkpoint) or from a checkpoint file."""
+    """Export from a run directory (its newest complete checkpoint) or from a checkpoint file."""
     if source.is_dir():
-        run_dir, ckpt = source, source / CHECKPOINT_DIR / LAST_CHECKPOINT
+        run_dir, ckpt = source, newest_checkpoint(source).path
+        if ckpt is None:
+            raise FileNotFoundError(f"{source} has no checkpoint under {CHECKPOINT_DIR}/; pass a run directory that "
+                                    f"has trained, or a .ckpt file (e.g. {source / CHECKPOINT_DIR / LAST_CHECKPOINT})")
     else:
         run_dir, ckpt = source.parent.parent, source
     tokenizer = run_dir / TOKENIZER_FILE
