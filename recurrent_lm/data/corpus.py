@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import glob
 import importlib.metadata
+import json
 import importlib.util
 from collections.abc import Iterator
 from pathlib import Path
@@ -20,6 +21,7 @@ from typing import Any
 
 import numpy as np
 from datasets import Dataset, DatasetDict, IterableDataset, IterableDatasetDict, load_dataset
+from datasets.exceptions import DatasetGenerationError
 
 from recurrent_lm.data.config import DataConfig
 
@@ -41,8 +43,12 @@ def load_corpus(cfg: DataConfig) -> Corpus:
     if files is not None:
         builder = SUFFIX_BUILDERS[files[0].suffix]
         options = {"sample_by": cfg.text_unit} if builder == "text" else {}
-        raw = load_dataset(builder, data_files={"train": [str(f) for f in files]}, streaming=cfg.streaming,
-                           **options)
+        try:
+            raw = load_dataset(builder, data_files={"train": [str(f) for f in files]}, streaming=cfg.streaming,
+                               **options)
+        except (DatasetGenerationError, StopIteration, UnicodeDecodeError, ValueError) as err:
+            raise ValueError(f"data.source={cfg.source!r}: {_first_bad_record(files, builder)}; fix or remove that "
+                             "file") from err
         field = "text" if builder == "text" else cfg.text_field
     else:
         raw = _load_hub(cfg)
@@ -61,6 +67,29 @@ def load_corpus(cfg: DataConfig) -> Corpus:
         train, validation = _split_by_document(documents["train"], cfg)
     return IterableDatasetDict(train=train, validation=validation) if cfg.streaming \
         else DatasetDict(train=train, validation=validation)
+
+
+def _first_bad_record(files: list[Path], builder: str) -> str:
+    """Where reading ``files`` fails, as 'FILE line N: why' (what `datasets` does not say)."""
+    for path in files:
+        if path.stat().st_size == 0:
+            return f"{path} is empty"
+        if builder == "parquet":
+            continue
+        with open(path, "rb") as f:
+            for number, raw in enumerate(f, start=1):
+                try:
+                    line = raw.decode("utf-8")
+                except UnicodeDecodeError as err:
+                    return f"{path} line {number} is not UTF-8 ({err.reason} at byte {err.start} of the line)"
+                if builder == "json" and line.strip():
+                    try:
+                        record = json.loads(line)
+                    except json.JSONDecodeError as err:
+                        return f"{path} line {number} is not a JSON record ({err.msg})"
+                    if not isinstance(record, dict):
+                        return f"{path} line {number} is a JSON {type(record).__name__}, not an object"
+    return f"one of {[str(f) for f in files]} could not be read (no bad line found; is a file a valid {builder} file?)"
 
 
 def shakespeare() -> DatasetDict:

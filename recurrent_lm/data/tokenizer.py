@@ -63,7 +63,12 @@ class TextTokenizer:
         if not path.is_file():
             raise FileNotFoundError(f"{path}: no tokenizer file here; point data.tokenizer_path at a tokenizer.json "
                                     "or leave it unset to train one")
-        return cls(Tokenizer.from_file(str(path)), origin=str(path))
+        try:
+            tokenizer = Tokenizer.from_file(str(path))
+        except Exception as err:  # the Rust side raises a bare Exception for any parse error
+            raise ValueError(f"{path} is not a valid tokenizer.json ({err}); point data.tokenizer_path at a file "
+                             "saved by the `tokenizers` library, or leave it unset to train one") from err
+        return cls(tokenizer, origin=str(path))
 
     def save(self, path: str | Path) -> None:
         self._tokenizer.save(str(path))

@@ -38,6 +38,7 @@ from tqdm import tqdm
 from recurrent_lm.evaluation.errors import EvalError, ModelNotFoundError
 from recurrent_lm.loop.criteria import CRITERIA, DEFAULT_THRESHOLDS, build_criterion
 from recurrent_lm.model import RecurrentDepthLM
+from recurrent_lm.model.device import pick_device
 from recurrent_lm.model.cache import CACHE_STRATEGIES
 from recurrent_lm.model.io import CONFIG_FILE, TOKENIZER_FILE, WEIGHTS_FILE
 
@@ -204,14 +205,10 @@ class RecurrentLMEval(TemplateLM):
     # ------------------------------------------------------------------ argument parsing
     @staticmethod
     def _pick_device(device: Optional[str]) -> torch.device:
-        name = str(device) if device not in (None, "", "auto") else ("cuda" if torch.cuda.is_available() else "cpu")
-        if name.startswith("cuda") and not torch.cuda.is_available():
-            log.warning("device=%s requested but CUDA is not available; evaluating on cpu", name)
-            name = "cpu"
         try:
-            return torch.device(name)
-        except RuntimeError as err:
-            raise EvalError(f"device={device!r}: {err}; use cpu, cuda or cuda:N") from None
+            return pick_device(device, "device")
+        except ValueError as err:
+            raise EvalError(str(err)) from None
 
     @staticmethod
     def _pick_dtype(dtype: Any, device: torch.device) -> torch.dtype:

@@ -53,7 +53,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--seed", type=int, default=0)
     r = p.add_argument_group("running")
     r.add_argument("--batch-size", type=int, default=1, help="prompts generated together (1 streams)")
-    r.add_argument("--device", default=None, help="cpu | cuda (default: cuda when available)")
+    r.add_argument("--device", default=None, help="auto | cpu | cuda | cuda:N (default auto: cuda when available)")
     r.add_argument("--dtype", default="float32", choices=("float32", "bfloat16", "float16"))
     r.add_argument("--threads", type=int, help="torch CPU threads (1 is often fastest for small models)")
     r.add_argument("--no-doc-start", action="store_true",
@@ -105,6 +105,7 @@ def _run(args: argparse.Namespace) -> int:
 
     from recurrent_lm.data.tokenizer import TextTokenizer
     from recurrent_lm.infer.generate import generate
+    from recurrent_lm.model.device import pick_device
     from recurrent_lm.model.lm import RecurrentDepthLM
 
     config = GenerationConfig(
@@ -120,7 +121,10 @@ def _run(args: argparse.Namespace) -> int:
     directory = Path(args.model_dir)
     check_model_dir(directory)
     tokenizer = TextTokenizer.from_file(directory / "tokenizer.json")
-    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        device = pick_device(args.device, "--device")
+    except ValueError as err:
+        raise InputError(str(err)) from None
     model = RecurrentDepthLM.from_pretrained(directory, map_location=device)
     model = model.to(getattr(torch, args.dtype))
     if tokenizer.vocab_size > model.config.vocab_size:

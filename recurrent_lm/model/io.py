@@ -6,6 +6,7 @@ never leaves a truncated file that looks valid. Loads go through safetensors: no
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import shutil
@@ -75,7 +76,12 @@ def read_config(directory: Path) -> dict[str, Any]:
 
 
 def load_model_dir(cls: type, directory: Path, map_location: str, overrides: dict[str, Any]) -> "RecurrentDepthLM":
-    config = ModelConfig.from_dict({**read_config(directory), **overrides})
+    stored = read_config(directory)
+    missing = sorted({f.name for f in dataclasses.fields(ModelConfig)} - set(stored) - set(overrides))
+    if missing:  # a default would silently build another model (a shorter context, another depth)
+        raise ValueError(f"{directory / CONFIG_FILE} lacks {missing}; it is incomplete or from another tool. "
+                         "Re-export the model with `recurrent-lm-export <run_dir>`")
+    config = ModelConfig.from_dict({**stored, **overrides})
     with torch.device("meta"):
         model = cls(config)
     model = model.to_empty(device=map_location)

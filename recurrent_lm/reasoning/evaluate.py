@@ -19,11 +19,10 @@ from __future__ import annotations
 
 import argparse
 import csv
-import dataclasses
 import io
 import json
 import sys
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Optional, Sequence
 
@@ -112,7 +111,7 @@ class ReasoningReport:
             "task": self.task, "difficulties": self.difficulties, "depths": self.depths,
             "accuracy": {f"{d}@{r}": v for (d, r), v in self.accuracy.items()},
             "token_accuracy": {f"{d}@{r}": v for (d, r), v in self.token_accuracy.items()},
-            "exits": [dataclasses.asdict(e) for e in self.exits],
+            "exits": [asdict(e) for e in self.exits],
             "num_examples": self.num_examples,
         }
 
@@ -170,9 +169,12 @@ def evaluate(
     Defaults come from ``task`` (eval_difficulties, eval_depths, num_eval, exit_*). ``seed`` seeds the
     model's random initial state so that repeated evaluations agree.
     """
-    difficulties = list(difficulties or task.eval_difficulties)
-    depths = list(depths or task.eval_depths)
-    count = num_examples or task.num_eval
+    # Overrides go through TaskConfig's own checks: --difficulties 0 fails like task.eval_difficulties=[0].
+    task = replace(task, eval_difficulties=list(difficulties or task.eval_difficulties),
+                               eval_depths=list(depths or task.eval_depths), num_eval=num_examples or task.num_eval)
+    if batch_size < 1:
+        raise ValueError(f"batch_size={batch_size}: must be >= 1")
+    difficulties, depths, count = task.eval_difficulties, task.eval_depths, task.num_eval
     exit_names = list(task.exit_criteria if exit_criteria is None else exit_criteria)
     threshold = task.exit_threshold if exit_threshold is None else exit_threshold
     cap = exit_max_steps or task.max_exit_steps
