@@ -148,3 +148,13 @@ def test_nan_loss_stops_the_run_before_a_checkpoint_stores_it(corpus_dir, tmp_pa
         assert result.returncode == 0, result.stdout[-3000:]
         assert "step 10: non-finite gradient norm, optimizer step skipped (1/1 allowed)" in result.stdout
         assert checkpoint["global_step"] == 12 and checkpoint["nonfinite_steps"] == 1
+
+
+def test_sweep_jobs_get_their_own_run_dirs(corpus_dir, tmp_path):
+    """A hydra multirun without run_dir=: each job trains in <sweep dir>/<job num>, instead of every job
+    sharing runs/<name> (where the second would 'resume' the first one's finished run)."""
+    args = [a for a in overrides(corpus_dir, tmp_path, **{**RESUME_ARGS, "export": False})
+            if not a.startswith(("run_dir=", "trainer.max_steps="))]
+    result = launch(["-m", f"hydra.sweep.dir={tmp_path}", "trainer.max_steps=2,3"] + args)
+    assert result.returncode == 0, result.stdout[-3000:]
+    assert sorted(step_losses(tmp_path / "0")) == [0, 1] and sorted(step_losses(tmp_path / "1")) == [0, 1, 2]

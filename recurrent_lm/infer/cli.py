@@ -125,7 +125,7 @@ def _run(args: argparse.Namespace) -> int:
         device = pick_device(args.device, "--device")
     except ValueError as err:
         raise InputError(str(err)) from None
-    model = RecurrentDepthLM.from_pretrained(directory, map_location=device)
+    model = RecurrentDepthLM.from_pretrained(directory, map_location=str(device))
     model = model.to(getattr(torch, args.dtype))
     if tokenizer.vocab_size > model.config.vocab_size:
         raise InputError(f"tokenizer.json has {tokenizer.vocab_size} tokens but the model only "

@@ -12,7 +12,7 @@ import os
 import shutil
 import tempfile
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable
+from typing import TYPE_CHECKING, Any, Callable, Optional
 
 import torch
 from safetensors import SafetensorError
@@ -43,9 +43,10 @@ def atomic_write(path: Path, write: Callable[[Path], None]) -> None:
         write(Path(tmp))
         os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600; give the file the permissions open() would
         os.replace(tmp, path)
-    except (OSError, RuntimeError) as err:
+    except (OSError, RuntimeError, SafetensorError) as err:
         Path(tmp).unlink(missing_ok=True)
-        # torch.save reports ENOSPC as a bare "basic_ios::clear": say what was being written and why
+        # torch.save reports ENOSPC as a bare "basic_ios::clear" (or a zip writer position check),
+        # safetensors as its own error type: say what was being written and how much space is left
         space = shutil.disk_usage(path.parent).free
         raise OSError(f"writing {path} failed ({err}); {space / 2**20:.0f} MiB free on its file system. "
                       f"The previous {path.name}, if any, is intact. Free disk space or choose another "
@@ -56,10 +57,12 @@ def atomic_write(path: Path, write: Callable[[Path], None]) -> None:
 
 
 def save_model_dir(model: "RecurrentDepthLM", directory: Path) -> Path:
-    _check_writable(directory)
+    make_writable_dir(directory)
     config = json.dumps(model.config.to_dict(), indent=2, sort_keys=True)
-    atomic_write(directory / CONFIG_FILE, lambda p: p.write_text(config))
+    # Weights first, config.json last: the small file is the commit, so a failed export never pairs a
+    # new config.json with old or missing weights.
     atomic_write(directory / WEIGHTS_FILE, lambda p: save_model(model, str(p)))
+    atomic_write(directory / CONFIG_FILE, lambda p: p.write_text(config))
     return directory
 
 
@@ -110,11 +113,13 @@ def _rope(config: ModelConfig, device: str):
     return cos.to(device), sin.to(device)
 
 
-def _check_writable(directory: Path) -> None:
+def make_writable_dir(directory: Path, setting: Optional[str] = None) -> None:
+    """Create ``directory`` (and parents) or fail naming ``setting`` (the config key that chose it)."""
+    what = f"{setting}={directory}" if setting else f"output directory {directory}"
+    fix = f"set {setting}= to a writable directory" if setting else "choose a writable path"
     try:
         directory.mkdir(parents=True, exist_ok=True)
     except OSError as err:
-        raise PermissionError(f"cannot create output directory {directory} ({err.strerror}); "
-                              "choose a writable path") from err
+        raise PermissionError(f"{what} cannot be created ({err.strerror}); {fix}") from err
     if not os.access(directory, os.W_OK):
-        raise PermissionError(f"output directory {directory} is not writable; choose a writable path")
+        raise PermissionError(f"{what} is not writable; {fix}")

@@ -26,13 +26,15 @@ from typing import TYPE_CHECKING, Any, Optional
 
 import hydra
 import lightning as L
+from hydra.core.hydra_config import HydraConfig
+from hydra.types import RunMode
 import torch
 from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint, RichProgressBar
 from lightning.pytorch.loggers import Logger, TensorBoardLogger
 from lightning.pytorch.utilities import rank_zero_only
 from omegaconf import DictConfig, OmegaConf
 
-from recurrent_lm.model.io import TOKENIZER_FILE
+from recurrent_lm.model.io import TOKENIZER_FILE, make_writable_dir
 from recurrent_lm.train.callbacks import DepthThroughputMonitor
 from recurrent_lm.train.checkpoint_io import SafeCheckpointIO
 from recurrent_lm.train.datamodule import TextDataModule
@@ -42,7 +44,7 @@ from recurrent_lm.train.metrics_log import RunCSVLogger
 from recurrent_lm.train.module import RecurrentLMModule
 from recurrent_lm.train.report import print_report
 from recurrent_lm.train.run_dir import (CHECKPOINT_DIR, EXPORT_DIR, LOG_DIR, Resume, RunDirInUse, RunDirLock,
-                                        check_compatible, clear_run, make_run_dir, remove_partial_writes,
+                                        check_compatible, clear_run, remove_partial_writes,
                                         resolve_resume, write_text_atomic)
 from recurrent_lm.train.schema import TrainConfig, register_configs
 
@@ -190,7 +192,7 @@ def run(cfg: DictConfig) -> dict[str, Any]:
         print(f"parameters: {counts.total:,} ({counts})")
         return {}
     run_dir = Path(typed.run_dir)
-    make_run_dir(run_dir)
+    make_writable_dir(run_dir, "run_dir")
     if rank_zero_only.rank != 0:  # rank 0 guards the directory; the others follow its resume choice
         return train(typed, resolve_resume(typed.resume, run_dir, overwrite=True))
     with RunDirLock(run_dir):
@@ -213,8 +215,20 @@ USER_ERRORS = (ValueError, OSError, RunDirInUse, FloatingPointError)
 file and the fix, so it is printed as one line (exit status 2) instead of a traceback."""
 
 
+def own_run_dir_per_sweep_job(cfg: DictConfig) -> None:
+    """In a multirun, give each job its own run dir (hydra's sweep dir/subdir) unless run_dir= is set.
+
+    ``run_dir`` defaults to ``runs/${name}``, the same for every job of a sweep: the second job would
+    find the first one's checkpoint and "resume" it (or, run in parallel, be refused by the lock).
+    """
+    hydra_cfg = HydraConfig.get()
+    if hydra_cfg.mode == RunMode.MULTIRUN and not any(o.startswith("run_dir=") for o in hydra_cfg.overrides.task):
+        cfg.run_dir = hydra_cfg.runtime.output_dir
+
+
 @hydra.main(config_path=str(conf_dir()), config_name="config", version_base="1.3")
 def _hydra_main(cfg: DictConfig) -> None:
+    own_run_dir_per_sweep_job(cfg)
     try:
         run(cfg)
     except USER_ERRORS as err:

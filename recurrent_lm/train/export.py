@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import shutil
+import sys
 from pathlib import Path
 from typing import Optional
 
@@ -38,6 +39,8 @@ def model_from_checkpoint(path: Path) -> RecurrentDepthLM:
 
 def export_run(source: Path, out_dir: Optional[Path] = None) -> Path:
     """Export from a run directory (its newest complete checkpoint) or from a checkpoint file."""
+    if not source.exists():
+        raise FileNotFoundError(f"{source} does not exist; pass a run directory (runs/<name>) or a .ckpt file")
     if source.is_dir():
         run_dir, ckpt = source, newest_checkpoint(source).path
         if ckpt is None:
@@ -50,14 +53,19 @@ def export_run(source: Path, out_dir: Optional[Path] = None) -> Path:
                         out_dir or run_dir / EXPORT_DIR)
 
 
-def main(argv: Optional[list[str]] = None) -> None:
+def main(argv: Optional[list[str]] = None) -> int:
     parser = argparse.ArgumentParser(prog="recurrent-lm-export", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("source", type=Path, help="run directory or Lightning .ckpt file")
     parser.add_argument("--out", type=Path, default=None, help="output directory (default: RUN_DIR/export)")
     args = parser.parse_args(argv)
-    print(export_run(args.source, args.out))
+    try:
+        print(export_run(args.source, args.out))
+    except (ValueError, OSError) as err:  # bad source, damaged checkpoint, full disk: one line, exit 2
+        print(f"recurrent-lm-export: error: {err}", file=sys.stderr)
+        return 2
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

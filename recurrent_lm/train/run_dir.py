@@ -125,16 +125,6 @@ class RunDirLock:
 
 
 # ---------------------------------------------------------------------------------------------- files
-def make_run_dir(run_dir: Path) -> None:
-    try:
-        run_dir.mkdir(parents=True, exist_ok=True)
-    except OSError as err:
-        raise PermissionError(f"run_dir={run_dir} cannot be created ({err.strerror}); set run_dir= to a writable "
-                              "directory") from err
-    if not os.access(run_dir, os.W_OK):
-        raise PermissionError(f"run_dir={run_dir} is not writable; set run_dir= to a writable directory")
-
-
 def remove_partial_writes(run_dir: Path) -> list[Path]:
     """Delete the temp files that a killed atomic write left behind (they are never complete)."""
     removed, size = [], 0

@@ -122,8 +122,12 @@ class TrainerConfig:
 @dataclass
 class LoggerConfig:
     csv: bool = True
-    """logs/metrics.csv (appended across resumes: the last row of a step wins)."""
+    """logs/metrics.csv, continued across resumes: rows of re-run steps are superseded (train/metrics_log.py)."""
     flush_every_n_steps: int = 50
+
+    def __post_init__(self) -> None:
+        if self.flush_every_n_steps < 1:
+            raise ValueError(f"logger.flush_every_n_steps={self.flush_every_n_steps}: must be an integer >= 1")
     tensorboard: bool = True
     wandb: bool = False
     wandb_project: str = "recurrent_lm"
