@@ -261,8 +261,9 @@ def file_probes() -> list[Probe]:
 def first_error_line(output: str) -> str:
     """The line a user reads first: our CLIs' 'prog: error: ...', a traceback, hydra's own message."""
     lines = [line.strip() for line in output.splitlines() if line.strip() and "HYDRA_FULL_ERROR" not in line]
-    for marks in ((": error: ",), ("error: ", "Traceback", "skipped"), ("Could not", "Error merging")):
-        hits = [line for line in lines if any(line.startswith(m) or (m == ": error: " and m in line) for m in marks)]
+    for marks, anywhere in (((": error: ",), True), (("error: ", "Traceback", "skipped"), False),
+                            (("Could not", "Error merging"), True)):
+        hits = [line for line in lines if any(m in line if anywhere else line.startswith(m) for m in marks)]
         if hits:
             return hits[0][:110]
     return lines[-1][:110] if lines else ""
