@@ -10,7 +10,6 @@ The depth loop lives in :mod:`recurrent_lm.loop`; this module only defines the s
 
 from __future__ import annotations
 
-import json
 import math
 import os
 from dataclasses import dataclass, replace
@@ -31,6 +30,7 @@ from recurrent_lm.model.rope import rope_tables
 
 NumSteps = Union[None, int, tuple[int, int]]
 IGNORE_INDEX = -100
+"""Label of positions that carry no loss (cross_entropy's ignore_index); the one definition."""
 
 
 @dataclass
@@ -270,6 +270,3 @@ class RecurrentDepthLM(nn.Module):
 def _trunc_normal(p: Tensor, std: float) -> None:
     nn.init.trunc_normal_(p, std=std, a=-3 * std, b=3 * std)
 
-
-def config_json(config: ModelConfig) -> str:
-    return json.dumps(config.to_dict(), indent=2, sort_keys=True)

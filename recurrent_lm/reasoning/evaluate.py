@@ -30,7 +30,8 @@ import torch
 
 from recurrent_lm.loop import build_criterion, unroll
 from recurrent_lm.reasoning.config import TaskConfig, sequence_length
-from recurrent_lm.reasoning.tasks import IGNORE_INDEX, TEST_SPLIT, collate, fixed_examples
+from recurrent_lm.model.lm import IGNORE_INDEX
+from recurrent_lm.reasoning.tasks import TEST_SPLIT, collate, fixed_examples
 
 TASK_FILE = "task.json"
 

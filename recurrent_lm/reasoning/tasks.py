@@ -30,13 +30,11 @@ from __future__ import annotations
 from dataclasses import dataclass
 import numpy as np
 
+from recurrent_lm.model.lm import IGNORE_INDEX
 from recurrent_lm.reasoning.config import TaskConfig
-
-IGNORE_INDEX = -100
 
 PAD, BOS, SEP, ARROW, ZERO, ONE = range(6)
 OPEN, WALL, START, ROW_END = range(6, 10)
-TOKEN_NAMES = ("<pad>", "<bos>", "?", ">", "0", "1", ".", "#", "S", "|")
 
 # Disjoint seed streams: (seed, SPLIT, ...) so that train, validation and test never collide.
 TRAIN_SPLIT, VAL_SPLIT, TEST_SPLIT, FIXED_TRAIN_SPLIT = 0, 1, 2, 3
@@ -45,11 +43,6 @@ TRAIN_SPLIT, VAL_SPLIT, TEST_SPLIT, FIXED_TRAIN_SPLIT = 0, 1, 2, 3
 def vocab_size(task: TaskConfig) -> int:
     """Rows the model's embedding table needs for this task."""
     return ROW_END + 1 if task.name == "reachability" else ONE + 1
-
-
-def decode(task: TaskConfig, ids) -> str:
-    """Readable tokens (for printing examples)."""
-    return " ".join(TOKEN_NAMES[int(i)] for i in ids)
 
 
 @dataclass
@@ -140,12 +133,11 @@ def fixed_examples(task: TaskConfig, split: int, difficulty: int, count: int) ->
     return [make_example(task, difficulty, rng) for _ in range(count)]
 
 
-def collate(examples: list[Example], pad_to_multiple: int = 1) -> dict:
+def collate(examples: list[Example]) -> dict:
     """Right-pad to the longest example: input PAD, labels -100. Returns LongTensors (B, T)."""
     import torch
 
     t = max(len(e.input_ids) for e in examples)
-    t = -(-t // pad_to_multiple) * pad_to_multiple
     ids = torch.full((len(examples), t), PAD, dtype=torch.long)
     labels = torch.full((len(examples), t), IGNORE_INDEX, dtype=torch.long)
     for i, e in enumerate(examples):
