@@ -106,7 +106,8 @@ def test_model_directory_with_missing_files(model_dir, capsys, tmp_path):
     partial.mkdir()
     (partial / "config.json").write_text((model_dir / "config.json").read_text())
     code, _, err = run(capsys, partial, "hi")
-    assert code == 2 and "lacks model.safetensors, tokenizer.json" in err
+    assert code == 2 and "lacks ['model.safetensors (or model.safetensors.index.json with its shards)', " \
+                         "'tokenizer.json']" in err
     code, _, err = run(capsys, tmp_path / "nowhere", "hi")
     assert code == 2 and "does not exist" in err
 

@@ -40,7 +40,7 @@ from recurrent_lm.loop.criteria import CRITERIA, DEFAULT_THRESHOLDS, build_crite
 from recurrent_lm.model import RecurrentDepthLM
 from recurrent_lm.model.device import pick_device
 from recurrent_lm.model.cache import CACHE_STRATEGIES
-from recurrent_lm.model.io import CONFIG_FILE, TOKENIZER_FILE, WEIGHTS_FILE
+from recurrent_lm.model.io import CONFIG_FILE, TOKENIZER_FILE, WEIGHTS_FILE, model_dir_problem
 
 log = logging.getLogger(__name__)
 
@@ -77,9 +77,10 @@ def resolve_model_dir(pretrained: Union[str, os.PathLike]) -> Path:
     path = Path(pretrained).expanduser()
     for candidate in (path, path / "export"):
         if (candidate / CONFIG_FILE).is_file():
-            if not (candidate / WEIGHTS_FILE).is_file():
-                raise ModelNotFoundError(f"pretrained={pretrained}: {candidate} has {CONFIG_FILE} but no "
-                                         f"{WEIGHTS_FILE}; re-export it with `recurrent-lm-export <run_dir>`")
+            problem = model_dir_problem(candidate)
+            if problem:
+                raise ModelNotFoundError(f"pretrained={pretrained}: {candidate} {problem}; re-export it with "
+                                         "`recurrent-lm-export <run_dir>`")
             return candidate
     if not path.exists():
         raise ModelNotFoundError(f"pretrained={pretrained}: no such directory; pass an exported model directory "

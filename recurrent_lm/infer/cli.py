@@ -19,8 +19,7 @@ from typing import Optional, Sequence
 from recurrent_lm.infer.config import EXIT_CHOICES, GenerationConfig
 from recurrent_lm.infer.display import depth_text, legend, sparkline, steps_summary, token_pieces
 from recurrent_lm.model.cache import CACHE_STRATEGIES
-
-MODEL_FILES = ("config.json", "model.safetensors", "tokenizer.json")
+from recurrent_lm.model.io import model_dir_problem
 
 
 class InputError(ValueError):
@@ -74,13 +73,10 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
 
 
 def check_model_dir(directory: Path) -> None:
-    if not directory.is_dir():
-        raise InputError(f"model directory {directory} does not exist; pass the directory written by "
-                         f"`recurrent-lm-export` (it holds {', '.join(MODEL_FILES)})")
-    missing = [f for f in MODEL_FILES if not (directory / f).is_file()]
-    if missing:
-        raise InputError(f"model directory {directory} lacks {', '.join(missing)}; an exported model holds "
-                         f"{', '.join(MODEL_FILES)} (re-run `recurrent-lm-export` on the run directory)")
+    problem = model_dir_problem(directory, need_tokenizer=True)
+    if problem:
+        raise InputError(f"model directory {directory} {problem}; pass a directory written by `recurrent-lm-export "
+                         "<run_dir>` (config.json, model.safetensors, tokenizer.json)")
 
 
 def read_prompts(args: argparse.Namespace) -> list[str]:
