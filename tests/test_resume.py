@@ -158,3 +158,17 @@ def test_sweep_jobs_get_their_own_run_dirs(corpus_dir, tmp_path):
     result = launch(["-m", f"hydra.sweep.dir={tmp_path}", "trainer.max_steps=2,3"] + args)
     assert result.returncode == 0, result.stdout[-3000:]
     assert sorted(step_losses(tmp_path / "0")) == [0, 1] and sorted(step_losses(tmp_path / "1")) == [0, 1, 2]
+
+
+def test_lock_of_a_requeued_slurm_job_is_taken_over(corpus_dir, tmp_path, monkeypatch, capsys):
+    """SLURM requeues a preempted job under the same job id, possibly on another node: the old holder
+    is gone by definition. Another job's lock on another host is refused (it cannot be probed)."""
+    lock = {"host": "node-17", "pid": 4242, "slurm_job_id": "991", "started": "earlier"}
+    (tmp_path / LOCK_FILE).write_text(json.dumps(lock))
+    monkeypatch.setenv("SLURM_JOB_ID", "992")
+    with pytest.raises(RunDirInUse, match="in use by pid 4242 on host node-17 \\(SLURM job 991\\)"):
+        run(compose_cfg(overrides(corpus_dir, tmp_path, **{"trainer.max_steps": 2, "sample_tokens": 0})))
+    monkeypatch.setenv("SLURM_JOB_ID", "991")
+    run(compose_cfg(overrides(corpus_dir, tmp_path, **{"trainer.max_steps": 2, "sample_tokens": 0})))
+    assert "SLURM job 991 was requeued" in capsys.readouterr().out
+    assert not (tmp_path / LOCK_FILE).exists()
