@@ -11,7 +11,7 @@ replaced by absolute paths, into ``<cache>/tasks``: a directory to hand lm-eval 
 Nothing is downloaded. Where things are looked up (first match wins):
 
 * cache root: argument, ``$RECURRENT_LM_EVAL_CACHE``, ``~/.cache/recurrent_lm/eval``;
-* templates: argument, ``$RECURRENT_LM_TASKS_DIR``, ``<repo>/evals/tasks``;
+* templates: argument, ``$RECURRENT_LM_TASKS_DIR``, the package's copy of ``evals/tasks``;
 * ProntoQA: argument, ``$RECURRENT_LM_PRONTOQA_DIR``, ``<repo>/../shared/data/prontoqa``;
 * perplexity text: argument, ``$RECURRENT_LM_PPL_SOURCE``, ``shakespeare`` (the validation plays of the
   embedded corpus); or a .txt file, or a .json/.jsonl file of ``{"text": ...}`` records.
@@ -34,6 +34,8 @@ from recurrent_lm.evaluation.errors import EvalError, TaskNotFoundError
 PathLike = Union[str, os.PathLike]
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
+PACKAGED_TEMPLATES = Path(__file__).resolve().parents[1] / "eval_tasks"
+"""evals/tasks/ as shipped in the package (a symlink to it in a checkout, a copy in a wheel)."""
 OFFLINE_TAG = "rlm_offline"
 """lm-eval tag naming every offline task (``--tasks rlm_offline`` runs them all)."""
 TASK_PREFIX = "rlm_"
@@ -49,11 +51,11 @@ def default_cache_dir() -> Path:
 
 def template_dir(path: Optional[PathLike] = None) -> Path:
     """The directory holding the task templates; a clear error when it is missing."""
-    chosen = path or os.environ.get("RECURRENT_LM_TASKS_DIR") or REPO_ROOT / "evals" / "tasks"
+    chosen = path or os.environ.get("RECURRENT_LM_TASKS_DIR") or PACKAGED_TEMPLATES
     directory = Path(chosen).expanduser().resolve()
     if not directory.is_dir() or not any(directory.glob("*.yaml")):
-        raise TaskNotFoundError(f"no task templates (*.yaml) in {directory}; run from a source checkout of "
-                                "recurrent_lm or point RECURRENT_LM_TASKS_DIR at its evals/tasks directory")
+        raise TaskNotFoundError(f"no task templates (*.yaml) in {directory}; reinstall recurrent_lm (the package "
+                                "ships them) or point RECURRENT_LM_TASKS_DIR at a directory of task YAMLs")
     return directory
 
 

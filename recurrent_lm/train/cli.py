@@ -22,7 +22,7 @@ from __future__ import annotations
 import os
 import sys
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Optional
+from typing import TYPE_CHECKING, Any, Optional, Sequence
 
 import hydra
 import lightning as L
@@ -53,12 +53,28 @@ if TYPE_CHECKING:
 
 
 def conf_dir() -> Path:
-    """The hydra config tree: $RECURRENT_LM_CONF, else conf/ at the repository root."""
-    path = Path(os.environ.get("RECURRENT_LM_CONF", Path(__file__).resolve().parents[2] / "conf"))
+    """The hydra config tree: $RECURRENT_LM_CONF, else the package's conf/ (a symlink to the repository's
+    conf/ in a checkout, a copy in a wheel), so an installed package runs from any directory."""
+    path = Path(os.environ.get("RECURRENT_LM_CONF", Path(__file__).resolve().parents[1] / "conf")).resolve()
     if not (path / "config.yaml").is_file():
-        raise FileNotFoundError(f"hydra config tree not found at {path}; run from a source checkout "
-                                "(pip install -e .) or set RECURRENT_LM_CONF to the repository's conf/ directory")
+        raise FileNotFoundError(f"hydra config tree not found at {path}; reinstall recurrent_lm (the package "
+                                "ships conf/) or set RECURRENT_LM_CONF to a directory holding config.yaml")
     return path
+
+
+def compose_config(overrides: Sequence[str] = ()) -> DictConfig:
+    """The app's config composed from Python (a notebook, a script), exactly as the CLI would compose it.
+
+        cfg = compose_config(["experiment=demo", "trainer.max_steps=10"]); summary = run(cfg)
+
+    Registers the typed schema first (hydra's compose API alone fails with "Could not load
+    'base_config'") and works from any working directory.
+    """
+    from hydra import compose, initialize_config_dir
+
+    register_configs()
+    with initialize_config_dir(config_dir=str(conf_dir()), version_base="1.3"):
+        return compose("config", overrides=list(overrides))
 
 
 def build_datamodule(cfg: TrainConfig) -> L.LightningDataModule:

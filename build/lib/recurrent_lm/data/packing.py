@@ -1,0 +1,202 @@
+"""Tokenize a corpus once into flat token files, and reopen them safely.
+
+Layout of one prepared dataset, ``<cache_dir>/<recipe digest>/``::
+
+    tokenizer.json    the tokenizer the tokens were produced with
+    train.bin         every train document's tokens followed by <|eos|>, back to back (raw uint16/uint32)
+    validation.bin    the same for the validation split
+    meta.json         what produced the files and what is in them; written last
+
+The directory name is a digest of everything that determines its contents (`_recipe`), so runs with
+different settings can share one `cache_dir` without overwriting each other, and a finished directory
+never needs rebuilding. Every file is written to a temporary sibling and moved into place, and meta.json
+goes last, so a crash mid-build leaves no meta.json and the next call simply rebuilds.
+
+Documents are packed back to back, not padded: a sample is any window of the flat stream, and the <|eos|>
+between documents tells the model where one ends.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pyarrow.compute as pc
+from datasets import Features, IterableDataset, List, Value
+
+from recurrent_lm.data.config import DataConfig
+from recurrent_lm.data.corpus import AnyDataset, iter_texts, load_corpus, source_signature
+from recurrent_lm.data.tokenizer import TextTokenizer
+
+SPLITS = ("train", "validation")
+FORMAT_VERSION = 1
+"""Part of every recipe: bump it when code changes what a recipe produces (packing layout, corpus clean-up), so
+cache entries built by older code are ignored rather than reused."""
+TOKENIZER_FILE = "tokenizer.json"
+META_FILE = "meta.json"
+
+
+@dataclass
+class PackedMeta:
+    """Contents of meta.json."""
+
+    source: str
+    recipe: dict[str, Any]
+    """Everything that determined the files; its digest names the directory."""
+    tokenizer_fingerprint: str
+    vocab_size: int
+    dtype: str
+    tokens: dict[str, int]
+    """Tokens per split, <|eos|> included."""
+    documents: dict[str, int]
+
+    def save(self, path: Path) -> None:
+        with _replaced(path) as tmp:
+            tmp.write_text(json.dumps(asdict(self), indent=2) + "\n")
+
+    @classmethod
+    def load(cls, path: Path) -> PackedMeta:
+        return cls(**json.loads(path.read_text()))
+
+
+@dataclass(frozen=True, eq=False)
+class PreparedData:
+    """A prepared dataset: its tokenizer, read-only memory maps of both splits, and its meta."""
+
+    directory: Path
+    tokenizer: TextTokenizer
+    meta: PackedMeta
+    train: np.memmap
+    validation: np.memmap
+
+    @classmethod
+    def open(cls, directory: str | Path, tokenizer: TextTokenizer) -> PreparedData:
+        """Map the packed files of `directory`, refusing them unless they were produced by `tokenizer`."""
+        directory = Path(directory)
+        if not (directory / META_FILE).is_file():
+            raise FileNotFoundError(f"{directory}: no {META_FILE}, so no finished packed data here; "
+                                    "run recurrent_lm.data.prepare_data to build it")
+        meta = PackedMeta.load(directory / META_FILE)
+        if meta.tokenizer_fingerprint != tokenizer.fingerprint:
+            raise ValueError(
+                f"{directory}: the data was packed with tokenizer {meta.tokenizer_fingerprint[:12]}, but the "
+                f"current tokenizer is {tokenizer.fingerprint[:12]}: token ids would mean different things. "
+                f"Delete {directory} to rebuild it, or point data.tokenizer_path at the original tokenizer "
+                f"({directory / TOKENIZER_FILE})")
+        arrays = {split: _map_split(directory / f"{split}.bin", np.dtype(meta.dtype), meta.tokens[split])
+                  for split in SPLITS}
+        return cls(directory=directory, tokenizer=tokenizer, meta=meta, **arrays)
+
+
+def prepare_data(cfg: DataConfig, block_size: int) -> PreparedData:
+    """Tokenizer and packed splits for `cfg`, built on first use and reused afterwards.
+
+    Call it on one process first (e.g. rank 0 in LightningDataModule.prepare_data): concurrent builds of the
+    same directory are safe, as every file is replaced atomically with identical content, but wasteful.
+    """
+    if block_size < 1:
+        raise ValueError(f"block_size={block_size}: must be a positive number of tokens")
+    given = TextTokenizer.from_file(cfg.tokenizer_path) if cfg.tokenizer_path else None
+    recipe = _recipe(cfg, given)
+    directory = Path(cfg.cache_dir).expanduser() / hashlib.sha256(
+        json.dumps(recipe, sort_keys=True).encode()).hexdigest()[:16]
+    if not (directory / META_FILE).is_file():
+        _build(cfg, recipe, directory, given)
+    meta = PackedMeta.load(directory / META_FILE)
+    for split in SPLITS:
+        if meta.tokens[split] < block_size + 1:
+            raise ValueError(
+                f"data.source={cfg.source!r}: corpus shorter than one block: the {split} split has "
+                f"{meta.tokens[split]} tokens ({meta.documents[split]} documents) but one sample needs block_size + 1 "
+                f"= {block_size + 1}. Use a larger corpus"
+                f"{' or a larger data.val_fraction' if split == 'validation' else ''}, or a smaller block_size")
+    return PreparedData.open(directory, given or TextTokenizer.from_file(directory / TOKENIZER_FILE))
+
+
+def pack_split(ds: AnyDataset, tokenizer: TextTokenizer, path: Path, num_proc: int = 1) -> tuple[int, int]:
+    """Write the tokens of every document of `ds`, each followed by <|eos|>, to `path`; return (tokens, documents).
+
+    `num_proc` worker processes tokenize a map-style dataset; a streaming one is tokenized as it is read.
+    """
+    dtype = token_dtype(tokenizer.vocab_size)
+    eos = tokenizer.eos_id
+
+    def encode(batch: dict[str, list[str]]) -> dict[str, list[list[int]]]:
+        return {"ids": [[*ids, eos] for ids in tokenizer.encode_batch(batch["text"])]}
+
+    # num_proc=1 becomes None: datasets runs even num_proc=1 in a worker process with TOKENIZERS_PARALLELISM=false,
+    # which leaves one core busy; in this process encode_batch already spreads a batch over every core.
+    parallel = {} if isinstance(ds, IterableDataset) else {"num_proc": num_proc if num_proc > 1 else None,
+                                                           "desc": f"Tokenizing {path.stem}"}
+    encoded = ds.map(encode, batched=True, remove_columns=["text"],
+                     features=Features({"ids": List(Value(dtype.name))}), **parallel)
+    tokens = documents = 0
+    with _replaced(path) as tmp, open(tmp, "wb") as out:
+        for table in encoded.with_format("arrow").iter(batch_size=1024):
+            ids = pc.list_flatten(table["ids"]).to_numpy()
+            out.write(ids.tobytes())
+            tokens += len(ids)
+            documents += table.num_rows
+    return tokens, documents
+
+
+def token_dtype(vocab_size: int) -> np.dtype:
+    """The narrowest unsigned integer type that holds every id below `vocab_size`."""
+    return np.dtype(np.uint16) if vocab_size <= 2**16 else np.dtype(np.uint32)
+
+
+def _recipe(cfg: DataConfig, given: TextTokenizer | None) -> dict[str, Any]:
+    """What determines the prepared files (and nothing else, so e.g. num_proc or streaming share an entry)."""
+    tokenizer = ({"fingerprint": given.fingerprint} if given is not None
+                 else {"vocab_size": cfg.vocab_size, "train_chars": cfg.tokenizer_train_chars})
+    return {"format": FORMAT_VERSION, "corpus": source_signature(cfg), "tokenizer": tokenizer}
+
+
+def _build(cfg: DataConfig, recipe: dict[str, Any], directory: Path, given: TextTokenizer | None) -> None:
+    directory.mkdir(parents=True, exist_ok=True)
+    corpus = load_corpus(cfg)
+    tokenizer = given or TextTokenizer.train(iter_texts(corpus["train"]), cfg.vocab_size,
+                                             max_chars=cfg.tokenizer_train_chars)
+    with _replaced(directory / TOKENIZER_FILE) as tmp:
+        tokenizer.save(tmp)
+    counts = {split: pack_split(corpus[split], tokenizer, directory / f"{split}.bin", cfg.num_proc)
+              for split in SPLITS}
+    PackedMeta(
+        source=cfg.source,
+        recipe=recipe,
+        tokenizer_fingerprint=tokenizer.fingerprint,
+        vocab_size=tokenizer.vocab_size,
+        dtype=token_dtype(tokenizer.vocab_size).name,
+        tokens={split: tokens for split, (tokens, _) in counts.items()},
+        documents={split: documents for split, (_, documents) in counts.items()},
+    ).save(directory / META_FILE)
+
+
+def _map_split(path: Path, dtype: np.dtype, tokens: int) -> np.memmap:
+    size = path.stat().st_size if path.is_file() else None
+    if size != tokens * dtype.itemsize:
+        raise ValueError(f"{path}: expected {tokens} {dtype.name} tokens ({tokens * dtype.itemsize} bytes) as "
+                         f"recorded in {META_FILE}, found {'no file' if size is None else f'{size} bytes'}; the "
+                         f"files were modified after packing. Delete {path.parent} to rebuild it")
+    return np.memmap(path, dtype=dtype, mode="r")
+
+
+@contextmanager
+def _replaced(path: Path) -> Iterator[Path]:
+    """A temporary sibling of `path` to write; it replaces `path` only if the block completes."""
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.close(fd)
+    try:
+        yield Path(tmp)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)

@@ -1,0 +1,13 @@
+"""The shared loop machinery: one unroll, exit criteria, depth samplers and telemetry."""
+
+from recurrent_lm.loop.criteria import (CRITERIA, ArgmaxStable, CausalConvergence, Convergence, EntropyChange,
+                                        ExitCriterion, KLDivergence, SequenceConvergence, build_criterion)
+from recurrent_lm.loop.samplers import DepthSampler, SamplerConfig
+from recurrent_lm.loop.telemetry import LoopStats, relative_change, token_correlation
+from recurrent_lm.loop.unroll import LoopResult, StepFn, unroll
+
+__all__ = [
+    "CRITERIA", "ArgmaxStable", "CausalConvergence", "Convergence", "DepthSampler", "EntropyChange",
+    "ExitCriterion", "KLDivergence", "LoopResult", "LoopStats", "SamplerConfig", "SequenceConvergence", "StepFn",
+    "build_criterion", "relative_change", "token_correlation", "unroll",
+]

@@ -1,0 +1,183 @@
+"""Per-element exit criteria for :func:`recurrent_lm.loop.unroll`.
+
+A criterion looks at the state before and after a step and says, per element, "this one has
+thought enough". The latent criterion is nearly free (one norm); the output-based ones (KL,
+entropy, argmax) must decode the state to logits at every check, which is why they take a
+``readout`` and report how often they called it.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from typing import Callable, Optional
+
+import torch
+from torch import Tensor
+
+Readout = Callable[[Tensor], Tensor]
+"""Maps a state (*elements, H) to next-token logits (*elements, V)."""
+
+
+class ExitCriterion(ABC):
+    """Decides per element whether the loop may stop; holds memory across one unroll."""
+
+    name: str = ""
+    needs_readout: bool = False
+
+    def __init__(self, threshold: float, min_steps: int = 1, max_steps: Optional[int] = None) -> None:
+        if min_steps < 1:
+            raise ValueError(f"exit min_steps={min_steps} must be >= 1")
+        if max_steps is not None and max_steps < min_steps:
+            raise ValueError(f"exit min_steps={min_steps} is greater than max_steps={max_steps}; "
+                             "lower min_steps or raise max_steps")
+        if threshold < 0:
+            raise ValueError(f"exit threshold={threshold} must be >= 0")
+        self.threshold = threshold
+        self.min_steps = min_steps
+        self.max_steps = max_steps
+        self.reset()
+
+    def reset(self) -> None:
+        """Forget memory from a previous unroll."""
+
+    @abstractmethod
+    def converged(self, prev: Tensor, new: Tensor, delta: Tensor,
+                  readout: Optional[Readout]) -> tuple[Tensor, int]:
+        """Return (bool mask over elements, number of readout calls made)."""
+
+    def _readout(self, readout: Optional[Readout], state: Tensor) -> Tensor:
+        if readout is None:
+            raise ValueError(f"exit criterion '{self.name}' decodes the state to logits at each check, "
+                             "but the loop was given no readout; pass readout= to unroll")
+        return readout(state).float()
+
+
+class Convergence(ExitCriterion):
+    """Exit when the relative latent change ‖s_t − s_{t−1}‖ / ‖s_t‖ < threshold: a fixed point of the
+    latent recurrence.
+
+    ``scope`` says whose change counts, along the last element axis (the tokens of a sequence):
+
+    * ``token``: each token on its own (Huginn's rule). Cheap and exact for cached decoding, but a
+      token whose inputs are still being computed by earlier positions can look still while it waits,
+      and stops too early when a solution propagates along the sequence (a "wave").
+    * ``causal``: a token stops once it *and every earlier token* are still. In a causal model a token
+      depends only on its prefix, so nothing can reach it any more; tokens exit in prefix order and a
+      wave gives later tokens more iterations. For one-token decode it equals ``token``.
+    * ``sequence``: a whole sequence stops together once all its tokens are still.
+
+    ``watch`` (bool, element shape) marks the elements that must be still (e.g. answer tokens, or
+    not padding); the others never hold anyone back. Unused with ``token`` scope.
+    """
+
+    name = "convergence"
+    scope = "token"
+
+    def __init__(self, threshold: float, min_steps: int = 1, max_steps: Optional[int] = None,
+                 watch: Optional[Tensor] = None) -> None:
+        super().__init__(threshold, min_steps=min_steps, max_steps=max_steps)
+        self.watch = watch
+
+    def converged(self, prev, new, delta, readout):
+        still = delta < self.threshold  # (*elements)
+        if self.scope == "token":
+            return still, 0
+        if self.watch is not None:
+            still = still | ~self.watch
+        if self.scope == "causal":
+            return torch.cummin(still.to(torch.uint8), dim=-1).values.bool(), 0
+        return still.all(-1, keepdim=True).expand_as(still), 0
+
+
+class CausalConvergence(Convergence):
+    name = "causal_convergence"
+    scope = "causal"
+
+
+class SequenceConvergence(Convergence):
+    name = "sequence_convergence"
+    scope = "sequence"
+
+
+class _OutputCriterion(ExitCriterion):
+    """Shared memory handling for criteria that compare successive output distributions."""
+
+    needs_readout = True
+
+    def reset(self) -> None:
+        self._prev_logprobs: Optional[Tensor] = None
+
+    def converged(self, prev, new, delta, readout):
+        calls = 0
+        if self._prev_logprobs is None:
+            self._prev_logprobs = torch.log_softmax(self._readout(readout, prev), dim=-1)
+            calls += 1
+        logprobs = torch.log_softmax(self._readout(readout, new), dim=-1)  # (*elements, V)
+        calls += 1
+        done = self._compare(self._prev_logprobs, logprobs)
+        self._prev_logprobs = logprobs
+        return done, calls
+
+    @abstractmethod
+    def _compare(self, prev_logprobs: Tensor, logprobs: Tensor) -> Tensor: ...
+
+
+class KLDivergence(_OutputCriterion):
+    """Exit when KL(p_t ‖ p_{t−1}) between successive next-token distributions < threshold."""
+
+    name = "kl"
+
+    def _compare(self, prev_logprobs, logprobs):
+        kl = (logprobs.exp() * (logprobs - prev_logprobs)).sum(-1)
+        return kl.clamp_min(0) < self.threshold  # rounding can make KL of equal distributions < 0
+
+
+class EntropyChange(_OutputCriterion):
+    """Exit when |H(p_t) − H(p_{t−1})| < threshold (nats)."""
+
+    name = "entropy"
+
+    def _compare(self, prev_logprobs, logprobs):
+        def entropy(lp: Tensor) -> Tensor:
+            return -(lp.exp() * lp).sum(-1)
+
+        return (entropy(logprobs) - entropy(prev_logprobs)).abs() < self.threshold
+
+
+class ArgmaxStable(_OutputCriterion):
+    """Exit once the top-1 token has not changed for ``threshold`` consecutive steps."""
+
+    name = "argmax"
+
+    def reset(self) -> None:
+        super().reset()
+        self._stable: Optional[Tensor] = None
+
+    def _compare(self, prev_logprobs, logprobs):
+        same = prev_logprobs.argmax(-1) == logprobs.argmax(-1)
+        stable = torch.zeros_like(same, dtype=torch.long) if self._stable is None else self._stable
+        self._stable = torch.where(same, stable + 1, torch.zeros_like(stable))
+        return self._stable >= max(1, int(self.threshold))
+
+
+CRITERIA: dict[str, type[ExitCriterion]] = {
+    c.name: c for c in (Convergence, CausalConvergence, SequenceConvergence, KLDivergence, EntropyChange,
+                        ArgmaxStable)
+}
+DEFAULT_THRESHOLDS = {"convergence": 0.03, "causal_convergence": 0.03, "sequence_convergence": 0.03,
+                      "kl": 5e-4, "entropy": 1e-3, "argmax": 4}
+
+
+def build_criterion(name: Optional[str], threshold: Optional[float] = None, min_steps: int = 1,
+                    max_steps: Optional[int] = None, watch: Optional[Tensor] = None) -> Optional[ExitCriterion]:
+    """Criterion by name; ``None``/``"none"`` means fixed depth (no exit). ``watch`` goes to the
+    convergence criteria (the elements that must be still), and is ignored by the others."""
+    if name is None or name == "none":
+        return None
+    if name not in CRITERIA:
+        raise ValueError(f"unknown exit criterion {name!r}; choose one of {['none', *CRITERIA]}")
+    value = DEFAULT_THRESHOLDS[name] if threshold is None else threshold
+    cls = CRITERIA[name]
+    if issubclass(cls, Convergence):
+        return cls(value, min_steps=min_steps, max_steps=max_steps, watch=watch)
+    return cls(value, min_steps=min_steps, max_steps=max_steps)

@@ -1,0 +1,136 @@
+"""The model's configuration: one dataclass, validated at construction.
+
+Every field is a plain primitive so the class doubles as a hydra structured-config schema
+(`conf/model/*.yaml` is checked against it) and round-trips through ``config.json`` in an
+exported model directory.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from dataclasses import dataclass, field
+from typing import Any, Optional
+
+from recurrent_lm.config_dict import from_dict
+
+NORM_STYLES = ("sandwich", "pre")
+INJECTIONS = ("linear", "add")
+ATTN_BACKENDS = ("sdpa", "flash", "eager")
+
+
+@dataclass
+class ModelConfig:
+    """Shape and recipe of a prelude / recurrent-core / coda language model."""
+
+    vocab_size: int = 512
+    """Rows of the embedding table; the tokenizer is trained to this size."""
+    block_size: int = 256
+    """Longest context (tokens) the model is trained and evaluated on."""
+    d_model: int = 64
+    """Width h of every layer and of the recurrent state."""
+    n_heads: int = 4
+    """Query heads; head_dim = d_model / n_heads."""
+    n_kv_heads: Optional[int] = None
+    """Key/value heads for grouped-query attention; None means n_heads (no GQA)."""
+    mlp_hidden: Optional[int] = None
+    """SwiGLU hidden width; None picks 8/3·h rounded up to a multiple of 64."""
+    n_prelude: int = 1
+    """Layers that embed the input into `e` once per forward."""
+    n_core: int = 2
+    """Layers of the recurrent block, applied num_steps times."""
+    n_coda: int = 1
+    """Layers that decode the final state before the LM head."""
+    norm_style: str = "sandwich"
+    """'sandwich' (Huginn: norm after each residual add too) or 'pre' (ablation)."""
+    injection: str = "linear"
+    """How `e` enters each iteration: 'linear' = Linear(2h→h) on concat(s, e); 'add' = s + e."""
+    qk_bias: bool = True
+    """Learned per-head bias on q and k, added before RoPE."""
+    rope_theta: float = 50_000.0
+    attn_window: int = 0
+    """Sliding attention window: a token sees itself and the attn_window − 1 tokens before it, in every layer;
+    0 = the whole prefix. A window makes information travel a bounded distance per iteration, so a problem
+    over longer inputs *needs* more iterations: the inductive bias of the reasoning-extrapolation recipes."""
+    norm_eps: float = 1e-6
+    tie_embeddings: bool = True
+    attn_backend: str = "sdpa"
+    """'sdpa' (torch, any device), 'flash' (flash-attn, CUDA only), 'eager' (plain reference)."""
+    init_scale: float = 1.0
+    """Multiplier on the random initial state; 0 gives a deterministic zero state."""
+    mean_recurrence: int = 32
+    """Expected training depth r̄: the eval default and the depth used by the init scaling."""
+    mean_backprop_depth: int = 8
+    """k: iterations that carry gradient when num_steps is None in training."""
+    activation_checkpointing: bool = False
+    """Recompute each gradient-carrying core iteration in backward (memory flat in k too)."""
+    init_std: Optional[float] = None
+    """Base init std; None gives Spike-No-More's sqrt(2 / (5h))."""
+    extra: dict[str, Any] = field(default_factory=dict)
+    """Free-form metadata carried into config.json (e.g. provenance); never read by the model."""
+
+    def __post_init__(self) -> None:
+        positive = ("vocab_size", "block_size", "d_model", "n_heads", "n_core", "mean_recurrence",
+                    "mean_backprop_depth")
+        for name in positive:
+            _require(getattr(self, name) > 0, name, getattr(self, name), "must be a positive integer")
+        for name in ("n_prelude", "n_coda"):
+            _require(getattr(self, name) >= 0, name, getattr(self, name), "must be >= 0")
+        _require(self.d_model % self.n_heads == 0, "n_heads", self.n_heads,
+                 f"must divide d_model={self.d_model}; pick n_heads from "
+                 f"{[h for h in range(1, 65) if self.d_model % h == 0]}")
+        _require((self.d_model // self.n_heads) % 2 == 0, "n_heads", self.n_heads,
+                 f"gives an odd head_dim={self.d_model // self.n_heads}; RoPE needs an even head_dim")
+        kv = self.kv_heads
+        _require(kv > 0 and self.n_heads % kv == 0, "n_kv_heads", self.n_kv_heads,
+                 f"must be a positive divisor of n_heads={self.n_heads} (or null for no GQA)")
+        if self.mlp_hidden is not None:
+            _require(self.mlp_hidden > 0, "mlp_hidden", self.mlp_hidden, "must be positive (or null for 8/3·h)")
+        _require(self.norm_style in NORM_STYLES, "norm_style", self.norm_style, f"must be one of {NORM_STYLES}")
+        _require(self.injection in INJECTIONS, "injection", self.injection, f"must be one of {INJECTIONS}")
+        _require(self.attn_backend in ATTN_BACKENDS, "attn_backend", self.attn_backend,
+                 f"must be one of {ATTN_BACKENDS}")
+        _require(self.mean_backprop_depth <= self.mean_recurrence, "mean_backprop_depth",
+                 self.mean_backprop_depth, f"(k) must be <= mean_recurrence={self.mean_recurrence} (r̄)")
+        _require(self.init_scale >= 0, "init_scale", self.init_scale, "must be >= 0 (0 = zero initial state)")
+        _require(self.attn_window >= 0, "attn_window", self.attn_window, "must be >= 0 (0 = no window)")
+        _require(not (self.attn_window and self.attn_backend == "flash"), "attn_window", self.attn_window,
+                 "needs attn_backend='sdpa' or 'eager' (the flash path is plain causal only)")
+        _require(self.rope_theta > 0 and self.norm_eps > 0, "rope_theta/norm_eps",
+                 (self.rope_theta, self.norm_eps), "must be positive")
+
+    @property
+    def head_dim(self) -> int:
+        return self.d_model // self.n_heads
+
+    @property
+    def kv_heads(self) -> int:
+        return self.n_heads if self.n_kv_heads is None else self.n_kv_heads
+
+    @property
+    def ffn_hidden(self) -> int:
+        if self.mlp_hidden is not None:
+            return self.mlp_hidden
+        return 64 * math.ceil(8 * self.d_model / 3 / 64)
+
+    @property
+    def expected_depth(self) -> int:
+        """Unrolled layer count at r̄; Spike-No-More scales output projections by it."""
+        return self.n_prelude + self.mean_recurrence * self.n_core + self.n_coda
+
+    @property
+    def base_std(self) -> float:
+        return self.init_std if self.init_std is not None else math.sqrt(2.0 / (5.0 * self.d_model))
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> "ModelConfig":
+        """Build from a dict (config.json, a hydra group), refusing unknown keys by name."""
+        return from_dict(cls, data)
+
+
+def _require(ok: bool, name: str, value: Any, why: str) -> None:
+    if not ok:
+        raise ValueError(f"ModelConfig.{name}={value!r} {why}")

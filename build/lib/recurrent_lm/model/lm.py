@@ -1,0 +1,272 @@
+"""The recurrent-depth language model: prelude -> r × recurrent core -> coda -> LM head.
+
+    e   = prelude(embed(x) · √h)
+    s_0 ~ TruncNormal · init_scale · √h              (fresh draw per forward; 0 gives zeros)
+    s_i = core(adapter(concat(s_{i-1}, e)))           (i = 1..r, through recurrent_lm.loop.unroll)
+    y   = head(norm(coda(norm(s_r))))
+
+The depth loop lives in :mod:`recurrent_lm.loop`; this module only defines the step it runs.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Optional, Union
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from recurrent_lm.loop import ExitCriterion, LoopStats, unroll
+from recurrent_lm.model.attention import AttnContext, check_backend
+from recurrent_lm.model.block import Block
+from recurrent_lm.model.cache import RecurrentKVCache
+from recurrent_lm.model.config import ModelConfig
+from recurrent_lm.model.norm import RMSNorm
+from recurrent_lm.model.rope import rope_tables
+
+NumSteps = Union[None, int, tuple[int, int]]
+IGNORE_INDEX = -100
+"""Label of positions that carry no loss (cross_entropy's ignore_index); the one definition."""
+
+
+@dataclass
+class RecurrentLMOutput:
+    logits: Tensor
+    """(B, T, V) next-token logits."""
+    loss: Optional[Tensor]
+    """Mean next-token cross-entropy when labels were given (labels already shifted, -100 ignored)."""
+    state: Tensor
+    """(B, T, H) final latent state of the core."""
+    steps_used: Tensor
+    """(B, T) core iterations each token received."""
+    num_steps: tuple[int, int]
+    """(n_no_grad, n_grad) actually requested."""
+    readouts: int
+    """Extra coda+head evaluations spent by output-based exit criteria."""
+    stats: Optional[LoopStats]
+
+
+class RecurrentDepthLM(nn.Module):
+    def __init__(self, config: ModelConfig) -> None:
+        super().__init__()
+        check_backend(config.attn_backend)
+        self.config = config
+        h = config.d_model
+        self.embed = nn.Embedding(config.vocab_size, h)
+        self.prelude = nn.ModuleList(Block(config) for _ in range(config.n_prelude))
+        self.adapter = nn.Linear(2 * h, h, bias=False) if config.injection == "linear" else None
+        self.core = nn.ModuleList(Block(config) for _ in range(config.n_core))
+        self.coda = nn.ModuleList(Block(config) for _ in range(config.n_coda))
+        self.norm = RMSNorm(h, config.norm_eps)
+        self.lm_head = nn.Linear(h, config.vocab_size, bias=False)
+        if config.tie_embeddings:
+            self.lm_head.weight = self.embed.weight
+        cos, sin = rope_tables(config.head_dim, config.block_size, config.rope_theta)
+        self.register_buffer("rope_cos", cos, persistent=False)  # (block_size, D/2)
+        self.register_buffer("rope_sin", sin, persistent=False)
+        self.reset_parameters()
+
+    # ------------------------------------------------------------------ init
+    def reset_parameters(self) -> None:
+        """Spike-No-More: std sqrt(2/5h) everywhere, output projections / sqrt(2·expected depth)."""
+        std = self.config.base_std
+        out_std = std / math.sqrt(2 * self.config.expected_depth)
+        for name, p in self.named_parameters():
+            if name.endswith(("attn.out.weight", "mlp.down.weight")):
+                _trunc_normal(p, out_std)
+            elif name.endswith(("q_bias", "k_bias")):
+                nn.init.zeros_(p)
+            elif p.ndim == 1:
+                nn.init.ones_(p)  # norm gains
+            else:
+                _trunc_normal(p, std)
+
+    def initial_state(self, like: Tensor, generator: Optional[torch.Generator] = None) -> Tensor:
+        """Huginn's s_0: truncated normal (±3σ, σ = sqrt(2/5h)) · √h · init_scale; fresh every call.
+
+        ``generator`` makes the draw a pure function of its seed. Training passes one seeded by
+        (seed, step, rank), so a resumed run redraws exactly the noise of the uninterrupted one;
+        without it the global RNG is used, whose position depends on everything touched before.
+        """
+        scale = self.config.init_scale
+        if scale == 0:
+            return torch.zeros_like(like)
+        std = math.sqrt(2 / (5 * self.config.d_model))
+        s = torch.empty(like.shape, device=like.device, dtype=torch.float32)
+        nn.init.trunc_normal_(s, std=std, a=-3 * std, b=3 * std, generator=generator)
+        return (s * (scale * math.sqrt(self.config.d_model))).to(like.dtype)
+
+    # ------------------------------------------------------------------ pieces
+    def embed_tokens(self, input_ids: Tensor) -> Tensor:
+        """(B, T) -> (B, T, H) scaled input embeddings (what Coconut splices thoughts into)."""
+        return self.embed(input_ids) * math.sqrt(self.config.d_model)
+
+    def resolve_steps(self, num_steps: NumSteps) -> tuple[int, int]:
+        """int r -> all r steps with gradient; pair -> as given; None -> r̄ (truncated to k in training)."""
+        cfg = self.config
+        if num_steps is None:
+            if self.training:
+                k = min(cfg.mean_backprop_depth, cfg.mean_recurrence)
+                return cfg.mean_recurrence - k, k
+            return 0, cfg.mean_recurrence
+        if isinstance(num_steps, int):
+            pair = (0, num_steps)
+        else:
+            pair = tuple(int(n) for n in num_steps)
+            if len(pair) != 2:
+                raise ValueError(f"num_steps={num_steps!r}: give an int r or a pair (n_no_grad, n_grad)")
+        if min(pair) < 0 or sum(pair) < 1:
+            raise ValueError(f"num_steps={num_steps!r}: need at least one core iteration and no negative counts")
+        return pair  # type: ignore[return-value]
+
+    def attention_context(self, batch: int, seq: int, device: torch.device, *,
+                          attention_mask: Optional[Tensor] = None, position_ids: Optional[Tensor] = None,
+                          document_ids: Optional[Tensor] = None,
+                          cache: Optional[RecurrentKVCache] = None) -> AttnContext:
+        """RoPE tables and the attention mask for `seq` new tokens after `cache.length` cached ones.
+
+        attention_mask: (B, past + T) 1 = real token, 0 = padding (left padding for generation).
+        document_ids:   (B, T) tokens attend only within their own document (packed sequences).
+        config.attn_window > 0 adds a sliding window to the causal mask.
+        """
+        past = cache.length if cache is not None else 0
+        total = past + seq
+        # Left padding occupies cache columns but no positions: with a mask, count real tokens only,
+        # so a padded batch reaches exactly as far as its rows would one by one.
+        longest = total if attention_mask is None or position_ids is not None else \
+            int(attention_mask.sum(-1).max())
+        if longest > self.config.block_size:
+            raise ValueError(f"sequence of {longest} tokens exceeds the model context block_size="
+                             f"{self.config.block_size}; shorten the prompt or truncate the input")
+        if position_ids is None:
+            if attention_mask is not None:
+                position_ids = (attention_mask.long().cumsum(-1) - 1).clamp_min(0)[:, past:]  # (B, T)
+            else:
+                position_ids = torch.arange(past, total, device=device).unsqueeze(0)  # (1, T)
+        cos = self.rope_cos[position_ids].unsqueeze(1)  # (B|1, 1, T, D/2)
+        sin = self.rope_sin[position_ids].unsqueeze(1)
+        mask = None
+        window = self.config.attn_window
+        if attention_mask is not None or document_ids is not None or past > 0 or window:
+            q_pos = torch.arange(past, total, device=device)
+            behind = q_pos[:, None] - torch.arange(total, device=device)[None, :]  # (T, S) query − key column
+            allowed = behind >= 0  # causal
+            if window:  # columns are positions up to left padding, which the window may cover harmlessly
+                allowed = allowed & (behind < window)
+            allowed = allowed.expand(batch, seq, total)
+            if attention_mask is not None:
+                allowed = allowed & attention_mask.bool()[:, None, :]
+            if document_ids is not None:
+                allowed = allowed & (document_ids[:, :, None] == document_ids[:, None, :])
+            # A padded query would have no key at all (NaN softmax); let every query see itself.
+            allowed = allowed | (q_pos[:, None] == torch.arange(total, device=device)[None, :])
+            mask = allowed.unsqueeze(1)  # (B, 1, T, S)
+        return AttnContext(cos=cos, sin=sin, mask=mask, cache=cache.view() if cache is not None else None)
+
+    def run_layers(self, layers: nn.ModuleList, x: Tensor, ctx: AttnContext, name: str) -> Tensor:
+        for i, block in enumerate(layers):
+            x = block(x, ctx, (name, i))
+        return x
+
+    def core_step(self, state: Tensor, e: Tensor, ctx: AttnContext, iteration: int,
+                  active: Optional[Tensor] = None) -> Tensor:
+        """One iteration of the recurrent block: inject e, run the core layers. (B, T, H) -> (B, T, H)."""
+        x = self.adapter(torch.cat((state, e), dim=-1)) if self.adapter is not None else state + e
+        if ctx.cache is not None:
+            ctx = replace(ctx, cache=ctx.cache.cache.view(active=active))
+        for i, block in enumerate(self.core):
+            x = block(x, ctx, ("core", iteration, i))
+        return x
+
+    def decode(self, state: Tensor, ctx: AttnContext) -> Tensor:
+        """(B, T, H) final state -> (B, T, V) logits: norm, coda, norm, head."""
+        x = self.run_layers(self.coda, self.norm(state), ctx, "coda")
+        return self.lm_head(self.norm(x))
+
+    # ------------------------------------------------------------------ forward
+    def forward(
+        self,
+        input_ids: Optional[Tensor] = None,
+        num_steps: NumSteps = None,
+        *,
+        labels: Optional[Tensor] = None,
+        inputs_embeds: Optional[Tensor] = None,
+        attention_mask: Optional[Tensor] = None,
+        position_ids: Optional[Tensor] = None,
+        document_ids: Optional[Tensor] = None,
+        past_key_values: Optional[RecurrentKVCache] = None,
+        exit_criterion: Optional[ExitCriterion] = None,
+        init_state: Optional[Tensor] = None,
+        generator: Optional[torch.Generator] = None,
+        record_stats: bool = False,
+    ) -> RecurrentLMOutput:
+        """Run the model at test-time depth ``num_steps`` (see :meth:`resolve_steps`).
+
+        ``inputs_embeds`` (B, T, H) replaces ``embed_tokens(input_ids)``. ``init_state`` (B, T, H)
+        replaces the random s_0 (warm start); ``generator`` seeds the random one. With
+        ``past_key_values`` the cache is extended by T.
+        """
+        if (input_ids is None) == (inputs_embeds is None):
+            raise ValueError("pass exactly one of input_ids or inputs_embeds")
+        x = self.embed_tokens(input_ids) if inputs_embeds is None else inputs_embeds  # (B, T, H)
+        batch, seq, _ = x.shape
+        n_no_grad, n_grad = self.resolve_steps(num_steps)
+        cache = past_key_values
+        if cache is None and exit_criterion is not None:
+            # An exited token must keep serving its latest K/V to later iterations, exactly as in
+            # cached decoding; a throwaway one-slot cache does that bookkeeping.
+            cache = RecurrentKVCache("latest")
+        ctx = self.attention_context(batch, seq, x.device, attention_mask=attention_mask,
+                                     position_ids=position_ids, document_ids=document_ids,
+                                     cache=cache)
+        e = self.run_layers(self.prelude, x, ctx, "prelude")  # (B, T, H)
+        s0 = self.initial_state(e, generator) if init_state is None else init_state.to(e.dtype)
+        readout_ctx = replace(ctx, cache=ctx.cache.cache.view(read_only=True)) if ctx.cache else ctx
+        loop = unroll(
+            lambda s, i, active: self.core_step(s, e, ctx, i, active),
+            s0,
+            n_no_grad,
+            n_grad,
+            checkpoint=self.training and self.config.activation_checkpointing,
+            criterion=exit_criterion,
+            readout=lambda s: self.decode(s, readout_ctx),
+            record_stats=record_stats,
+        )
+        logits = self.decode(loop.state, ctx)
+        if past_key_values is not None:
+            past_key_values.commit(seq)
+        loss = None
+        if labels is not None:
+            loss = F.cross_entropy(logits.flatten(0, 1).float(), labels.flatten(), ignore_index=IGNORE_INDEX)
+        return RecurrentLMOutput(logits=logits, loss=loss, state=loop.state, steps_used=loop.steps_used,
+                                 num_steps=(n_no_grad, n_grad), readouts=loop.readouts, stats=loop.stats)
+
+    # ------------------------------------------------------------------ persistence
+    def save_pretrained(self, directory: Union[str, os.PathLike]) -> Path:
+        """Write config.json + model.safetensors, each atomically (tmp file, then rename)."""
+        from recurrent_lm.model.io import save_model_dir
+
+        return save_model_dir(self, Path(directory))
+
+    @classmethod
+    def from_pretrained(cls, directory: Union[str, os.PathLike], map_location: str = "cpu",
+                        **overrides) -> "RecurrentDepthLM":
+        """Load an exported model directory on CPU, without Lightning; ``overrides`` patch the config."""
+        from recurrent_lm.model.io import load_model_dir
+
+        return load_model_dir(cls, Path(directory), map_location, overrides)
+
+    def compile_blocks(self, **kwargs) -> None:
+        """torch.compile each block; the data-dependent depth loop stays in eager Python."""
+        for stack in (self.prelude, self.core, self.coda):
+            for block in stack:
+                block.compile(**kwargs)
+
+
+def _trunc_normal(p: Tensor, std: float) -> None:
+    nn.init.trunc_normal_(p, std=std, a=-3 * std, b=3 * std)
+

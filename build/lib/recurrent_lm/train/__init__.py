@@ -1,0 +1,1 @@
+"""Pretraining: the LightningModule, data module, callbacks, checkpoint IO, export and the hydra app."""

@@ -1,0 +1,3 @@
+from recurrent_lm.train.cli import main
+
+main()

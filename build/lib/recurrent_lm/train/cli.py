@@ -1,0 +1,262 @@
+"""``recurrent-lm-train`` / ``python -m recurrent_lm.train``: the hydra entry point of pretraining.
+
+    recurrent-lm-train experiment=demo                     # the README's main job
+    recurrent-lm-train model=small trainer.max_steps=5000  # any group or key, typed and checked
+    recurrent-lm-train -m model.mean_recurrence=4,8,16     # hydra multirun sweep
+
+Run directory (``run_dir``, default ``runs/<name>``)::
+
+    config.yaml        resolved config of the latest session
+    tokenizer.json     the tokenizer the data was packed with
+    .lock              held by the live run (host, pid, SLURM job id); a second launch is refused
+    checkpoints/       last.ckpt (+ step-N.ckpt); ``resume=auto`` continues from the newest complete one
+    logs/              metrics.csv and tensorboard/, continued (not restarted) by every resume
+    export/            model.safetensors + config.json + tokenizer.json (RecurrentDepthLM.from_pretrained)
+
+Before anything is written the run directory is locked, partial writes of a killed run are removed,
+and the resume is chosen and checked (see :mod:`recurrent_lm.train.run_dir`): a refusal changes nothing.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Optional, Sequence
+
+import hydra
+import lightning as L
+from hydra.core.hydra_config import HydraConfig
+from hydra.types import RunMode
+import torch
+from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint, RichProgressBar
+from lightning.pytorch.loggers import Logger, TensorBoardLogger
+from lightning.pytorch.utilities import rank_zero_only
+from omegaconf import DictConfig, OmegaConf
+
+from recurrent_lm.model.io import TOKENIZER_FILE, make_writable_dir
+from recurrent_lm.train.callbacks import DepthThroughputMonitor
+from recurrent_lm.train.checkpoint_io import SafeCheckpointIO
+from recurrent_lm.train.datamodule import TextDataModule
+from recurrent_lm.train.hardware import resolve_precision
+from recurrent_lm.train.export import export_model
+from recurrent_lm.train.metrics_log import RunCSVLogger
+from recurrent_lm.train.module import RecurrentLMModule
+from recurrent_lm.train.report import print_report
+from recurrent_lm.train.run_dir import (CHECKPOINT_DIR, EXPORT_DIR, LOG_DIR, Resume, RunDirInUse, RunDirLock,
+                                        check_compatible, clear_run, remove_partial_writes,
+                                        resolve_resume, write_text_atomic)
+from recurrent_lm.train.schema import TrainConfig, register_configs
+
+if TYPE_CHECKING:
+    from recurrent_lm.reasoning import ReasoningReport, TaskConfig
+
+
+def conf_dir() -> Path:
+    """The hydra config tree: $RECURRENT_LM_CONF, else the package's conf/ (a symlink to the repository's
+    conf/ in a checkout, a copy in a wheel), so an installed package runs from any directory."""
+    path = Path(os.environ.get("RECURRENT_LM_CONF", Path(__file__).resolve().parents[1] / "conf")).resolve()
+    if not (path / "config.yaml").is_file():
+        raise FileNotFoundError(f"hydra config tree not found at {path}; reinstall recurrent_lm (the package "
+                                "ships conf/) or set RECURRENT_LM_CONF to a directory holding config.yaml")
+    return path
+
+
+def compose_config(overrides: Sequence[str] = ()) -> DictConfig:
+    """The app's config composed from Python (a notebook, a script), exactly as the CLI would compose it.
+
+        cfg = compose_config(["experiment=demo", "trainer.max_steps=10"]); summary = run(cfg)
+
+    Registers the typed schema first (hydra's compose API alone fails with "Could not load
+    'base_config'") and works from any working directory.
+    """
+    from hydra import compose, initialize_config_dir
+
+    register_configs()
+    with initialize_config_dir(config_dir=str(conf_dir()), version_base="1.3"):
+        return compose("config", overrides=list(overrides))
+
+
+def build_datamodule(cfg: TrainConfig) -> L.LightningDataModule:
+    t = cfg.trainer
+    if cfg.task is not None:
+        from recurrent_lm.reasoning.datamodule import ReasoningDataModule
+
+        return ReasoningDataModule(cfg.task, batch_size=t.micro_batch_size, block_size=cfg.model.block_size,
+                                   seed=cfg.seed)
+    return TextDataModule(cfg.data, block_size=cfg.model.block_size, micro_batch_size=t.micro_batch_size,
+                          val_batches=t.val_batches, seed=cfg.seed)
+
+
+def build_loggers(cfg: TrainConfig, run_dir: Path, resume: Resume) -> list[Logger]:
+    """Loggers that continue the run's history from the resumed step: rows and events of steps that are
+    about to be re-run are superseded (CSV rows dropped, TensorBoard's purge_step), never duplicated."""
+    loggers: list[Logger] = []
+    if cfg.logger.csv:
+        carried = resume.checkpoint.get("step_log") if resume.checkpoint is not None else None
+        loggers.append(RunCSVLogger(run_dir / LOG_DIR, resume.step, flush_every_n_steps=cfg.logger.flush_every_n_steps,
+                                    carried_row=carried))
+    if cfg.logger.tensorboard:
+        loggers.append(TensorBoardLogger(run_dir, name=LOG_DIR, version="tensorboard", default_hp_metric=False,
+                                         purge_step=resume.step or None))
+    if cfg.logger.wandb:
+        from lightning.pytorch.loggers import WandbLogger
+
+        loggers.append(WandbLogger(project=cfg.logger.wandb_project, name=cfg.name, save_dir=str(run_dir)))
+    return loggers
+
+
+class RunCheckpoint(ModelCheckpoint):
+    """step-N.ckpt every n steps plus last.ckpt, and last.ckpt again at the end of training when the
+    final step is not a multiple of n (Lightning's own end-of-training save skips a session that
+    saved before), so a finished run resumes as finished."""
+
+    def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if self._last_global_step_saved != trainer.global_step:
+            self._save_last_checkpoint(trainer, self._monitor_candidates(trainer))
+
+
+def build_trainer(cfg: TrainConfig, run_dir: Path, resume: Resume) -> L.Trainer:
+    t = cfg.trainer
+    loggers = build_loggers(cfg, run_dir, resume)
+    callbacks: list[Any] = [
+        RunCheckpoint(dirpath=run_dir / CHECKPOINT_DIR, filename="step-{step}", auto_insert_metric_name=False,
+                      every_n_train_steps=t.checkpoint_every_n_steps or 0, every_n_epochs=0, save_last=True,
+                      save_top_k=1, enable_version_counter=False),
+        DepthThroughputMonitor(batch_size_fn=lambda b: b["input_ids"].shape[0],
+                               length_fn=lambda b: b["input_ids"].numel(), window_size=t.throughput_window),
+    ]
+    if loggers:
+        callbacks.append(LearningRateMonitor(logging_interval="step"))
+    if t.enable_progress_bar:
+        callbacks.append(RichProgressBar())
+    devices: Any = int(t.devices) if str(t.devices).isdigit() else t.devices
+    return L.Trainer(
+        accelerator=t.accelerator, devices=devices, num_nodes=t.num_nodes, strategy=t.strategy,
+        precision=resolve_precision(t.precision, t.accelerator), max_steps=t.max_steps, accumulate_grad_batches=t.accumulate_grad_batches,
+        gradient_clip_val=t.gradient_clip_val, val_check_interval=t.val_check_interval or t.max_steps,
+        check_val_every_n_epoch=None, limit_val_batches=t.val_batches if t.val_check_interval else 0,
+        num_sanity_val_steps=0, log_every_n_steps=t.log_every_n_steps, deterministic=t.deterministic,
+        callbacks=callbacks, logger=loggers or False, default_root_dir=run_dir,
+        plugins=[SafeCheckpointIO(preloaded=(resume.path, resume.checkpoint) if resume.path else None)],
+        enable_progress_bar=t.enable_progress_bar, enable_model_summary=False, use_distributed_sampler=False,
+    )
+
+
+def train(cfg: TrainConfig, resume: Resume) -> dict[str, Any]:
+    """Fit (or resume), validate across depths, export. Returns a summary dict (used by the report)."""
+    run_dir = Path(cfg.run_dir)
+    L.seed_everything(cfg.seed, workers=True, verbose=False)
+    datamodule = build_datamodule(cfg)
+    datamodule.prepare_data()
+    datamodule.setup("fit")
+    tokenizer = getattr(datamodule, "tokenizer", None)
+    if tokenizer is not None:
+        if tokenizer.vocab_size > cfg.model.vocab_size:
+            raise ValueError(f"tokenizer has {tokenizer.vocab_size} tokens but model.vocab_size="
+                             f"{cfg.model.vocab_size}; raise model.vocab_size or use a smaller tokenizer")
+        tokenizer.save(run_dir / TOKENIZER_FILE)
+    module = RecurrentLMModule(cfg.model, cfg.sampler, cfg.optim, cfg.trainer.eval_depths,
+                               compile_blocks=cfg.trainer.compile, telemetry_every=cfg.trainer.log_every_n_steps,
+                               seed=cfg.seed, max_nonfinite_steps=cfg.trainer.max_nonfinite_steps)
+    trainer = build_trainer(cfg, run_dir, resume)
+    if resume.path is not None:
+        print(f"resuming from {resume.path} (step {resume.step})")
+    trainer.fit(module, datamodule=datamodule, ckpt_path=resume.path, weights_only=True)
+    # Lightning already validated at the last step when val_check_interval divides it: reuse that.
+    val = {k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith("val")}
+    interval = cfg.trainer.val_check_interval
+    if resume.step >= cfg.trainer.max_steps:
+        trainer.loggers = []  # a finished run re-run: its logs already hold this validation
+    if interval is not None and (trainer.global_step % interval != 0 or not val):
+        val = {k: v for results in trainer.validate(module, datamodule=datamodule, verbose=False)
+               for k, v in results.items()}
+    summary: dict[str, Any] = {"run_dir": run_dir, "val": val, "tokenizer": tokenizer, "model": module.model,
+                               "step": trainer.global_step}
+    if cfg.export and trainer.is_global_zero:
+        tokenizer_file = run_dir / TOKENIZER_FILE
+        summary["export"] = export_model(module.model.float().eval(), tokenizer_file if tokenizer_file.is_file()
+                                         else None, run_dir / EXPORT_DIR)
+    if cfg.task is not None and trainer.is_global_zero:
+        summary["reasoning"] = evaluate_task(cfg.task, module.model.float().eval(), run_dir, summary.get("export"),
+                                             cfg.seed)
+    return summary
+
+
+def evaluate_task(task: TaskConfig, model: torch.nn.Module, run_dir: Path, export_dir: Optional[Path],
+                  seed: int) -> ReasoningReport:
+    """The reasoning evaluation of a task run, written to ``<run_dir>/reasoning_eval.{md,csv,json}``; the
+    task also goes into the export (task.json) so ``recurrent-lm-reasoning-eval --model <export>``
+    re-runs it without arguments."""
+    from recurrent_lm.reasoning.evaluate import evaluate, save_report, save_task
+
+    if export_dir is not None:
+        save_task(task, export_dir)
+    report = evaluate(model, task, seed=seed)
+    save_report(report, run_dir / "reasoning_eval.md")
+    return report
+
+
+def run(cfg: DictConfig) -> dict[str, Any]:
+    typed: TrainConfig = OmegaConf.to_object(cfg)  # runs every dataclass __post_init__ check
+    if typed.dry_run:
+        from recurrent_lm.model import RecurrentDepthLM, count_params
+
+        with torch.device("meta"):
+            counts = count_params(RecurrentDepthLM(typed.model))
+        print(OmegaConf.to_yaml(cfg, resolve=True))
+        print(f"parameters: {counts.total:,} ({counts})")
+        return {}
+    run_dir = Path(typed.run_dir)
+    make_writable_dir(run_dir, "run_dir")
+    if rank_zero_only.rank != 0:  # rank 0 guards the directory; the others follow its resume choice
+        return train(typed, resolve_resume(typed.resume, run_dir, overwrite=True))
+    with RunDirLock(run_dir):
+        remove_partial_writes(run_dir)
+        resume = resolve_resume(typed.resume, run_dir, typed.overwrite)
+        check_compatible(resume, typed.model)
+        if typed.resume == "none" and typed.overwrite:
+            clear_run(run_dir)
+        write_text_atomic(run_dir / "config.yaml", OmegaConf.to_yaml(cfg, resolve=True))
+        summary = train(typed, resume)
+        print_report(typed, summary)
+    return summary
+
+
+register_configs()
+
+
+USER_ERRORS = (ValueError, OSError, RunDirInUse, FloatingPointError)
+"""What bad input, a guarded run directory or a diverging run raise: each message names the setting or
+file and the fix, so it is printed as one line (exit status 2) instead of a traceback."""
+
+
+def own_run_dir_per_sweep_job(cfg: DictConfig) -> None:
+    """In a multirun, give each job its own run dir (hydra's sweep dir/subdir) unless run_dir= is set.
+
+    ``run_dir`` defaults to ``runs/${name}``, the same for every job of a sweep: the second job would
+    find the first one's checkpoint and "resume" it (or, run in parallel, be refused by the lock).
+    """
+    hydra_cfg = HydraConfig.get()
+    if hydra_cfg.mode == RunMode.MULTIRUN and not any(o.startswith("run_dir=") for o in hydra_cfg.overrides.task):
+        cfg.run_dir = hydra_cfg.runtime.output_dir
+
+
+@hydra.main(config_path=str(conf_dir()), config_name="config", version_base="1.3")
+def _hydra_main(cfg: DictConfig) -> None:
+    own_run_dir_per_sweep_job(cfg)
+    try:
+        run(cfg)
+    except USER_ERRORS as err:
+        if os.environ.get("HYDRA_FULL_ERROR") == "1":
+            raise
+        print(f"recurrent-lm-train: error: {err}\n(set HYDRA_FULL_ERROR=1 for the traceback)", file=sys.stderr)
+        sys.exit(2)
+
+
+def main() -> None:
+    _hydra_main()
+
+
+if __name__ == "__main__":
+    main()

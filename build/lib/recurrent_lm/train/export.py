@@ -1,0 +1,71 @@
+"""Export a run to a self-contained model directory: model.safetensors + config.json + tokenizer.json.
+
+``recurrent-lm-export RUN_DIR`` (or a .ckpt path) writes RUN_DIR/export; the result loads with
+``RecurrentDepthLM.from_pretrained(dir)`` on a CPU without Lightning.
+"""
+
+from __future__ import annotations
+
+import argparse
+import shutil
+import sys
+from pathlib import Path
+from typing import Optional
+
+from recurrent_lm.model import ModelConfig, RecurrentDepthLM
+from recurrent_lm.model.io import TOKENIZER_FILE, atomic_write
+from recurrent_lm.train.checkpoint_io import load_checkpoint
+from recurrent_lm.train.run_dir import CHECKPOINT_DIR, EXPORT_DIR, LAST_CHECKPOINT, newest_checkpoint
+
+
+def export_model(model: RecurrentDepthLM, tokenizer_file: Optional[Path], out_dir: Path) -> Path:
+    model.save_pretrained(out_dir)
+    if tokenizer_file is not None:
+        atomic_write(out_dir / TOKENIZER_FILE, lambda tmp: shutil.copyfile(tokenizer_file, tmp))
+    return out_dir
+
+
+def model_from_checkpoint(path: Path) -> RecurrentDepthLM:
+    checkpoint = load_checkpoint(path, check_finite=True)
+    try:
+        config = ModelConfig.from_dict(checkpoint["hyper_parameters"]["model"])
+        state = {k.removeprefix("model."): v for k, v in checkpoint["state_dict"].items()}
+    except KeyError as err:
+        raise ValueError(f"checkpoint {path} lacks {err}; it was not written by recurrent-lm-train") from err
+    model = RecurrentDepthLM(config)
+    model.load_state_dict(state)
+    return model.eval()
+
+
+def export_run(source: Path, out_dir: Optional[Path] = None) -> Path:
+    """Export from a run directory (its newest complete checkpoint) or from a checkpoint file."""
+    if not source.exists():
+        raise FileNotFoundError(f"{source} does not exist; pass a run directory (runs/<name>) or a .ckpt file")
+    if source.is_dir():
+        run_dir, ckpt = source, newest_checkpoint(source).path
+        if ckpt is None:
+            raise FileNotFoundError(f"{source} has no checkpoint under {CHECKPOINT_DIR}/; pass a run directory that "
+                                    f"has trained, or a .ckpt file (e.g. {source / CHECKPOINT_DIR / LAST_CHECKPOINT})")
+    else:
+        run_dir, ckpt = source.parent.parent, source
+    tokenizer = run_dir / TOKENIZER_FILE
+    return export_model(model_from_checkpoint(ckpt), tokenizer if tokenizer.is_file() else None,
+                        out_dir or run_dir / EXPORT_DIR)
+
+
+def main(argv: Optional[list[str]] = None) -> int:
+    parser = argparse.ArgumentParser(prog="recurrent-lm-export", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("source", type=Path, help="run directory or Lightning .ckpt file")
+    parser.add_argument("--out", type=Path, default=None, help="output directory (default: RUN_DIR/export)")
+    args = parser.parse_args(argv)
+    try:
+        print(export_run(args.source, args.out))
+    except (ValueError, OSError) as err:  # bad source, damaged checkpoint, full disk: one line, exit 2
+        print(f"recurrent-lm-export: error: {err}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
