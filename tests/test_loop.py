@@ -294,7 +294,8 @@ def test_sequence_convergence_exits_whole_sequences_once_every_watched_element_i
         return rates * s + 1
 
     def run(watch):
-        return unroll(step, torch.zeros(2, 3, 4), 0, 200, criterion=SequenceConvergence(0.01, watch=watch)).steps_used
+        return unroll(step, torch.zeros(2, 3, 4), 0, 200, criterion=SequenceConvergence(0.01, watch=watch),
+                      sequence_axis=1).steps_used
 
     watch = torch.tensor([[True, True, False], [True, True, True]])
     used = run(watch)
@@ -324,17 +325,18 @@ def wave(length: int):
     (SequenceConvergence, [7, 7, 7, 7, 7, 7]),    # everyone waits for the last token
 ])
 def test_convergence_scopes_on_a_wave(scope, expected):
-    used = unroll(wave(6), torch.ones(2, 6, 3), 0, 50, criterion=scope(0.01)).steps_used
+    used = unroll(wave(6), torch.ones(2, 6, 3), 0, 50, criterion=scope(0.01), sequence_axis=1).steps_used
     assert used.tolist() == [expected, expected]
 
 
 def test_causal_convergence_ignores_unwatched_tokens_and_exits_in_prefix_order():
     watch = torch.tensor([True, True, True, False, True, True])
-    used = unroll(wave(6), torch.ones(6, 3), 0, 50, criterion=CausalConvergence(0.01, watch=watch)).steps_used
+    used = unroll(wave(6), torch.ones(6, 3), 0, 50, criterion=CausalConvergence(0.01, watch=watch),
+                  sequence_axis=0).steps_used
     assert used.tolist() == [2, 3, 4, 4, 4, 4]  # token 3 changing (step 4) holds nobody back
     torch.manual_seed(0)
     noisy = unroll(lambda s, i, a: s + torch.randn_like(s) / (i + 1) ** 2, torch.ones(3, 8, 4), 0, 60,
-                   criterion=CausalConvergence(0.02)).steps_used
+                   criterion=CausalConvergence(0.02), sequence_axis=1).steps_used
     assert (noisy[:, 1:] >= noisy[:, :-1]).all()  # exits never overtake an earlier token
 
 
@@ -343,3 +345,61 @@ def test_observe_sees_every_step_in_order():
     unroll(lambda s, i, active: s + 1, torch.zeros(2, 3), 2, 3,
            observe=lambda n, s: seen.append((n, float(s[0, 0]))))
     assert seen == [(1, 1.0), (2, 2.0), (3, 3.0), (4, 4.0), (5, 5.0)]
+
+
+# ------------------------------------------------------------------ the sequence axis (Coconut's loop)
+def test_carry_travels_through_the_steps_explicitly():
+    """A step with a carry (here a growing list standing for a KV cache / the thoughts so far) gets it
+    and returns the new one; the result holds the last carry."""
+    def think(state, i, active, thoughts):  # state (B, H): one thought vector per example
+        return state * 0.5 + 1.0, thoughts + [state]
+
+    out = unroll(think, torch.zeros(2, 4), 1, 3, carry=[])
+    assert len(out.carry) == 4 and torch.equal(out.carry[0], torch.zeros(2, 4))
+    assert torch.allclose(out.state, torch.full((2, 4), 1.875))
+    assert torch.equal(out.carry[3], torch.full((2, 4), 1.75))
+
+
+def test_checkpointing_a_step_with_a_carry_is_refused():
+    with pytest.raises(ValueError, match="checkpoint=True recomputes each step in backward.*carry"):
+        unroll(lambda s, i, a, c: (s, c), torch.zeros(2, 4, requires_grad=True), 0, 2, checkpoint=True, carry={})
+
+
+@pytest.mark.parametrize("criterion", [CausalConvergence, SequenceConvergence])
+def test_sequence_scopes_are_refused_on_a_state_without_a_sequence_axis(criterion):
+    """A (B, H) thought state has no sequence axis: a causal scope would run cummin over the batch."""
+    with pytest.raises(ValueError, match="acts along a sequence, but this loop's state has no sequence axis"):
+        unroll(contraction, torch.ones(3, 4), 0, 5, criterion=criterion(0.01))
+    with pytest.raises(ValueError, match="sequence_axis=2 is not an element axis"):
+        unroll(contraction, torch.ones(3, 4, 2), 0, 5, criterion=criterion(0.01), sequence_axis=2)
+    per_example = unroll(contraction, s0_at_distances(1.0, 4.0), 0, 50, criterion=Convergence(0.05))
+    assert per_example.steps_used[0] != per_example.steps_used[1]  # per element, across the batch
+
+
+def _two_ranks_exit(rank: int, world: int, init: str, results) -> None:
+    import torch.distributed as dist
+
+    from recurrent_lm.loop import all_ranks_exited
+
+    dist.init_process_group("gloo", init_method=init, rank=rank, world_size=world)
+    try:
+        # rank 0's elements go still after 2 steps, rank 1's after 5: both must run 5 iterations
+        still_after = 2 if rank == 0 else 5
+        step = lambda s, i, a: s if i >= still_after else s + 1.0  # noqa: E731
+        synced = unroll(step, torch.ones(1, 3), 0, 50, criterion=Convergence(1e-6), exit_sync=all_ranks_exited)
+        alone = unroll(step, torch.ones(1, 3), 0, 50, criterion=Convergence(1e-6))
+        results[rank] = (synced.steps_run, alone.steps_run)
+    finally:
+        dist.destroy_process_group()
+
+
+def test_exit_sync_makes_every_rank_leave_the_loop_at_the_same_iteration(tmp_path):
+    """Two real gloo processes: without the hook each leaves when its own elements are still (a rank
+    running FSDP collectives would then hang); with all_ranks_exited both run until the slower one's
+    elements exit."""
+    import torch.multiprocessing as mp
+
+    manager = mp.Manager()
+    results = manager.dict()
+    mp.spawn(_two_ranks_exit, args=(2, f"file://{tmp_path / 'rendezvous'}", results), nprocs=2)
+    assert dict(results) == {0: (6, 3), 1: (6, 6)}

@@ -233,6 +233,7 @@ class RecurrentDepthLM(nn.Module):
             n_grad,
             checkpoint=self.training and self.config.activation_checkpointing,
             criterion=exit_criterion,
+            sequence_axis=1,  # the state is (B, T, H): tokens run along axis 1
             readout=lambda s: self.decode(s, readout_ctx),
             record_stats=record_stats,
         )
