@@ -30,6 +30,8 @@ from omegaconf import OmegaConf
 from torch import nn
 
 from recurrent_lm.model import ModelConfig, RecurrentDepthLM, forward_flops_per_token, train_flops_per_token
+from recurrent_lm.model.context import attention_context
+from recurrent_lm.model.rope import rope_tables
 from recurrent_lm.model.block import Block
 from recurrent_lm.model.norm import RMSNorm
 from recurrent_lm.train.hardware import measure_matmul_peak
@@ -53,13 +55,13 @@ class DenseLM(nn.Module):
         for p in self.parameters():
             if p.ndim > 1:
                 nn.init.trunc_normal_(p, std=std, a=-3 * std, b=3 * std)
-        # Borrow the recurrent model's attention-context builder (RoPE tables + mask) unchanged.
-        self._ctx_model = RecurrentDepthLM(ModelConfig(**{**config.to_dict(), "n_prelude": 0, "n_coda": 0,
-                                                          "n_core": 1, "vocab_size": 2}))
+        cos, sin = rope_tables(config.head_dim, config.block_size, config.rope_theta)
+        self.register_buffer("rope_cos", cos, persistent=False)  # (block_size, D/2), as in RecurrentDepthLM
+        self.register_buffer("rope_sin", sin, persistent=False)
 
     def forward(self, input_ids: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
         b, t = input_ids.shape
-        ctx = self._ctx_model.attention_context(b, t, input_ids.device)
+        ctx = attention_context(self.config, self.rope_cos, self.rope_sin, b, t, input_ids.device)
         x = self.embed(input_ids) * math.sqrt(self.config.d_model)
         for i, block in enumerate(self.blocks):
             x = block(x, ctx, ("dense", i))

@@ -528,3 +528,16 @@ def test_kv_cache_strategy_errors():
         RecurrentKVCache("paged")
     with pytest.raises(ValueError, match="window"):
         RecurrentKVCache("compressed")
+
+
+def test_readout_depths_equal_separate_forwards_from_one_unroll(tiny_model):
+    model = tiny_model()
+    x = torch.randint(0, model.config.vocab_size, (2, 10))
+    s0 = torch.randn(2, 10, model.config.d_model)
+    with torch.no_grad():
+        out = model(x, num_steps=6, init_state=s0, readout_depths=[2, 6, 4])
+        assert list(out.depth_logits) == [2, 4, 6] and torch.equal(out.depth_logits[6], out.logits)
+        for r in (2, 4):
+            torch.testing.assert_close(out.depth_logits[r], model(x, num_steps=r, init_state=s0).logits)
+        with pytest.raises(ValueError, match=r"readout_depths=\[0, 3\]: each must be in 1..6"):
+            model(x, num_steps=6, readout_depths=[0, 3])

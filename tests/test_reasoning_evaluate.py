@@ -82,14 +82,14 @@ def test_exact_match_counts_the_whole_answer():
             self.wrong_last = wrong_last
             self.dummy = torch.nn.Parameter(torch.zeros(1))
 
-        def forward(self, input_ids, num_steps=1, **_):
+        def forward(self, input_ids, num_steps=1, readout_depths=(), **_):
             bits = (input_ids == ONE).long()
             bits[:, 0] = 0
             parity = bits.cumsum(-1) % 2
             if self.wrong_last:
                 parity[:, -1] = 1 - parity[:, -1]
             logits = torch.nn.functional.one_hot(parity + ZERO, 6).float()
-            return type("Out", (), {"logits": logits})()
+            return type("Out", (), {"logits": logits, "depth_logits": {r: logits for r in readout_depths}})()
 
     assert evaluate(Oracle(False), task).accuracy[(4, 1)] == 1.0
     wrong = evaluate(Oracle(True), task)

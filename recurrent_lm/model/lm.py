@@ -12,9 +12,9 @@ from __future__ import annotations
 
 import math
 import os
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Optional, Union
+from typing import Optional, Sequence, Union
 
 import torch
 import torch.nn.functional as F
@@ -25,6 +25,7 @@ from recurrent_lm.model.attention import AttnContext, check_backend
 from recurrent_lm.model.block import Block
 from recurrent_lm.model.cache import RecurrentKVCache
 from recurrent_lm.model.config import ModelConfig
+from recurrent_lm.model.context import attention_context
 from recurrent_lm.model.norm import RMSNorm
 from recurrent_lm.model.rope import rope_tables
 
@@ -48,6 +49,8 @@ class RecurrentLMOutput:
     readouts: int
     """Extra coda+head evaluations spent by output-based exit criteria."""
     stats: Optional[LoopStats]
+    depth_logits: dict[int, Tensor] = field(default_factory=dict)
+    """r -> (B, T, V) logits after r core iterations, for each r of ``readout_depths``."""
 
 
 class RecurrentDepthLM(nn.Module):
@@ -127,45 +130,10 @@ class RecurrentDepthLM(nn.Module):
                           attention_mask: Optional[Tensor] = None, position_ids: Optional[Tensor] = None,
                           document_ids: Optional[Tensor] = None,
                           cache: Optional[RecurrentKVCache] = None) -> AttnContext:
-        """RoPE tables and the attention mask for `seq` new tokens after `cache.length` cached ones.
-
-        attention_mask: (B, past + T) 1 = real token, 0 = padding (left padding for generation).
-        document_ids:   (B, T) tokens attend only within their own document (packed sequences).
-        config.attn_window > 0 adds a sliding window to the causal mask.
-        """
-        past = cache.length if cache is not None else 0
-        total = past + seq
-        # Left padding occupies cache columns but no positions: with a mask, count real tokens only,
-        # so a padded batch reaches exactly as far as its rows would one by one.
-        longest = total if attention_mask is None or position_ids is not None else \
-            int(attention_mask.sum(-1).max())
-        if longest > self.config.block_size:
-            raise ValueError(f"sequence of {longest} tokens exceeds the model context block_size="
-                             f"{self.config.block_size}; shorten the prompt or truncate the input")
-        if position_ids is None:
-            if attention_mask is not None:
-                position_ids = (attention_mask.long().cumsum(-1) - 1).clamp_min(0)[:, past:]  # (B, T)
-            else:
-                position_ids = torch.arange(past, total, device=device).unsqueeze(0)  # (1, T)
-        cos = self.rope_cos[position_ids].unsqueeze(1)  # (B|1, 1, T, D/2)
-        sin = self.rope_sin[position_ids].unsqueeze(1)
-        mask = None
-        window = self.config.attn_window
-        if attention_mask is not None or document_ids is not None or past > 0 or window:
-            q_pos = torch.arange(past, total, device=device)
-            behind = q_pos[:, None] - torch.arange(total, device=device)[None, :]  # (T, S) query − key column
-            allowed = behind >= 0  # causal
-            if window:  # columns are positions up to left padding, which the window may cover harmlessly
-                allowed = allowed & (behind < window)
-            allowed = allowed.expand(batch, seq, total)
-            if attention_mask is not None:
-                allowed = allowed & attention_mask.bool()[:, None, :]
-            if document_ids is not None:
-                allowed = allowed & (document_ids[:, :, None] == document_ids[:, None, :])
-            # A padded query would have no key at all (NaN softmax); let every query see itself.
-            allowed = allowed | (q_pos[:, None] == torch.arange(total, device=device)[None, :])
-            mask = allowed.unsqueeze(1)  # (B, 1, T, S)
-        return AttnContext(cos=cos, sin=sin, mask=mask, cache=cache.view() if cache is not None else None)
+        """RoPE tables and mask for ``seq`` new tokens: :func:`recurrent_lm.model.context.attention_context`."""
+        return attention_context(self.config, self.rope_cos, self.rope_sin, batch, seq, device,
+                                 attention_mask=attention_mask, position_ids=position_ids,
+                                 document_ids=document_ids, cache=cache)
 
     def run_layers(self, layers: nn.ModuleList, x: Tensor, ctx: AttnContext, name: str) -> Tensor:
         for i, block in enumerate(layers):
@@ -203,12 +171,15 @@ class RecurrentDepthLM(nn.Module):
         init_state: Optional[Tensor] = None,
         generator: Optional[torch.Generator] = None,
         record_stats: bool = False,
+        readout_depths: Sequence[int] = (),
     ) -> RecurrentLMOutput:
         """Run the model at test-time depth ``num_steps`` (see :meth:`resolve_steps`).
 
         ``inputs_embeds`` (B, T, H) replaces ``embed_tokens(input_ids)``. ``init_state`` (B, T, H)
         replaces the random s_0 (warm start); ``generator`` seeds the random one. With
-        ``past_key_values`` the cache is extended by T.
+        ``past_key_values`` the cache is extended by T. ``readout_depths`` also decodes the state after
+        each of those iterations, from the same unroll (``depth_logits``): a depth sweep at the cost of
+        its deepest run. Depths past an early exit read the frozen final state.
         """
         if (input_ids is None) == (inputs_embeds is None):
             raise ValueError("pass exactly one of input_ids or inputs_embeds")
@@ -226,6 +197,15 @@ class RecurrentDepthLM(nn.Module):
         e = self.run_layers(self.prelude, x, ctx, "prelude")  # (B, T, H)
         s0 = self.initial_state(e, generator) if init_state is None else init_state.to(e.dtype)
         readout_ctx = replace(ctx, cache=ctx.cache.cache.view(read_only=True)) if ctx.cache else ctx
+        wanted = set(readout_depths)
+        if wanted and not 1 <= min(wanted) <= max(wanted) <= n_no_grad + n_grad:
+            raise ValueError(f"readout_depths={sorted(wanted)}: each must be in 1..{n_no_grad + n_grad} (num_steps)")
+        depth_logits: dict[int, Tensor] = {}
+
+        def read_depth(steps: int, state: Tensor) -> None:
+            if steps in wanted and steps < n_no_grad + n_grad:  # the last depth is the final decode below
+                depth_logits[steps] = self.decode(state, readout_ctx)
+
         loop = unroll(
             lambda s, i, active: self.core_step(s, e, ctx, i, active),
             s0,
@@ -236,15 +216,18 @@ class RecurrentDepthLM(nn.Module):
             sequence_axis=1,  # the state is (B, T, H): tokens run along axis 1
             readout=lambda s: self.decode(s, readout_ctx),
             record_stats=record_stats,
+            observe=read_depth if wanted else None,
         )
         logits = self.decode(loop.state, ctx)
+        depth_logits.update({r: logits for r in wanted - depth_logits.keys()})
         if past_key_values is not None:
             past_key_values.commit(seq)
         loss = None
         if labels is not None:
             loss = F.cross_entropy(logits.flatten(0, 1).float(), labels.flatten(), ignore_index=IGNORE_INDEX)
         return RecurrentLMOutput(logits=logits, loss=loss, state=loop.state, steps_used=loop.steps_used,
-                                 num_steps=(n_no_grad, n_grad), readouts=loop.readouts, stats=loop.stats)
+                                 num_steps=(n_no_grad, n_grad), readouts=loop.readouts, stats=loop.stats,
+                                 depth_logits=dict(sorted(depth_logits.items())))
 
     # ------------------------------------------------------------------ persistence
     def save_pretrained(self, directory: Union[str, os.PathLike]) -> Path:

@@ -35,10 +35,16 @@ class ExitCriterion(ABC):
         self.threshold = threshold
         self.min_steps = min_steps
         self.max_steps = max_steps
+        self.sequence_axis: Optional[int] = None
         self.reset()
 
     def reset(self) -> None:
         """Forget memory from a previous unroll."""
+
+    def bind(self, sequence_axis: Optional[int]) -> None:
+        """Learn which axis of the loop's state runs along a sequence (None: it has none). Per-element
+        criteria need no axis; see :class:`Convergence` for the ones that do."""
+        self.sequence_axis = sequence_axis
 
     @abstractmethod
     def converged(self, prev: Tensor, new: Tensor, delta: Tensor,
@@ -78,15 +84,23 @@ class Convergence(ExitCriterion):
         super().__init__(threshold, min_steps=min_steps, max_steps=max_steps)
         self.watch = watch
 
+    def bind(self, sequence_axis: Optional[int]) -> None:
+        if self.scope != "token" and sequence_axis is None:
+            raise ValueError(f"exit criterion '{self.name}' acts along a sequence, but this loop's state has no "
+                             "sequence axis (unroll(sequence_axis=None), e.g. one thought vector per example); "
+                             "use 'convergence', which decides per element")
+        super().bind(sequence_axis)
+
     def converged(self, prev, new, delta, readout):
         still = delta < self.threshold  # (*elements)
         if self.scope == "token":
             return still, 0
         if self.watch is not None:
             still = still | ~self.watch
+        axis = self.sequence_axis  # an element axis: delta has the state's shape without the features
         if self.scope == "causal":
-            return torch.cummin(still.to(torch.uint8), dim=-1).values.bool(), 0
-        return still.all(-1, keepdim=True).expand_as(still), 0
+            return torch.cummin(still.to(torch.uint8), dim=axis).values.bool(), 0
+        return still.all(axis, keepdim=True).expand_as(still), 0
 
 
 class CausalConvergence(Convergence):

@@ -13,7 +13,7 @@ so it stays outside any compiled graph while the step function itself (the block
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Callable, Optional
+from typing import Any, Callable, Optional
 
 import torch
 from torch import Tensor
@@ -27,7 +27,16 @@ StepFn = Callable[[Tensor, int, Optional[Tensor]], Tensor]
 
 ``i`` is the 0-based iteration index (no-grad steps included); ``active`` is None when no exit
 criterion runs, else a bool mask over elements that have not exited yet — the recurrent core uses
-it to keep exited tokens' KV-cache entries frozen along with their state."""
+it to keep exited tokens' KV-cache entries frozen along with their state.
+
+With ``carry=`` the step is called as ``step(state, i, active, carry)`` and returns
+``(new_state, new_carry)``: what a step needs besides the state (a KV cache it extends, the thoughts
+so far) travels through the loop explicitly instead of hiding in a closure."""
+
+ExitSync = Callable[[Tensor], Tensor]
+"""Maps this process's "every element has exited" (0-dim bool tensor) to the decision all processes
+share, e.g. :func:`recurrent_lm.loop.distributed.all_ranks_exited`; without it ranks running FSDP would
+leave the loop at different iterations and deadlock in their next collective."""
 
 
 @dataclass
@@ -42,6 +51,8 @@ class LoopResult:
     """Calls of the readout (coda + head) made by output-based exit criteria: their extra cost."""
     stats: Optional[LoopStats]
     """Per-iteration telemetry when requested."""
+    carry: Any = None
+    """The carry after the last step (None when the loop ran without one)."""
 
 
 def unroll(
@@ -55,6 +66,9 @@ def unroll(
     readout: Optional[Readout] = None,
     record_stats: bool = False,
     observe: Optional[Callable[[int, Tensor], None]] = None,
+    carry: Any = None,
+    sequence_axis: Optional[int] = None,
+    exit_sync: Optional[ExitSync] = None,
 ) -> LoopResult:
     """Run ``n_no_grad`` steps without autograd, then ``n_grad`` steps with it.
 
@@ -69,12 +83,28 @@ def unroll(
     logits for output-based criteria (KL, entropy, argmax); its calls are counted. ``observe(n, state)``
     is called after each step with the number of steps done, e.g. to read out several depths from one
     unroll.
+
+    ``sequence_axis`` is the axis of ``state`` that runs along a sequence (1 for the core's (B, T, H)
+    state), for criteria whose scope is causal or a whole sequence; a state without one (Coconut's
+    (B, H) thought) passes None, and such criteria are then refused rather than applied across the
+    batch. ``carry`` is threaded through the steps (see :data:`StepFn`); a step with a carry mutates
+    it (a cache grows), so recomputing it in backward would apply that twice, and ``checkpoint`` is
+    refused with one. ``exit_sync`` makes the all-exited decision collective (:data:`ExitSync`).
     """
     if n_no_grad < 0 or n_grad < 0:
         raise ValueError(f"unroll: step counts must be >= 0, got n_no_grad={n_no_grad}, n_grad={n_grad}")
+    if checkpoint and carry is not None:
+        raise ValueError("unroll: checkpoint=True recomputes each step in backward, which would update the "
+                         "carry (e.g. extend a KV cache) a second time; pass checkpoint=False for steps with a "
+                         "carry, or move what they mutate out of it")
+    axis = None if sequence_axis is None else sequence_axis % state.dim()  # as an index into state.shape
+    if sequence_axis is not None and not (-state.dim() <= sequence_axis < state.dim() and axis < state.dim() - 1):
+        raise ValueError(f"unroll: sequence_axis={sequence_axis} is not an element axis of a state of shape "
+                         f"{tuple(state.shape)} (the last axis holds the features)")
     total = n_no_grad + n_grad
     if criterion is not None:
         criterion.reset()
+        criterion.bind(axis)
         total = min(total, criterion.max_steps) if criterion.max_steps is not None else total
     element_shape = state.shape[:-1]
     steps_used = torch.zeros(element_shape, dtype=torch.long, device=state.device)
@@ -89,6 +119,8 @@ def unroll(
         with torch.set_grad_enabled(with_grad):
             if with_grad and checkpoint:
                 new = activation_checkpoint(step, state, i, active, use_reentrant=False)
+            elif carry is not None:
+                new, carry = step(state, i, active, carry)
             else:
                 new = step(state, i, active)
         steps_run += 1
@@ -109,6 +141,9 @@ def unroll(
         state = new
         if observe is not None:
             observe(i + 1, state)
-        if criterion is not None and bool(exited.all()):
-            break
-    return LoopResult(state=state, steps_used=steps_used, steps_run=steps_run, readouts=readouts, stats=stats)
+        if criterion is not None:
+            done = exited.all()
+            if bool(exit_sync(done) if exit_sync is not None else done):
+                break
+    return LoopResult(state=state, steps_used=steps_used, steps_run=steps_run, readouts=readouts, stats=stats,
+                      carry=carry)

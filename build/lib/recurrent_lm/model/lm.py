@@ -25,6 +25,7 @@ from recurrent_lm.model.attention import AttnContext, check_backend
 from recurrent_lm.model.block import Block
 from recurrent_lm.model.cache import RecurrentKVCache
 from recurrent_lm.model.config import ModelConfig
+from recurrent_lm.model.context import attention_context
 from recurrent_lm.model.norm import RMSNorm
 from recurrent_lm.model.rope import rope_tables
 
@@ -127,45 +128,10 @@ class RecurrentDepthLM(nn.Module):
                           attention_mask: Optional[Tensor] = None, position_ids: Optional[Tensor] = None,
                           document_ids: Optional[Tensor] = None,
                           cache: Optional[RecurrentKVCache] = None) -> AttnContext:
-        """RoPE tables and the attention mask for `seq` new tokens after `cache.length` cached ones.
-
-        attention_mask: (B, past + T) 1 = real token, 0 = padding (left padding for generation).
-        document_ids:   (B, T) tokens attend only within their own document (packed sequences).
-        config.attn_window > 0 adds a sliding window to the causal mask.
-        """
-        past = cache.length if cache is not None else 0
-        total = past + seq
-        # Left padding occupies cache columns but no positions: with a mask, count real tokens only,
-        # so a padded batch reaches exactly as far as its rows would one by one.
-        longest = total if attention_mask is None or position_ids is not None else \
-            int(attention_mask.sum(-1).max())
-        if longest > self.config.block_size:
-            raise ValueError(f"sequence of {longest} tokens exceeds the model context block_size="
-                             f"{self.config.block_size}; shorten the prompt or truncate the input")
-        if position_ids is None:
-            if attention_mask is not None:
-                position_ids = (attention_mask.long().cumsum(-1) - 1).clamp_min(0)[:, past:]  # (B, T)
-            else:
-                position_ids = torch.arange(past, total, device=device).unsqueeze(0)  # (1, T)
-        cos = self.rope_cos[position_ids].unsqueeze(1)  # (B|1, 1, T, D/2)
-        sin = self.rope_sin[position_ids].unsqueeze(1)
-        mask = None
-        window = self.config.attn_window
-        if attention_mask is not None or document_ids is not None or past > 0 or window:
-            q_pos = torch.arange(past, total, device=device)
-            behind = q_pos[:, None] - torch.arange(total, device=device)[None, :]  # (T, S) query − key column
-            allowed = behind >= 0  # causal
-            if window:  # columns are positions up to left padding, which the window may cover harmlessly
-                allowed = allowed & (behind < window)
-            allowed = allowed.expand(batch, seq, total)
-            if attention_mask is not None:
-                allowed = allowed & attention_mask.bool()[:, None, :]
-            if document_ids is not None:
-                allowed = allowed & (document_ids[:, :, None] == document_ids[:, None, :])
-            # A padded query would have no key at all (NaN softmax); let every query see itself.
-            allowed = allowed | (q_pos[:, None] == torch.arange(total, device=device)[None, :])
-            mask = allowed.unsqueeze(1)  # (B, 1, T, S)
-        return AttnContext(cos=cos, sin=sin, mask=mask, cache=cache.view() if cache is not None else None)
+        """RoPE tables and mask for ``seq`` new tokens: :func:`recurrent_lm.model.context.attention_context`."""
+        return attention_context(self.config, self.rope_cos, self.rope_sin, batch, seq, device,
+                                 attention_mask=attention_mask, position_ids=position_ids,
+                                 document_ids=document_ids, cache=cache)
 
     def run_layers(self, layers: nn.ModuleList, x: Tensor, ctx: AttnContext, name: str) -> Tensor:
         for i, block in enumerate(layers):
@@ -233,6 +199,7 @@ class RecurrentDepthLM(nn.Module):
             n_grad,
             checkpoint=self.training and self.config.activation_checkpointing,
             criterion=exit_criterion,
+            sequence_axis=1,  # the state is (B, T, H): tokens run along axis 1
             readout=lambda s: self.decode(s, readout_ctx),
             record_stats=record_stats,
         )
