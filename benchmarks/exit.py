@@ -39,6 +39,7 @@ from recurrent_lm.infer import GenerationConfig, generate, kv_cache_bytes
 from recurrent_lm.loop import build_criterion
 from recurrent_lm.model import RecurrentDepthLM
 from recurrent_lm.model.accounting import forward_flops_per_token
+from recurrent_lm.model.io import model_dir_problem
 
 DEFAULT_THRESHOLDS = {
     "convergence": [0.01, 0.03, 0.1],
@@ -158,9 +159,9 @@ def main(argv: Optional[list[str]] = None) -> dict:
     if args.threads:
         torch.set_num_threads(args.threads)
     directory = Path(args.model)
-    missing = [f for f in ("config.json", "model.safetensors", "tokenizer.json") if not (directory / f).is_file()]
-    if missing:
-        sys.exit(f"--model {directory}: missing {', '.join(missing)} (expected an exported model directory)")
+    problem = model_dir_problem(directory, need_tokenizer=True)
+    if problem:
+        sys.exit(f"--model {directory} {problem} (expected an exported model directory)")
     tokenizer = TextTokenizer.from_file(directory / "tokenizer.json")
     model = RecurrentDepthLM.from_pretrained(directory, map_location=args.device)
     cfg = model.config

@@ -12,9 +12,9 @@ from __future__ import annotations
 
 import math
 import os
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Optional, Union
+from typing import Optional, Sequence, Union
 
 import torch
 import torch.nn.functional as F
@@ -49,6 +49,8 @@ class RecurrentLMOutput:
     readouts: int
     """Extra coda+head evaluations spent by output-based exit criteria."""
     stats: Optional[LoopStats]
+    depth_logits: dict[int, Tensor] = field(default_factory=dict)
+    """r -> (B, T, V) logits after r core iterations, for each r of ``readout_depths``."""
 
 
 class RecurrentDepthLM(nn.Module):
@@ -169,12 +171,15 @@ class RecurrentDepthLM(nn.Module):
         init_state: Optional[Tensor] = None,
         generator: Optional[torch.Generator] = None,
         record_stats: bool = False,
+        readout_depths: Sequence[int] = (),
     ) -> RecurrentLMOutput:
         """Run the model at test-time depth ``num_steps`` (see :meth:`resolve_steps`).
 
         ``inputs_embeds`` (B, T, H) replaces ``embed_tokens(input_ids)``. ``init_state`` (B, T, H)
         replaces the random s_0 (warm start); ``generator`` seeds the random one. With
-        ``past_key_values`` the cache is extended by T.
+        ``past_key_values`` the cache is extended by T. ``readout_depths`` also decodes the state after
+        each of those iterations, from the same unroll (``depth_logits``): a depth sweep at the cost of
+        its deepest run. Depths past an early exit read the frozen final state.
         """
         if (input_ids is None) == (inputs_embeds is None):
             raise ValueError("pass exactly one of input_ids or inputs_embeds")
@@ -192,6 +197,15 @@ class RecurrentDepthLM(nn.Module):
         e = self.run_layers(self.prelude, x, ctx, "prelude")  # (B, T, H)
         s0 = self.initial_state(e, generator) if init_state is None else init_state.to(e.dtype)
         readout_ctx = replace(ctx, cache=ctx.cache.cache.view(read_only=True)) if ctx.cache else ctx
+        wanted = set(readout_depths)
+        if wanted and not 1 <= min(wanted) <= max(wanted) <= n_no_grad + n_grad:
+            raise ValueError(f"readout_depths={sorted(wanted)}: each must be in 1..{n_no_grad + n_grad} (num_steps)")
+        depth_logits: dict[int, Tensor] = {}
+
+        def read_depth(steps: int, state: Tensor) -> None:
+            if steps in wanted and steps < n_no_grad + n_grad:  # the last depth is the final decode below
+                depth_logits[steps] = self.decode(state, readout_ctx)
+
         loop = unroll(
             lambda s, i, active: self.core_step(s, e, ctx, i, active),
             s0,
@@ -202,15 +216,18 @@ class RecurrentDepthLM(nn.Module):
             sequence_axis=1,  # the state is (B, T, H): tokens run along axis 1
             readout=lambda s: self.decode(s, readout_ctx),
             record_stats=record_stats,
+            observe=read_depth if wanted else None,
         )
         logits = self.decode(loop.state, ctx)
+        depth_logits.update({r: logits for r in wanted - depth_logits.keys()})
         if past_key_values is not None:
             past_key_values.commit(seq)
         loss = None
         if labels is not None:
             loss = F.cross_entropy(logits.flatten(0, 1).float(), labels.flatten(), ignore_index=IGNORE_INDEX)
         return RecurrentLMOutput(logits=logits, loss=loss, state=loop.state, steps_used=loop.steps_used,
-                                 num_steps=(n_no_grad, n_grad), readouts=loop.readouts, stats=loop.stats)
+                                 num_steps=(n_no_grad, n_grad), readouts=loop.readouts, stats=loop.stats,
+                                 depth_logits=dict(sorted(depth_logits.items())))
 
     # ------------------------------------------------------------------ persistence
     def save_pretrained(self, directory: Union[str, os.PathLike]) -> Path:

@@ -28,7 +28,7 @@ from typing import Optional, Sequence
 
 import torch
 
-from recurrent_lm.loop import build_criterion, unroll
+from recurrent_lm.loop import build_criterion
 from recurrent_lm.reasoning.config import TaskConfig, sequence_length
 from recurrent_lm.model.lm import IGNORE_INDEX
 from recurrent_lm.reasoning.tasks import TEST_SPLIT, collate, fixed_examples
@@ -128,26 +128,12 @@ def _score(logits: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, to
 @torch.no_grad()
 def depth_sweep(model: torch.nn.Module, input_ids: torch.Tensor,
                 depths: Sequence[int]) -> list[tuple[int, torch.Tensor]]:
-    """(r, logits at depth r) for each r in sorted ``depths``, read out of ONE unroll of the core.
-
-    Equivalent to ``model(input_ids, num_steps=r).logits`` for every r (one initial-state draw shared by
-    all depths) at the cost of the deepest run alone.
-    """
+    """(r, logits at depth r) for each r in sorted ``depths``, read out of ONE unroll of the core
+    (the model's ``readout_depths``): one initial-state draw shared by all depths, at the cost of the
+    deepest run alone."""
     wanted = sorted(set(depths))
-    if not all(hasattr(model, m) for m in ("attention_context", "run_layers", "core_step", "decode")):
-        return [(r, model(input_ids, num_steps=r).logits) for r in wanted]
-    batch, seq = input_ids.shape
-    ctx = model.attention_context(batch, seq, input_ids.device)
-    e = model.run_layers(model.prelude, model.embed_tokens(input_ids), ctx, "prelude")  # (B, T, H)
-    out: list[tuple[int, torch.Tensor]] = []
-
-    def read(steps: int, state: torch.Tensor) -> None:
-        if steps in wanted:
-            out.append((steps, model.decode(state, ctx)))
-
-    unroll(lambda s, i, active: model.core_step(s, e, ctx, i, active), model.initial_state(e), 0, wanted[-1],
-           observe=read)
-    return out
+    out = model(input_ids, num_steps=wanted[-1], readout_depths=wanted)
+    return list(out.depth_logits.items())
 
 
 @torch.no_grad()
