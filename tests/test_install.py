@@ -9,6 +9,7 @@ is a finder hook that a .pth-added directory does not run).
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import sys
 import sysconfig
@@ -19,11 +20,23 @@ import pytest
 REPO = Path(__file__).resolve().parents[1]
 
 
+SOURCES = ("pyproject.toml", "README.md", "recurrent_lm", "conf", "evals/tasks")
+"""What the wheel is built from (the package's conf/ and eval_tasks/ are symlinks into conf/, evals/tasks/)."""
+
+
 @pytest.fixture(scope="module")
 def installed(tmp_path_factory) -> Path:
     root = tmp_path_factory.mktemp("install")
+    source = root / "source"  # a copy, so setuptools' build/ and egg-info never land in the checkout
+    for name in SOURCES:
+        if (REPO / name).is_dir():
+            shutil.copytree(REPO / name, source / name, symlinks=True,
+                            ignore=shutil.ignore_patterns("__pycache__", "*.egg-info"))
+        else:
+            (source / name).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(REPO / name, source / name)
     subprocess.run([sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "--no-build-isolation", "-w",
-                    str(root / "dist"), str(REPO)], check=True, capture_output=True)
+                    str(root / "dist"), str(source)], check=True, capture_output=True)
     (wheel,) = (root / "dist").glob("recurrent_lm-*.whl")
     venv = root / "venv"
     subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(venv)], check=True)

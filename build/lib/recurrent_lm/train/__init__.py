@@ -1,1 +1,0 @@
-"""Pretraining: the LightningModule, data module, callbacks, checkpoint IO, export and the hydra app."""

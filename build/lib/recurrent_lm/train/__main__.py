@@ -1,3 +1,0 @@
-from recurrent_lm.train.cli import main
-
-main()
