@@ -133,7 +133,8 @@ def build_trainer(cfg: TrainConfig, run_dir: Path, resume: Resume) -> L.Trainer:
     devices: Any = int(t.devices) if str(t.devices).isdigit() else t.devices
     return L.Trainer(
         accelerator=t.accelerator, devices=devices, num_nodes=t.num_nodes, strategy=t.strategy,
-        precision=resolve_precision(t.precision, t.accelerator), max_steps=t.max_steps, accumulate_grad_batches=t.accumulate_grad_batches,
+        precision=resolve_precision(t.precision, t.accelerator), max_steps=t.max_steps,
+        accumulate_grad_batches=t.accumulate_grad_batches,
         gradient_clip_val=t.gradient_clip_val, val_check_interval=t.val_check_interval or t.max_steps,
         check_val_every_n_epoch=None, limit_val_batches=t.val_batches if t.val_check_interval else 0,
         num_sanity_val_steps=0, log_every_n_steps=t.log_every_n_steps, deterministic=t.deterministic,

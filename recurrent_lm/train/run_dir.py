@@ -84,7 +84,7 @@ class RunDirLock:
     def acquire(self) -> "RunDirLock":
         record = json.dumps(_holder_record())
         for _ in range(3):  # a takeover race with another starter: re-read and decide again
-            tmp = self.path.with_name(f"{LOCK_FILE}.{os.getpid()}.tmp")
+            tmp = self.path.with_name(f"{LOCK_FILE}.{os.getpid()}.pending")  # not a *.tmp: see remove_partial_writes
             tmp.write_text(record)
             try:
                 os.link(tmp, self.path)  # atomic create-if-absent, with the content already in place
