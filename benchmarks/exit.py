@@ -35,7 +35,8 @@ import numpy as np
 import torch
 
 from recurrent_lm.data.tokenizer import TextTokenizer
-from recurrent_lm.infer import GenerationConfig, generate, kv_cache_bytes
+from recurrent_lm.infer import GenerationConfig, generate
+from recurrent_lm.model import kv_cache_bytes
 from recurrent_lm.loop import build_criterion
 from recurrent_lm.model import RecurrentDepthLM
 from recurrent_lm.model.accounting import forward_flops_per_token

@@ -12,7 +12,8 @@ import pytest
 import torch
 import yaml
 
-from recurrent_lm.infer import GenerationConfig, generate, kv_cache_bytes
+from recurrent_lm.infer import GenerationConfig, generate
+from recurrent_lm.model import kv_cache_bytes
 from recurrent_lm.loop import build_criterion
 from recurrent_lm.model import ModelConfig, RecurrentDepthLM, RecurrentKVCache
 

@@ -199,7 +199,7 @@ class RecurrentLMEval(TemplateLM):
         self.max_length = config.block_size if max_length in (None, "", "none") else int(max_length)
         if not 2 <= self.max_length <= config.block_size:
             raise EvalError(f"max_length={max_length}: must be in [2, block_size={config.block_size}]")
-        self._init_states = self._initial_state_table()
+        self._init_states = self.model.initial_state_table(self.seed)  # per position: batching-independent
         self.reset_steps()
         self._request_type = "loglikelihood"
 
@@ -231,16 +231,6 @@ class RecurrentLMEval(TemplateLM):
             raise EvalError(f"kv_cache={kv_cache!r}: choose one of {list(CACHE_STRATEGIES)} (generation always "
                             "caches; 'latest' keeps the least memory)")
         return str(kv_cache)
-
-    def _initial_state_table(self) -> Optional[Tensor]:
-        """(block_size, H) per-position initial states (None when init_scale is 0: zeros).
-
-        The model draws a fresh random s_0 every forward; a table seeded by ``seed`` and indexed by
-        position (the one generation uses) makes every score reproducible and independent of batching.
-        """
-        from recurrent_lm.infer import initial_state_table
-
-        return initial_state_table(self.model, self.seed)
 
     @staticmethod
     def _pick_batch_size(batch_size: Any, max_batch_size: Any) -> int:

@@ -151,22 +151,6 @@ def generate_text(model: "RecurrentDepthLM", tokenizer, prompts: Sequence[str],
                     decode=tokenizer.decode, on_token=on_token, **overrides)
 
 
-def initial_state_table(model: "RecurrentDepthLM", seed: int) -> Optional[Tensor]:
-    """(block_size, H) initial states, one per position, drawn from the model's s_0 distribution.
-
-    None when the model's init_scale is 0 (its s_0 is then deterministic zeros). Drawing once per
-    position, rather than once per forward, makes a token's s_0 independent of batching.
-    """
-    if model.config.init_scale == 0:
-        return None
-    param = next(model.parameters())
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
-        like = torch.empty(model.config.block_size, model.config.d_model, dtype=param.dtype)
-        table = model.initial_state(like)
-    return table.to(param.device)
-
-
 def _generate(model, prompts, config: GenerationConfig, eos_id, pad_id, decode, on_token,
               return_logits: bool) -> GenerationResult:
     mc = model.config
@@ -176,7 +160,7 @@ def _generate(model, prompts, config: GenerationConfig, eos_id, pad_id, decode, 
     min_steps, cap = config.resolve_depth(mc.mean_recurrence)
     criterion = build_criterion(config.exit, config.threshold, min_steps, cap)
     cache = RecurrentKVCache(config.kv_cache, config.cache_window if config.kv_cache == "compressed" else None)
-    noise = initial_state_table(model, config.seed)
+    noise = model.initial_state_table(config.seed)
     generators = None if config.greedy else row_generators([config.seed + b for b in range(batch)], device)
 
     fill = pad_id if pad_id is not None else (eos_id if eos_id is not None else 0)

@@ -103,6 +103,19 @@ class RecurrentDepthLM(nn.Module):
         nn.init.trunc_normal_(s, std=std, a=-3 * std, b=3 * std, generator=generator)
         return (s * (scale * math.sqrt(self.config.d_model))).to(like.dtype)
 
+    def initial_state_table(self, seed: int) -> Optional[Tensor]:
+        """(block_size, H) initial states, one per position, drawn from s_0's distribution with ``seed``.
+
+        None when init_scale is 0 (s_0 is then deterministic zeros). Drawing once per position rather
+        than once per forward makes a token's s_0 independent of batching: generation and the lm-eval
+        model index it by position, so every score is reproducible.
+        """
+        if self.config.init_scale == 0:
+            return None
+        param = next(self.parameters())
+        like = torch.empty(self.config.block_size, self.config.d_model, dtype=param.dtype)
+        return self.initial_state(like, torch.Generator().manual_seed(seed)).to(param.device)
+
     # ------------------------------------------------------------------ pieces
     def embed_tokens(self, input_ids: Tensor) -> Tensor:
         """(B, T) -> (B, T, H) scaled input embeddings (what Coconut splices thoughts into)."""
