@@ -20,8 +20,8 @@ from recurrent_lm.evaluation.errors import EvalError, ModelNotFoundError, TaskNo
 
 _LAZY = {
     "RecurrentLMEval": "recurrent_lm.evaluation.harness",
-    "MODEL_ARGS": "recurrent_lm.evaluation.harness",
-    "resolve_model_dir": "recurrent_lm.evaluation.harness",
+    "MODEL_ARGS": "recurrent_lm.evaluation.model_args",
+    "resolve_model_dir": "recurrent_lm.evaluation.model_args",
     "prepare_tasks": "recurrent_lm.evaluation.tasks",
     "build_task_manager": "recurrent_lm.evaluation.tasks",
     "offline_tasks": "recurrent_lm.evaluation.tasks",

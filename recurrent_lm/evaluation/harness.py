@@ -35,86 +35,16 @@ from lm_eval.models.utils import Collator, handle_stop_sequences, normalize_gen_
 from torch import Tensor, nn
 from tqdm import tqdm
 
-from recurrent_lm.evaluation.errors import EvalError, ModelNotFoundError
-from recurrent_lm.loop.criteria import CRITERIA, DEFAULT_THRESHOLDS, build_criterion
+from recurrent_lm.evaluation.errors import EvalError
+from recurrent_lm.evaluation.model_args import (MODEL_ARGS, load_tokenizer, parse_batch_size, parse_cache,
+                                                parse_device, parse_dtype, parse_num_steps, resolve_model_dir)
+from recurrent_lm.loop.criteria import DEFAULT_THRESHOLDS, build_criterion
 from recurrent_lm.model import RecurrentDepthLM
-from recurrent_lm.model.device import pick_device
-from recurrent_lm.model.cache import CACHE_STRATEGIES
-from recurrent_lm.model.io import CONFIG_FILE, TOKENIZER_FILE, WEIGHTS_FILE, model_dir_problem
+from recurrent_lm.model.io import TOKENIZER_FILE
 
 log = logging.getLogger(__name__)
 
 MODEL_NAME = "recurrent_lm"
-
-MODEL_ARGS: dict[str, str] = {
-    "pretrained": "exported model directory (config.json + model.safetensors + tokenizer.json), or a run "
-                  "directory holding one in export/",
-    "num_steps": "core iterations per token (test-time depth r); default: the model's mean_recurrence",
-    "exit": f"per-token exit criterion: none | {' | '.join(CRITERIA)} (num_steps becomes the maximum)",
-    "threshold": "exit threshold; default: the criterion's own default",
-    "min_steps": "iterations every token gets before the exit criterion is checked (default 1)",
-    "kv_cache": f"KV cache strategy for generate_until: {' | '.join(CACHE_STRATEGIES)} (default full)",
-    "kv_window": "iterations kept per core layer with kv_cache=compressed (default 4)",
-    "seed": "seeds the random initial states (models with init_scale > 0) and sampling (default 0)",
-    "batch_size": "requests per forward (int; 'auto' uses max_batch_size or 16)",
-    "max_batch_size": "upper bound used by batch_size=auto",
-    "dtype": "float32 | bfloat16 | float16 | auto (bfloat16 on a GPU that supports it, else float32)",
-    "device": "cpu | cuda | cuda:N (a CUDA device on a machine without one falls back to cpu)",
-    "max_length": "context window in tokens; default and maximum: the model's block_size",
-    "max_gen_toks": "default generation budget when a task sets none (default 256)",
-    "tokenizer": "tokenizer.json to use instead of <pretrained>/tokenizer.json",
-    "trust_remote_code": "accepted for lm-eval compatibility; ignored",
-}
-"""Every accepted model arg and its meaning; anything else is refused by name."""
-
-DTYPES = {"float32": torch.float32, "fp32": torch.float32, "bfloat16": torch.bfloat16, "bf16": torch.bfloat16,
-          "float16": torch.float16, "fp16": torch.float16}
-AUTO_BATCH_SIZE = 16
-
-
-def resolve_model_dir(pretrained: Union[str, os.PathLike]) -> Path:
-    """An exported model directory from ``pretrained``: the directory itself, or ``<run>/export``."""
-    path = Path(pretrained).expanduser()
-    for candidate in (path, path / "export"):
-        if (candidate / CONFIG_FILE).is_file():
-            problem = model_dir_problem(candidate)
-            if problem:
-                raise ModelNotFoundError(f"pretrained={pretrained}: {candidate} {problem}; re-export it with "
-                                         "`recurrent-lm-export <run_dir>`")
-            return candidate
-    if not path.exists():
-        raise ModelNotFoundError(f"pretrained={pretrained}: no such directory; pass an exported model directory "
-                                 "or a training run directory that holds export/")
-    raise ModelNotFoundError(f"pretrained={pretrained}: neither an exported model directory ({CONFIG_FILE} + "
-                             f"{WEIGHTS_FILE} + {TOKENIZER_FILE}) nor a run directory with export/{CONFIG_FILE}; "
-                             "export the run first with `recurrent-lm-export <run_dir>`")
-
-
-def parse_num_steps(value: Any) -> Optional[int]:
-    """``None``/'none'/'default' -> None (the model's mean_recurrence); otherwise a positive int."""
-    if value is None or (isinstance(value, str) and value.strip().lower() in ("", "none", "default")):
-        return None
-    try:
-        if isinstance(value, bool):
-            raise TypeError
-        steps = int(value) if not isinstance(value, float) or value.is_integer() else None
-        if steps is None:
-            raise TypeError
-    except (TypeError, ValueError):
-        raise EvalError(f"num_steps={value!r}: must be a positive integer (core iterations per token)") from None
-    if steps <= 0:
-        raise EvalError(f"num_steps={steps}: must be >= 1 (core iterations per token); e.g. num_steps=32")
-    return steps
-
-
-def _load_tokenizer(path: Path):
-    from recurrent_lm.data.tokenizer import TextTokenizer
-
-    if not path.is_file():
-        raise ModelNotFoundError(f"no tokenizer at {path}; export the model with `recurrent-lm-export` (it writes "
-                                 f"{TOKENIZER_FILE}) or pass tokenizer=<path to tokenizer.json>")
-    return TextTokenizer.from_file(path)
-
 
 @register_model(MODEL_NAME)
 class RecurrentLMEval(TemplateLM):
@@ -163,17 +93,17 @@ class RecurrentLMEval(TemplateLM):
             raise EvalError(f"exit={exit!r}, threshold={threshold!r}, min_steps={min_steps!r}: {err}") from None
         if self.exit is not None and self.threshold is None:
             self.threshold = DEFAULT_THRESHOLDS[self.exit]
-        self.kv_cache = self._pick_cache(kv_cache)
+        self.kv_cache = parse_cache(kv_cache)
         self.kv_window = None if kv_window in (None, "", "none") else int(kv_window)
         if self.kv_window is not None and self.kv_window < 1:
             raise EvalError(f"kv_window={kv_window}: must be >= 1 (iterations kept per core layer)")
-        self.batch_size = self._pick_batch_size(batch_size, max_batch_size)
+        self.batch_size = parse_batch_size(batch_size, max_batch_size)
         self.max_gen_toks = int(max_gen_toks)
         if self.max_gen_toks < 1:
             raise EvalError(f"max_gen_toks={max_gen_toks}: must be >= 1")
         self.seed = int(seed)
-        self._device = self._pick_device(device)
-        self._dtype = self._pick_dtype(dtype, self._device)
+        self._device = parse_device(device)
+        self._dtype = parse_dtype(dtype, self._device)
 
         if isinstance(pretrained, nn.Module):
             self.model_dir: Optional[Path] = None
@@ -184,11 +114,11 @@ class RecurrentLMEval(TemplateLM):
             self.model_dir = resolve_model_dir(pretrained)
             model = RecurrentDepthLM.from_pretrained(self.model_dir, map_location=str(self._device))
         if isinstance(tokenizer, (str, os.PathLike)):
-            self.tokenizer = _load_tokenizer(Path(tokenizer).expanduser())
+            self.tokenizer = load_tokenizer(Path(tokenizer).expanduser())
         elif tokenizer is not None:
             self.tokenizer = tokenizer
         else:
-            self.tokenizer = _load_tokenizer(self.model_dir / TOKENIZER_FILE)
+            self.tokenizer = load_tokenizer(self.model_dir / TOKENIZER_FILE)
         # In place for an in-memory model: it is moved to device/dtype and put in eval mode.
         self.model: RecurrentDepthLM = model.to(device=self._device, dtype=self._dtype).eval()
         config = self.model.config
@@ -202,49 +132,6 @@ class RecurrentLMEval(TemplateLM):
         self._init_states = self.model.initial_state_table(self.seed)  # per position: batching-independent
         self.reset_steps()
         self._request_type = "loglikelihood"
-
-    # ------------------------------------------------------------------ argument parsing
-    @staticmethod
-    def _pick_device(device: Optional[str]) -> torch.device:
-        try:
-            return pick_device(device, "device")
-        except ValueError as err:
-            raise EvalError(str(err)) from None
-
-    @staticmethod
-    def _pick_dtype(dtype: Any, device: torch.device) -> torch.dtype:
-        if isinstance(dtype, torch.dtype):
-            return dtype
-        name = str(dtype).lower().removeprefix("torch.")
-        if name == "auto":
-            use_bf16 = device.type == "cuda" and torch.cuda.is_bf16_supported()
-            return torch.bfloat16 if use_bf16 else torch.float32
-        if name not in DTYPES:
-            raise EvalError(f"dtype={dtype!r}: choose one of {sorted(DTYPES)} or auto")
-        return DTYPES[name]
-
-    @staticmethod
-    def _pick_cache(kv_cache: Any) -> str:
-        if kv_cache in (None, True, ""):
-            return "full"
-        if str(kv_cache) not in CACHE_STRATEGIES:
-            raise EvalError(f"kv_cache={kv_cache!r}: choose one of {list(CACHE_STRATEGIES)} (generation always "
-                            "caches; 'latest' keeps the least memory)")
-        return str(kv_cache)
-
-    @staticmethod
-    def _pick_batch_size(batch_size: Any, max_batch_size: Any) -> int:
-        if isinstance(batch_size, str) and batch_size.startswith("auto"):
-            size = int(max_batch_size) if max_batch_size else AUTO_BATCH_SIZE
-            log.info("batch_size=%s: recurrent_lm does not probe memory; using batch_size=%d", batch_size, size)
-            return size
-        try:
-            size = int(batch_size)
-        except (TypeError, ValueError):
-            raise EvalError(f"batch_size={batch_size!r}: must be a positive integer or 'auto'") from None
-        if size < 1:
-            raise EvalError(f"batch_size={batch_size!r}: must be >= 1")
-        return size
 
     # ------------------------------------------------------------------ lm-eval plumbing
     @property

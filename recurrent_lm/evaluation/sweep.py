@@ -36,7 +36,7 @@ CSV_COLUMNS = ("task", "metric", "filter", "num_steps", "exit", "threshold", "me
 
 def parse_depths(value: Union[str, Sequence[Any]]) -> list[int]:
     """'1,2,4,8' or [1, 2, 4, 8] -> sorted unique positive depths; a clear error otherwise."""
-    from recurrent_lm.evaluation.harness import parse_num_steps
+    from recurrent_lm.evaluation.model_args import parse_num_steps
 
     items = [v for v in (value.split(",") if isinstance(value, str) else value) if str(v).strip()]
     if not items:

@@ -71,9 +71,9 @@ class RunCSVLogger(Logger):
         self.flush_every_n_steps = flush_every_n_steps
         self._pending: list[dict[str, Any]] = []
         self._steps_since_flush = 0
-        self.superseded, self._header = 0, []
+        self._header: list[str] = []
         if rank_zero_only.rank == 0:
-            self.superseded = supersede_from(self.path, start_step)
+            supersede_from(self.path, start_step)
             self._header, rows = read_rows(self.path)
             if carried_row:
                 step = str(carried_row["step"])

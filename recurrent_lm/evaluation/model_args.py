@@ -1,0 +1,130 @@
+"""The lm-eval model args of ``recurrent_lm``: what each means, and one parser per arg.
+
+Each parser turns the string lm-eval hands over into a value, or raises :class:`EvalError` naming the
+arg and the fix, so the model refuses bad input before it loads anything.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from pathlib import Path
+from typing import Any, Optional, Union
+
+import torch
+
+from recurrent_lm.evaluation.errors import EvalError, ModelNotFoundError
+from recurrent_lm.loop.criteria import CRITERIA
+from recurrent_lm.model.cache import CACHE_STRATEGIES
+from recurrent_lm.model.device import pick_device
+from recurrent_lm.model.io import CONFIG_FILE, TOKENIZER_FILE, WEIGHTS_FILE, model_dir_problem
+
+log = logging.getLogger(__name__)
+
+MODEL_ARGS: dict[str, str] = {
+    "pretrained": "exported model directory (config.json + model.safetensors + tokenizer.json), or a run "
+                  "directory holding one in export/",
+    "num_steps": "core iterations per token (test-time depth r); default: the model's mean_recurrence",
+    "exit": f"per-token exit criterion: none | {' | '.join(CRITERIA)} (num_steps becomes the maximum)",
+    "threshold": "exit threshold; default: the criterion's own default",
+    "min_steps": "iterations every token gets before the exit criterion is checked (default 1)",
+    "kv_cache": f"KV cache strategy for generate_until: {' | '.join(CACHE_STRATEGIES)} (default full)",
+    "kv_window": "iterations kept per core layer with kv_cache=compressed (default 4)",
+    "seed": "seeds the random initial states (models with init_scale > 0) and sampling (default 0)",
+    "batch_size": "requests per forward (int; 'auto' uses max_batch_size or 16)",
+    "max_batch_size": "upper bound used by batch_size=auto",
+    "dtype": "float32 | bfloat16 | float16 | auto (bfloat16 on a GPU that supports it, else float32)",
+    "device": "auto | cpu | cuda | cuda:N (a CUDA device on a machine without one is an error)",
+    "max_length": "context window in tokens; default and maximum: the model's block_size",
+    "max_gen_toks": "default generation budget when a task sets none (default 256)",
+    "tokenizer": "tokenizer.json to use instead of <pretrained>/tokenizer.json",
+    "trust_remote_code": "accepted for lm-eval compatibility; ignored",
+}
+"""Every accepted model arg and its meaning; anything else is refused by name."""
+
+DTYPES = {"float32": torch.float32, "fp32": torch.float32, "bfloat16": torch.bfloat16, "bf16": torch.bfloat16,
+          "float16": torch.float16, "fp16": torch.float16}
+AUTO_BATCH_SIZE = 16
+
+
+def resolve_model_dir(pretrained: Union[str, os.PathLike]) -> Path:
+    """An exported model directory from ``pretrained``: the directory itself, or ``<run>/export``."""
+    path = Path(pretrained).expanduser()
+    for candidate in (path, path / "export"):
+        if (candidate / CONFIG_FILE).is_file():
+            problem = model_dir_problem(candidate)
+            if problem:
+                raise ModelNotFoundError(f"pretrained={pretrained}: {candidate} {problem}; re-export it with "
+                                         "`recurrent-lm-export <run_dir>`")
+            return candidate
+    if not path.exists():
+        raise ModelNotFoundError(f"pretrained={pretrained}: no such directory; pass an exported model directory "
+                                 "or a training run directory that holds export/")
+    raise ModelNotFoundError(f"pretrained={pretrained}: neither an exported model directory ({CONFIG_FILE} + "
+                             f"{WEIGHTS_FILE} + {TOKENIZER_FILE}) nor a run directory with export/{CONFIG_FILE}; "
+                             "export the run first with `recurrent-lm-export <run_dir>`")
+
+
+def parse_num_steps(value: Any) -> Optional[int]:
+    """``None``/'none'/'default' -> None (the model's mean_recurrence); otherwise a positive int."""
+    if value is None or (isinstance(value, str) and value.strip().lower() in ("", "none", "default")):
+        return None
+    try:
+        if isinstance(value, bool):
+            raise TypeError
+        steps = int(value) if not isinstance(value, float) or value.is_integer() else None
+        if steps is None:
+            raise TypeError
+    except (TypeError, ValueError):
+        raise EvalError(f"num_steps={value!r}: must be a positive integer (core iterations per token)") from None
+    if steps <= 0:
+        raise EvalError(f"num_steps={steps}: must be >= 1 (core iterations per token); e.g. num_steps=32")
+    return steps
+
+
+def load_tokenizer(path: Path):
+    from recurrent_lm.data.tokenizer import TextTokenizer
+
+    if not path.is_file():
+        raise ModelNotFoundError(f"no tokenizer at {path}; export the model with `recurrent-lm-export` (it writes "
+                                 f"{TOKENIZER_FILE}) or pass tokenizer=<path to tokenizer.json>")
+    return TextTokenizer.from_file(path)
+
+
+def parse_device(device: Optional[str]) -> torch.device:
+    try:
+        return pick_device(device, "device")
+    except ValueError as err:
+        raise EvalError(str(err)) from None
+
+def parse_dtype(dtype: Any, device: torch.device) -> torch.dtype:
+    if isinstance(dtype, torch.dtype):
+        return dtype
+    name = str(dtype).lower().removeprefix("torch.")
+    if name == "auto":
+        use_bf16 = device.type == "cuda" and torch.cuda.is_bf16_supported()
+        return torch.bfloat16 if use_bf16 else torch.float32
+    if name not in DTYPES:
+        raise EvalError(f"dtype={dtype!r}: choose one of {sorted(DTYPES)} or auto")
+    return DTYPES[name]
+
+def parse_cache(kv_cache: Any) -> str:
+    if kv_cache in (None, True, ""):
+        return "full"
+    if str(kv_cache) not in CACHE_STRATEGIES:
+        raise EvalError(f"kv_cache={kv_cache!r}: choose one of {list(CACHE_STRATEGIES)} (generation always "
+                        "caches; 'latest' keeps the least memory)")
+    return str(kv_cache)
+
+def parse_batch_size(batch_size: Any, max_batch_size: Any) -> int:
+    if isinstance(batch_size, str) and batch_size.startswith("auto"):
+        size = int(max_batch_size) if max_batch_size else AUTO_BATCH_SIZE
+        log.info("batch_size=%s: recurrent_lm does not probe memory; using batch_size=%d", batch_size, size)
+        return size
+    try:
+        size = int(batch_size)
+    except (TypeError, ValueError):
+        raise EvalError(f"batch_size={batch_size!r}: must be a positive integer or 'auto'") from None
+    if size < 1:
+        raise EvalError(f"batch_size={batch_size!r}: must be >= 1")
+    return size
