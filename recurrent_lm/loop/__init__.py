@@ -1,6 +1,7 @@
 """The shared loop machinery: one unroll, exit criteria, depth samplers and telemetry."""
 
 from recurrent_lm.loop.distributed import all_ranks_exited
+from recurrent_lm.loop.exit_spec import ExitSpec
 from recurrent_lm.loop.criteria import (CRITERIA, ArgmaxStable, CausalConvergence, Convergence, EntropyChange,
                                         ExitCriterion, KLDivergence, SequenceConvergence, build_criterion)
 from recurrent_lm.loop.samplers import DepthSampler, SamplerConfig
@@ -9,6 +10,6 @@ from recurrent_lm.loop.unroll import LoopResult, StepFn, unroll
 
 __all__ = [
     "CRITERIA", "ArgmaxStable", "CausalConvergence", "Convergence", "DepthSampler", "EntropyChange",
-    "ExitCriterion", "KLDivergence", "LoopResult", "LoopStats", "SamplerConfig", "SequenceConvergence", "StepFn",
+    "ExitCriterion", "ExitSpec", "KLDivergence", "LoopResult", "LoopStats", "SamplerConfig", "SequenceConvergence", "StepFn",
     "all_ranks_exited", "build_criterion", "relative_change", "token_correlation", "unroll",
 ]

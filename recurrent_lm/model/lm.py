@@ -42,6 +42,8 @@ class RecurrentLMOutput:
     """Mean next-token cross-entropy when labels were given (labels already shifted, -100 ignored)."""
     state: Tensor
     """(B, T, H) final latent state of the core."""
+    hidden: Tensor
+    """(B, T, H) last hidden state (after the coda and the final norm): the LM head's input."""
     steps_used: Tensor
     """(B, T) core iterations each token received."""
     num_steps: tuple[int, int]
@@ -163,10 +165,14 @@ class RecurrentDepthLM(nn.Module):
             x = block(x, ctx, ("core", iteration, i))
         return x
 
+    def decode_hidden(self, state: Tensor, ctx: AttnContext) -> Tensor:
+        """(B, T, H) final state -> (B, T, H) last hidden state: norm, coda, norm. The LM head's input, and
+        what Coconut feeds back as the next thought's input embedding."""
+        return self.norm(self.run_layers(self.coda, self.norm(state), ctx, "coda"))
+
     def decode(self, state: Tensor, ctx: AttnContext) -> Tensor:
-        """(B, T, H) final state -> (B, T, V) logits: norm, coda, norm, head."""
-        x = self.run_layers(self.coda, self.norm(state), ctx, "coda")
-        return self.lm_head(self.norm(x))
+        """(B, T, H) final state -> (B, T, V) logits."""
+        return self.lm_head(self.decode_hidden(state, ctx))
 
     # ------------------------------------------------------------------ forward
     def forward(
@@ -231,14 +237,15 @@ class RecurrentDepthLM(nn.Module):
             record_stats=record_stats,
             observe=read_depth if wanted else None,
         )
-        logits = self.decode(loop.state, ctx)
+        hidden = self.decode_hidden(loop.state, ctx)
+        logits = self.lm_head(hidden)
         depth_logits.update({r: logits for r in wanted - depth_logits.keys()})
         if past_key_values is not None:
             past_key_values.commit(seq)
         loss = None
         if labels is not None:
             loss = F.cross_entropy(logits.flatten(0, 1).float(), labels.flatten(), ignore_index=IGNORE_INDEX)
-        return RecurrentLMOutput(logits=logits, loss=loss, state=loop.state, steps_used=loop.steps_used,
+        return RecurrentLMOutput(logits=logits, loss=loss, state=loop.state, hidden=hidden, steps_used=loop.steps_used,
                                  num_steps=(n_no_grad, n_grad), readouts=loop.readouts, stats=loop.stats,
                                  depth_logits=dict(sorted(depth_logits.items())))
 

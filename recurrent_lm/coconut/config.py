@@ -1,0 +1,86 @@
+"""What a Coconut run trains: the method, its curriculum, its data and (for Hugging Face) its model.
+
+One dataclass, validated at construction; it doubles as the hydra schema of ``conf/coconut/*.yaml``, so
+a typo'd key fails at compose time. The baselines of the paper are settings of the same code:
+
+    method=coconut                      continuous thoughts with the stage curriculum
+    method=coconut curriculum=false     the last stage from the first step ("w/o curriculum")
+    method=pause                        the same curriculum, a learned <latent> token in each thought slot
+    method=cot                          stage 0 forever: the language reasoning steps are the target
+    method=no_cot                       no steps, no thoughts: question -> answer
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from typing import Any, Optional
+
+from recurrent_lm.config_dict import from_dict
+
+METHODS = ("coconut", "pause", "cot", "no_cot")
+
+
+@dataclass
+class CoconutConfig:
+    """The Coconut curriculum (Hao et al. 2024, §3) and where its data and model come from."""
+
+    method: str = "coconut"
+    """coconut | pause | cot | no_cot (see the module docstring)."""
+    curriculum: bool = True
+    """False: train the last stage (every step replaced by thoughts) from the start; the paper's ablation."""
+    thoughts_per_step: int = 1
+    """c: continuous thoughts that replace one language reasoning step (ProsQA/ProntoQA 1, GSM8k 2)."""
+    epochs_per_stage: int = 5
+    """Epochs (passes over the training records) spent at each stage."""
+    max_latent_stage: int = 6
+    """Stage s replaces the first s steps by s·c thoughts; past this stage every step is dropped and the
+    thoughts stay at max_latent_stage·c."""
+    pad_latent_to_max: bool = False
+    """True: a record with fewer steps than the stage still gets stage·c thoughts (capped at
+    max_latent_stage·c), so every record of a stage thinks equally long; False: min(stage, its steps)·c."""
+    uniform_prob: float = 0.0
+    """Probability that a record is laid out at a uniformly drawn stage (0..its steps) instead of the
+    scheduled one, which the paper uses to keep earlier stages in mind. Seeded by (seed, epoch, record)."""
+    no_grad_thoughts: int = 0
+    """The first thoughts run without gradient (the loop's truncated prefix); 0 = backprop through all."""
+    train_file: str = ""
+    """JSON list of {question, steps, answer} records to train on."""
+    val_file: str = ""
+    """Records whose loss (at the current stage) is validated, and whose answers the final evaluation scores."""
+    test_file: str = ""
+    """Records the final evaluation scores by exact match; empty = val_file."""
+    num_eval: int = 200
+    """Records of test_file scored at the end of the run (0 = skip the evaluation)."""
+    hf_model: Optional[str] = None
+    """Hugging Face causal LM instead of recurrent_lm's model: a local directory or a hub name (then loaded
+    with its weights and its tokenizer.json), or ``config:<dir or name>`` for random weights from a config."""
+    hf_config: dict[str, Any] = dataclasses.field(default_factory=dict)
+    """Overrides of the Hugging Face config when building from ``config:`` (e.g. n_layer, n_embd)."""
+
+    def __post_init__(self) -> None:
+        if self.method not in METHODS:
+            raise ValueError(f"coconut.method={self.method!r} is unknown; choose one of {METHODS}")
+        for name in ("thoughts_per_step", "epochs_per_stage"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"coconut.{name}={getattr(self, name)} must be >= 1")
+        for name in ("max_latent_stage", "no_grad_thoughts", "num_eval"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"coconut.{name}={getattr(self, name)} must be >= 0")
+        if not 0.0 <= self.uniform_prob <= 1.0:
+            raise ValueError(f"coconut.uniform_prob={self.uniform_prob} must be a probability in [0, 1]")
+        if not self.train_file or not self.val_file:
+            raise ValueError("coconut.train_file and coconut.val_file must name JSON files of {question, steps, "
+                             "answer} records (e.g. `recurrent-lm-coconut-data prosqa --out data/prosqa`)")
+
+    @property
+    def thinks(self) -> bool:
+        """Whether thought slots exist at all (continuous or pause)."""
+        return self.method in ("coconut", "pause")
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> "CoconutConfig":
+        return from_dict(cls, data)

@@ -1,0 +1,102 @@
+"""Records -> token layouts -> padded batches for :class:`ContinuousThoughtLM`.
+
+A record is encoded once (question, each step, answer as separate token runs), then laid out per stage
+without touching text again::
+
+    prefix  = question <bot> [<latent> × n, pause baseline only]
+    thoughts = n (continuous) or 0
+    suffix  = <eot> step_{k+1} ... step_m ### answer <eos>      (the first k steps dropped at this stage)
+
+Labels follow the paper's mask: nothing in the prefix, the thoughts or at <eot> itself is predicted; the
+<eot> position predicts the first remaining token, and every later suffix token is a target.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Sequence
+
+import torch
+from torch import Tensor
+
+from recurrent_lm.coconut.config import CoconutConfig
+from recurrent_lm.coconut.curriculum import layout
+from recurrent_lm.model.lm import IGNORE_INDEX
+
+ANSWER_MARK = "### "
+"""Separates the reasoning from the answer; exact match compares what follows it."""
+
+
+@dataclass(frozen=True)
+class SpecialIds:
+    """Token ids of the markers a Coconut sequence uses."""
+
+    bot: int
+    eot: int
+    latent: int
+    eos: int
+    pad: int
+
+
+@dataclass(frozen=True)
+class EncodedRecord:
+    question: tuple[int, ...]
+    """``question\\n``"""
+    steps: tuple[tuple[int, ...], ...]
+    """Each ``step\\n``."""
+    answer: tuple[int, ...]
+    """``### answer``"""
+
+
+@dataclass(frozen=True)
+class ThoughtExample:
+    prefix: tuple[int, ...]
+    thoughts: int
+    suffix: tuple[int, ...]
+
+
+def encode_record(encode, question: str, steps: Sequence[str], answer: str) -> EncodedRecord:
+    """Tokenize a record's parts with ``encode(text) -> ids`` (batching is the tokenizer's business)."""
+    return EncodedRecord(tuple(encode(question.strip() + "\n")), tuple(tuple(encode(s.strip() + "\n")) for s in steps),
+                         tuple(encode(ANSWER_MARK + answer.strip())))
+
+
+def build_example(record: EncodedRecord, stage: int, config: CoconutConfig, ids: SpecialIds) -> ThoughtExample:
+    """``record`` laid out at ``stage`` for ``config.method``."""
+    shape = layout(config, stage, len(record.steps))
+    pause = config.method == "pause"
+    prefix = (*record.question, ids.bot, *([ids.latent] * shape.thoughts if pause else ()))
+    steps = [t for step in record.steps[shape.steps_dropped:] for t in step]
+    suffix = (ids.eot, *steps, *record.answer, ids.eos)
+    return ThoughtExample(prefix, 0 if pause else shape.thoughts, suffix)
+
+
+def question_prefix(record: EncodedRecord, config: CoconutConfig, ids: SpecialIds) -> tuple[tuple[int, ...], int]:
+    """What generation starts from at the last stage: (prefix ids, thought bound)."""
+    example = build_example(record, config.max_latent_stage + 1 if config.thinks else 0, config, ids)
+    return example.prefix, example.thoughts
+
+
+def collate(examples: Sequence[ThoughtExample], pad_id: int) -> dict[str, Tensor]:
+    """Left-pad prefixes (so <bot> and every thought column line up), right-pad suffixes.
+
+    Returns prefix_ids/prefix_mask (B, P), thoughts (B,), suffix_ids/suffix_mask (B, S) and labels (B, S),
+    where labels[b, t] is the token suffix position t predicts.
+    """
+    batch = len(examples)
+    p = max(len(e.prefix) for e in examples)
+    s = max(len(e.suffix) for e in examples)
+    prefix_ids = torch.full((batch, p), pad_id, dtype=torch.long)
+    prefix_mask = torch.zeros((batch, p), dtype=torch.long)
+    suffix_ids = torch.full((batch, s), pad_id, dtype=torch.long)
+    suffix_mask = torch.zeros((batch, s), dtype=torch.long)
+    labels = torch.full((batch, s), IGNORE_INDEX, dtype=torch.long)
+    for b, e in enumerate(examples):
+        prefix_ids[b, p - len(e.prefix):] = torch.tensor(e.prefix)
+        prefix_mask[b, p - len(e.prefix):] = 1
+        suffix_ids[b, : len(e.suffix)] = torch.tensor(e.suffix)
+        suffix_mask[b, : len(e.suffix)] = 1
+        labels[b, : len(e.suffix) - 1] = torch.tensor(e.suffix[1:])
+    thoughts = torch.tensor([e.thoughts for e in examples], dtype=torch.long)
+    return {"prefix_ids": prefix_ids, "prefix_mask": prefix_mask, "thoughts": thoughts, "suffix_ids": suffix_ids,
+            "suffix_mask": suffix_mask, "labels": labels}
