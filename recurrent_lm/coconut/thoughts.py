@@ -25,7 +25,7 @@ from typing import Any, Optional
 
 import torch
 import torch.nn.functional as F
-from torch import Tensor, nn
+from torch import Tensor
 
 from recurrent_lm.coconut.backends import FIXED, CausalBackend, Depth
 from recurrent_lm.loop import ExitSpec, unroll
@@ -54,13 +54,15 @@ class CoconutOutput:
     thoughts: Thoughts
 
 
-class ContinuousThoughtLM(nn.Module):
-    """A causal LM (ours or Hugging Face, through a :class:`CausalBackend`) that thinks in continuous thoughts."""
+class ContinuousThoughtLM:
+    """A causal LM (ours or Hugging Face, through a :class:`CausalBackend`) that thinks in continuous thoughts.
+
+    A view over the model, not a module of its own: it adds no parameters, so the model's state_dict, its
+    export and a Lightning checkpoint's keys are the same as without Coconut.
+    """
 
     def __init__(self, backend: CausalBackend) -> None:
-        super().__init__()
         self.backend = backend
-        self.model = backend.model  # registered: parameters, .train()/.eval() and state_dict follow
 
     def think(self, last_hidden: Tensor, attention_mask: Tensor, cache: Any, counts: Tensor, *,
               no_grad_thoughts: int = 0, exit: Optional[ExitSpec] = None, depth: Depth = FIXED,
@@ -93,7 +95,7 @@ class ContinuousThoughtLM(nn.Module):
         used = mask[:, attention_mask.shape[1]:].sum(-1)
         return Thoughts(loop.state, mask, used, core)
 
-    def forward(self, batch: dict[str, Tensor], *, depth: Depth = FIXED, no_grad_thoughts: int = 0,
+    def __call__(self, batch: dict[str, Tensor], *, depth: Depth = FIXED, no_grad_thoughts: int = 0,
                 thought_exit: Optional[ExitSpec] = None, generator: Optional[torch.Generator] = None) -> CoconutOutput:
         """Prefix, thoughts, suffix: three kinds of forward sharing one cache. Loss on ``batch['labels']``
         (aligned with the suffix logits, IGNORE_INDEX where nothing is supervised) when present."""
