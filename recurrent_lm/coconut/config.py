@@ -50,6 +50,11 @@ class CoconutConfig:
     """Records whose loss (at the current stage) is validated, and whose answers the final evaluation scores."""
     test_file: str = ""
     """Records the final evaluation scores by exact match; empty = val_file."""
+    generate: Optional[str] = None
+    """'prosqa': write ProsQA-style splits (seeded by the run's seed) to train_file/val_file/test_file when they
+    are missing, so an experiment runs from a fresh clone; None: the files must exist."""
+    generate_sizes: list[int] = dataclasses.field(default_factory=lambda: [5000, 300, 500])
+    """Records generated for train, valid and test with ``generate``."""
     num_eval: int = 200
     """Records of test_file scored at the end of the run (0 = skip the evaluation)."""
     hf_model: Optional[str] = None
@@ -69,9 +74,17 @@ class CoconutConfig:
                 raise ValueError(f"coconut.{name}={getattr(self, name)} must be >= 0")
         if not 0.0 <= self.uniform_prob <= 1.0:
             raise ValueError(f"coconut.uniform_prob={self.uniform_prob} must be a probability in [0, 1]")
+        if self.generate not in (None, "prosqa"):
+            raise ValueError(f"coconut.generate={self.generate!r} is unknown; use prosqa or null")
+        if len(self.generate_sizes) != 3 or min(self.generate_sizes) < 1:
+            raise ValueError(f"coconut.generate_sizes={self.generate_sizes} must be three counts >= 1 (train, valid, test)")
         if not self.train_file or not self.val_file:
             raise ValueError("coconut.train_file and coconut.val_file must name JSON files of {question, steps, "
                              "answer} records (e.g. `recurrent-lm-coconut-data prosqa --out data/prosqa`)")
+
+    @property
+    def eval_file(self) -> str:
+        return self.test_file or self.val_file
 
     @property
     def thinks(self) -> bool:

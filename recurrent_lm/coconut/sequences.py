@@ -38,7 +38,7 @@ class SpecialIds:
     pad: int
 
 
-@dataclass(frozen=True)
+@dataclass  # not frozen: Lightning moves validation batches (lists of these) through apply_to_collection
 class EncodedRecord:
     question: tuple[int, ...]
     """``question\\n``"""
@@ -46,6 +46,10 @@ class EncodedRecord:
     """Each ``step\\n``."""
     answer: tuple[int, ...]
     """``### answer``"""
+
+    def __len__(self) -> int:
+        """Tokens of the record with every step kept."""
+        return len(self.question) + sum(len(s) for s in self.steps) + len(self.answer)
 
 
 @dataclass(frozen=True)

@@ -116,6 +116,18 @@ class RunCheckpoint(ModelCheckpoint):
             self._save_last_checkpoint(trainer, self._monitor_candidates(trainer))
 
 
+def batch_rows(batch: Any) -> int:
+    return len(batch) if isinstance(batch, list) else next(iter(batch.values())).shape[0]
+
+
+def batch_positions(batch: Any) -> int:
+    """Token positions of a batch: input_ids (pretraining, tasks), prefix + suffix (Coconut training; thoughts
+    extra), or the records' tokens (Coconut validation, laid out by the module)."""
+    if isinstance(batch, list):
+        return sum(len(record) for record in batch)
+    return batch["input_ids"].numel() if "input_ids" in batch else batch["prefix_ids"].numel() + batch["suffix_ids"].numel()
+
+
 def build_trainer(cfg: TrainConfig, run_dir: Path, resume: Resume) -> L.Trainer:
     t = cfg.trainer
     loggers = build_loggers(cfg, run_dir, resume)
@@ -123,9 +135,12 @@ def build_trainer(cfg: TrainConfig, run_dir: Path, resume: Resume) -> L.Trainer:
         RunCheckpoint(dirpath=run_dir / CHECKPOINT_DIR, filename="step-{step}", auto_insert_metric_name=False,
                       every_n_train_steps=t.checkpoint_every_n_steps or 0, every_n_epochs=0, save_last=True,
                       save_top_k=1, enable_version_counter=False),
-        DepthThroughputMonitor(batch_size_fn=lambda b: b["input_ids"].shape[0],
-                               length_fn=lambda b: b["input_ids"].numel(), window_size=t.throughput_window),
+        DepthThroughputMonitor(batch_size_fn=batch_rows, length_fn=batch_positions, window_size=t.throughput_window),
     ]
+    if cfg.coconut is not None:
+        from recurrent_lm.coconut.module import OptimizerResetOnStage
+
+        callbacks.append(OptimizerResetOnStage())
     if loggers:
         callbacks.append(LearningRateMonitor(logging_interval="step"))
     if t.enable_progress_bar:
@@ -144,10 +159,15 @@ def build_trainer(cfg: TrainConfig, run_dir: Path, resume: Resume) -> L.Trainer:
     )
 
 
-def train(cfg: TrainConfig, resume: Resume) -> dict[str, Any]:
-    """Fit (or resume), validate across depths, export. Returns a summary dict (used by the report)."""
-    run_dir = Path(cfg.run_dir)
-    L.seed_everything(cfg.seed, workers=True, verbose=False)
+def build_run(cfg: TrainConfig, run_dir: Path) -> tuple[L.LightningDataModule, L.LightningModule, Any]:
+    """(datamodule, module, tokenizer) of a pretraining, reasoning-task or Coconut run; the tokenizer is saved
+    into the run directory, where a resume and the export find it."""
+    if cfg.coconut is not None:
+        from recurrent_lm.coconut.app import build
+
+        datamodule, module = build(cfg, run_dir)
+        datamodule.tokenizer.save(run_dir / TOKENIZER_FILE)
+        return datamodule, module, datamodule.tokenizer
     datamodule = build_datamodule(cfg)
     datamodule.prepare_data()
     datamodule.setup("fit")
@@ -160,6 +180,14 @@ def train(cfg: TrainConfig, resume: Resume) -> dict[str, Any]:
     module = RecurrentLMModule(cfg.model, cfg.sampler, cfg.optim, cfg.trainer.eval_depths,
                                compile_blocks=cfg.trainer.compile, telemetry_every=cfg.trainer.log_every_n_steps,
                                seed=cfg.seed, max_nonfinite_steps=cfg.trainer.max_nonfinite_steps)
+    return datamodule, module, tokenizer
+
+
+def train(cfg: TrainConfig, resume: Resume) -> dict[str, Any]:
+    """Fit (or resume), validate across depths, export. Returns a summary dict (used by the report)."""
+    run_dir = Path(cfg.run_dir)
+    L.seed_everything(cfg.seed, workers=True, verbose=False)
+    datamodule, module, tokenizer = build_run(cfg, run_dir)
     trainer = build_trainer(cfg, run_dir, resume)
     if resume.path is not None:
         print(f"resuming from {resume.path} (step {resume.step})")
@@ -174,6 +202,13 @@ def train(cfg: TrainConfig, resume: Resume) -> dict[str, Any]:
                for k, v in results.items()}
     summary: dict[str, Any] = {"run_dir": run_dir, "val": val, "tokenizer": tokenizer, "model": module.model,
                                "step": trainer.global_step}
+    if cfg.coconut is not None:
+        from recurrent_lm.coconut.app import export_and_score
+
+        summary["tokenizer"] = None  # no free-text sample: the report shows the Coconut evaluation instead
+        if trainer.is_global_zero:
+            summary.update(export_and_score(cfg, module, tokenizer, run_dir, run_dir / EXPORT_DIR))
+        return summary
     if cfg.export and trainer.is_global_zero:
         tokenizer_file = run_dir / TOKENIZER_FILE
         summary["export"] = export_model(module.model.float().eval(), tokenizer_file if tokenizer_file.is_file()

@@ -30,7 +30,8 @@ class RecurrentLMModule(L.LightningModule):
 
     def __init__(self, model: ModelConfig, sampler: SamplerConfig, optim: OptimConfig,
                  eval_depths: list[int], compile_blocks: bool = False, telemetry_every: int = 10,
-                 seed: int = 0, max_nonfinite_steps: int = 0) -> None:
+                 seed: int = 0, max_nonfinite_steps: int = 0, lm: Optional[torch.nn.Module] = None) -> None:
+        """``lm`` is a model built elsewhere (a Hugging Face causal LM for Coconut); default: ``RecurrentDepthLM(model)``."""
         super().__init__()
         self.model_config, self.optim_config = model, optim
         self.sampler = DepthSampler(sampler)
@@ -42,7 +43,7 @@ class RecurrentLMModule(L.LightningModule):
         self.nonfinite_steps = 0  # checkpointed: the budget survives a resume
         self._micro = (-1, 0)  # (global step, micro-batch index within it) under gradient accumulation
         self._step_log: dict[str, Any] = {}  # this step's logged values: see _log_step
-        self.model = RecurrentDepthLM(model)
+        self.model = RecurrentDepthLM(model) if lm is None else lm
         self.flops_per_batch = 0  # read by ThroughputMonitor after every batch
         # Only primitives: the checkpoint stays loadable with torch.load(weights_only=True).
         self.save_hyperparameters({"model": model.to_dict(), "sampler": vars(sampler).copy(),

@@ -14,6 +14,7 @@ from hydra.core.config_store import ConfigStore
 from lightning.fabric.connector import _PRECISION_INPUT_STR, _PRECISION_INPUT_STR_ALIAS
 from lightning.pytorch.strategies import StrategyRegistry
 
+from recurrent_lm.coconut.config import CoconutConfig
 from recurrent_lm.data.config import DataConfig
 from recurrent_lm.loop.samplers import SamplerConfig
 from recurrent_lm.model.config import ModelConfig
@@ -145,6 +146,9 @@ class TrainConfig:
     logger: LoggerConfig = field(default_factory=LoggerConfig)
     task: Optional[TaskConfig] = None
     """A synthetic reasoning task (conf/task/) instead of the text corpus."""
+    coconut: Optional[CoconutConfig] = None
+    """Coconut continuous-thought training on {question, steps, answer} records (conf/coconut/) instead of the
+    text corpus; with coconut.hf_model a Hugging Face causal LM replaces model.*."""
     name: str = "default"
     run_dir: str = "runs/${name}"
     """Everything of a run lives here: checkpoints/, logs/, config.yaml, export/."""
@@ -161,6 +165,10 @@ class TrainConfig:
     sample_tokens: int = 48
     dry_run: bool = False
     """Compose, validate and print the config, build the model, then exit."""
+
+    def __post_init__(self) -> None:
+        if self.task is not None and self.coconut is not None:
+            raise ValueError("task= and coconut= are both set; a run trains on one of them (task=null or coconut=null)")
 
 
 def register_configs() -> None:

@@ -1,0 +1,123 @@
+"""How ``recurrent-lm-train`` builds a Coconut run: tokenizer, model, data and module, then export and score.
+
+The run goes through the same app as pretraining (run directory lock, checkpoints, exact resume, logs);
+only these pieces differ. The tokenizer is decided once per run directory and kept in it, so a resumed
+run (and its export) tokenizes exactly as the first session did:
+
+* recurrent_lm's model, or a Hugging Face model built from a config (``hf_model: config:gpt2``): a
+  byte-level BPE trained on the training records (its reserved ids hold the markers);
+* a pretrained Hugging Face model (a directory, or a hub name for online users): its own tokenizer.json,
+  with the markers added and the embeddings grown to match.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Optional
+
+import torch
+from torch import nn
+
+from recurrent_lm.coconut.config import CoconutConfig
+from recurrent_lm.coconut.datamodule import CoconutDataModule
+from recurrent_lm.coconut.module import CoconutModule
+from recurrent_lm.coconut.records import load_records
+from recurrent_lm.coconut.tokens import ThoughtTokenizer, add_thought_tokens
+from recurrent_lm.model.io import TOKENIZER_FILE
+
+if TYPE_CHECKING:
+    from recurrent_lm.train.schema import TrainConfig
+
+CONFIG_PREFIX = "config:"
+
+
+def _hf_config(coconut: CoconutConfig, tokenizer: ThoughtTokenizer):
+    from transformers import AutoConfig
+
+    source = coconut.hf_model.removeprefix(CONFIG_PREFIX)
+    ids = tokenizer.ids
+    overrides = {**coconut.hf_config, "vocab_size": tokenizer.vocab_size, "bos_token_id": ids.eos,
+                 "eos_token_id": ids.eos, "pad_token_id": ids.pad}
+    if Path(source).is_dir():
+        config = AutoConfig.from_pretrained(source, **overrides)
+    else:  # a model type (gpt2, llama, qwen2, ...): the class defaults, nothing downloaded
+        config = AutoConfig.for_model(source, **overrides)
+    return config
+
+
+def build_tokenizer(cfg: TrainConfig, run_dir: Path) -> ThoughtTokenizer:
+    """The run's tokenizer: the one saved in ``run_dir`` (a resume), else made as the module docstring says."""
+    saved = run_dir / TOKENIZER_FILE
+    if saved.is_file():
+        return ThoughtTokenizer.from_file(saved)
+    coconut = cfg.coconut
+    if coconut.hf_model is not None and not coconut.hf_model.startswith(CONFIG_PREFIX):
+        from tokenizers import Tokenizer
+
+        source = Path(coconut.hf_model)
+        if source.is_dir():
+            if not (source / TOKENIZER_FILE).is_file():
+                raise FileNotFoundError(f"coconut.hf_model={coconut.hf_model}: no {TOKENIZER_FILE} in that directory; "
+                                        "Coconut needs a fast (tokenizers) tokenizer saved beside the model")
+            return add_thought_tokens(Tokenizer.from_file(str(source / TOKENIZER_FILE)))
+        return add_thought_tokens(Tokenizer.from_pretrained(coconut.hf_model))  # a hub name: online users only
+    from recurrent_lm.data.tokenizer import TextTokenizer
+
+    records = load_records(coconut.train_file, require_steps=False)
+    texts = (text for r in records for text in (r.question, *r.steps, r.answer))
+    TextTokenizer.train(texts, cfg.model.vocab_size).save(saved)
+    return ThoughtTokenizer.from_file(saved)
+
+
+def build_model(coconut: CoconutConfig, tokenizer: ThoughtTokenizer) -> Optional[nn.Module]:
+    """The Hugging Face model of the run (None: recurrent_lm's model, built by the module from model.*)."""
+    if coconut.hf_model is None:
+        return None
+    from transformers import AutoModelForCausalLM
+
+    if coconut.hf_model.startswith(CONFIG_PREFIX):
+        model = AutoModelForCausalLM.from_config(_hf_config(coconut, tokenizer))
+    else:
+        model = AutoModelForCausalLM.from_pretrained(coconut.hf_model)
+    add_thought_tokens(tokenizer.tokenizer, model)  # grows the embeddings to the tokenizer (markers included)
+    return model.float()
+
+
+def generate_data(coconut: CoconutConfig, seed: int) -> None:
+    """Write the ProsQA-style splits named by the config if any is missing (``coconut.generate=prosqa``)."""
+    files = {"train": coconut.train_file, "valid": coconut.val_file, "test": coconut.eval_file}
+    if coconut.generate is None or all(Path(f).is_file() for f in files.values()):
+        return
+    from recurrent_lm.coconut.prosqa import generate_splits
+    from recurrent_lm.coconut.records import write_records
+
+    sizes = dict(zip(("train", "valid", "test"), coconut.generate_sizes))
+    for split, problems in generate_splits(sizes, seed).items():
+        write_records((p.to_dict() for p in problems), files[split])
+    print(f"generated ProsQA-style data: {', '.join(f'{n} {s}' for s, n in sizes.items())} -> {files['train']} ...")
+
+
+def build(cfg: TrainConfig, run_dir: Path) -> tuple[CoconutDataModule, CoconutModule]:
+    generate_data(cfg.coconut, cfg.seed)
+    tokenizer = build_tokenizer(cfg, run_dir)
+    lm = build_model(cfg.coconut, tokenizer)
+    if lm is None and tokenizer.vocab_size > cfg.model.vocab_size:
+        raise ValueError(f"the tokenizer has {tokenizer.vocab_size} tokens but model.vocab_size={cfg.model.vocab_size}; "
+                         "raise model.vocab_size")
+    t = cfg.trainer
+    datamodule = CoconutDataModule(cfg.coconut, tokenizer, t.micro_batch_size, t.val_batches, cfg.seed,
+                                   block_size=cfg.model.block_size if lm is None else None)
+    module = CoconutModule(cfg.model, cfg.sampler, cfg.optim, cfg.coconut, t.eval_depths, tokenizer.ids,
+                           datamodule.batches_per_epoch, lm=lm, seed=cfg.seed,
+                           max_nonfinite_steps=t.max_nonfinite_steps)
+    return datamodule, module
+
+
+def export_and_score(cfg: TrainConfig, module: CoconutModule, tokenizer: ThoughtTokenizer, run_dir: Path,
+                     export_dir: Path) -> dict[str, Any]:
+    from recurrent_lm.coconut.export import save_coconut_model
+
+    model = module.model.float().eval()
+    with torch.no_grad():
+        save_coconut_model(model, tokenizer, cfg.coconut, export_dir)
+    return {"export": export_dir}

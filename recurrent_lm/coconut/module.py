@@ -1,0 +1,100 @@
+"""The LightningModule of Coconut training: pretraining's module with the thought forward and the curriculum.
+
+It inherits everything that makes a run safe from :class:`RecurrentLMModule`: seeded per-step
+generators (exact resume), the non-finite gradient guard, the step log carried in checkpoints, the
+optimizer recipe. What it adds:
+
+* the training forward is :class:`ContinuousThoughtLM` (prefix, thoughts through the shared loop, suffix);
+  a recurrent model runs every forward at the depth the sampler drew for the step (thoughts × depth);
+* the stage follows the optimizer step (``epoch = step · accumulation // batches_per_epoch``), and
+  :class:`OptimizerResetOnStage` clears AdamW's moments where the stage changes, as the paper does;
+* dropout (Hugging Face models have it) draws from a generator seeded per micro-batch, so a resumed
+  run replays it exactly.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Optional
+
+import lightning as L
+import torch
+from torch import Tensor, nn
+
+from recurrent_lm.coconut.backends import FIXED, Depth, backend_for
+from recurrent_lm.coconut.config import CoconutConfig
+from recurrent_lm.coconut.curriculum import scheduled_stage
+from recurrent_lm.coconut.sequences import EncodedRecord, SpecialIds, build_example, collate
+from recurrent_lm.coconut.thoughts import ContinuousThoughtLM
+from recurrent_lm.loop import SamplerConfig
+from recurrent_lm.model import ModelConfig, RecurrentDepthLM
+from recurrent_lm.train.module import RecurrentLMModule, step_seed
+from recurrent_lm.train.schema import OptimConfig
+
+
+class CoconutModule(RecurrentLMModule):
+    def __init__(self, model: ModelConfig, sampler: SamplerConfig, optim: OptimConfig, coconut: CoconutConfig,
+                 eval_depths: list[int], ids: SpecialIds, batches_per_epoch: int, lm: Optional[nn.Module] = None,
+                 seed: int = 0, max_nonfinite_steps: int = 0) -> None:
+        super().__init__(model, sampler, optim, eval_depths, seed=seed, max_nonfinite_steps=max_nonfinite_steps, lm=lm)
+        self.coconut, self.ids, self.batches_per_epoch = coconut, ids, batches_per_epoch
+        self.recurrent = isinstance(self.model, RecurrentDepthLM)
+        self.thinker = ContinuousThoughtLM(backend_for(self.model))
+        self.hparams["coconut"] = coconut.to_dict()
+        self._reset_at = -1  # the step whose optimizer reset already happened (several micro-batches per step)
+
+    def stage_at(self, step: int) -> int:
+        accumulate = self.trainer.accumulate_grad_batches if self._trainer is not None else 1
+        return scheduled_stage(self.coconut, step * accumulate // self.batches_per_epoch)
+
+    def _depth(self, num_steps) -> Depth:
+        return Depth(num_steps=num_steps) if self.recurrent else FIXED
+
+    def _forward(self, batch: dict[str, Tensor], num_steps, *stream: int | str, rank: bool = True):
+        """One Coconut forward whose randomness (s₀ noise, dropout) is a pure function of ``stream``."""
+        generator = self.generator(*stream, rank=rank)
+        with torch.random.fork_rng(devices=[self.device] if self.device.type == "cuda" else []):
+            torch.manual_seed(step_seed(self.seed, "dropout", *stream))
+            return self.thinker(batch, depth=self._depth(num_steps), no_grad_thoughts=self.coconut.no_grad_thoughts,
+                                generator=generator if self.recurrent else None)
+
+    def training_step(self, batch: dict[str, Tensor], batch_idx: int) -> Tensor:
+        num_steps = self.sampler(self.global_step) if self.recurrent else None
+        out = self._forward(batch, num_steps, "train", self.global_step, self._micro_batch())
+        self.flops_per_batch = 0  # per-position cost differs between prefix, thoughts and suffix; not modelled
+        self._log_step({"train/loss": out.loss, "train/stage": float(self.stage_at(self.global_step)),
+                        "train/thoughts": out.thoughts.used.float().mean()}, prog_bar=True)
+        if num_steps is not None:
+            self._log_step({"train/depth": float(sum(num_steps))})
+        return out.loss
+
+    def validation_step(self, records: list[EncodedRecord], batch_idx: int) -> None:
+        """Loss of the validation records laid out at the stage being trained, at each eval depth."""
+        stage = self.stage_at(self.global_step)
+        batch = collate([build_example(r, stage, self.coconut, self.ids) for r in records], self.ids.pad)
+        batch = {k: v.to(self.device) for k, v in batch.items()}
+        for r in self.eval_depths if self.recurrent else [None]:
+            out = self._forward(batch, r, "val", batch_idx, r or 0, rank=False)
+            self.log("val/loss" if r is None else f"val/loss_r{r}", out.loss, sync_dist=True, batch_size=len(records))
+        self.log("val/stage", float(stage), sync_dist=True, batch_size=len(records))
+
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        super().on_save_checkpoint(checkpoint)
+        checkpoint["coconut_stage"] = self.stage_at(self.global_step)
+
+
+class OptimizerResetOnStage(L.Callback):
+    """Clear every optimizer's state (AdamW's moments and step counts) at the first step of a new stage.
+
+    The paper resets the optimizer when the stage changes, because moments estimated for one layout of
+    the data mislead the next. The decision is a function of the step, so an uninterrupted and a resumed
+    run reset at the same step; never every epoch (a known slip of the reference).
+    """
+
+    def on_train_batch_start(self, trainer: L.Trainer, module: CoconutModule, batch: Any, batch_idx: int) -> None:
+        step = trainer.global_step
+        if step == 0 or module._reset_at == step or module.stage_at(step) == module.stage_at(step - 1):
+            return
+        for optimizer in trainer.optimizers:
+            optimizer.state.clear()
+        module._reset_at = step
+        module.print(f"step {step}: stage {module.stage_at(step)} begins; optimizer state reset")
