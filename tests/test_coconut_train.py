@@ -94,7 +94,7 @@ def coconut_overrides(run_dir, experiment="coconut_prosqa", **extra) -> list[str
             "trainer.max_steps": 6, "trainer.val_check_interval": 3, "trainer.checkpoint_every_n_steps": 3,
             "trainer.val_batches": 1, "trainer.log_every_n_steps": 1, "trainer.enable_progress_bar": False,
             "trainer.accelerator": "cpu", "trainer.devices": 1, "logger.tensorboard": False,
-            "logger.flush_every_n_steps": 1, "model.d_model": 32, "model.n_heads": 2, "optim.warmup_steps": 1}
+            "logger.flush_every_n_steps": 1, "trainer.precision": "32-true", "model.d_model": 32, "model.n_heads": 2, "optim.warmup_steps": 1}
     if experiment == "coconut_gpt2":
         base.update({"coconut.hf_config.n_embd": 32, "coconut.hf_config.n_layer": 2, "coconut.hf_config.n_head": 2})
     base.update(extra)
