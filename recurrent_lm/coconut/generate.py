@@ -24,7 +24,6 @@ from dataclasses import dataclass
 from typing import Optional, Sequence, Union
 
 import torch
-from torch import Tensor
 
 from recurrent_lm.coconut.backends import FIXED, Depth
 from recurrent_lm.coconut.sequences import ANSWER_MARK, SpecialIds, ThoughtExample, collate
