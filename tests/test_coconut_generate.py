@@ -254,6 +254,9 @@ def test_evaluate_model_does_not_depend_on_the_batch_size(exports):
     one = evaluate_model(model, tokenizer, config, records, batch_size=1, max_new_tokens=4)
     three = evaluate_model(model, tokenizer, config, records, batch_size=3, max_new_tokens=4)
     assert one == three and one["examples"] == 3 and one["mean_thoughts"] == 2.0
+    assert not model.training  # a model in eval mode stays there, and one in training mode goes back to it
+    evaluate_model(model.train(), tokenizer, config, records[:1], max_new_tokens=1)
+    assert model.training
 
 
 @pytest.mark.parametrize("case, flag", [

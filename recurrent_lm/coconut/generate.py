@@ -73,7 +73,7 @@ def generate(lm: ContinuousThoughtLM, prefixes: Sequence[Sequence[int]], thought
     prefixes = [[int(t) for t in p] for p in prefixes]
     bounds = [int(thoughts)] * len(prefixes) if isinstance(thoughts, int) else [int(n) for n in thoughts]
     _check_inputs(lm, prefixes, bounds, max_new_tokens)
-    was_training = lm.training
+    was_training = lm.model.training  # the model's mode, not the wrapper's (a fresh wrapper starts in training)
     lm.eval()
     try:
         with torch.inference_mode():
