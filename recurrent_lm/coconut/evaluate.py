@@ -100,7 +100,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--depths", type=int, nargs="+", default=[], metavar="R",
                    help="extra rows at these core depths (recurrent models only)")
     p.add_argument("--thought-exit", choices=("convergence",),
-                   help="extra rows whose thoughts stop once successive thoughts converge (bounded by the layout)")
+                   help="extra rows whose thoughts stop once successive thoughts converge (bounded by the layout; "
+                        "models trained with method=coconut only)")
     p.add_argument("--thought-threshold", type=float, help="relative change below which thinking stops")
     p.add_argument("--device", default="cpu", help="cpu | cuda | cuda:N")
     p.add_argument("--out", help="also write the table to OUT.md and all figures to OUT.json")
