@@ -69,6 +69,9 @@ class CausalBackend(Protocol):
     def logits(self, hidden: Tensor) -> Tensor:
         """(B, T, H) last hidden state -> (B, T, V) next-token logits."""
 
+    def select_rows(self, cache: Any, rows: Tensor) -> None:
+        """Keep only batch rows ``rows`` (1-D index) of ``cache``: generation drops finished rows."""
+
 
 class RecurrentBackend:
     """:class:`RecurrentDepthLM` as a Coconut backend: each forward runs prelude, core × depth, coda.
@@ -99,6 +102,9 @@ class RecurrentBackend:
 
     def logits(self, hidden: Tensor) -> Tensor:
         return self.model.lm_head(hidden)
+
+    def select_rows(self, cache: RecurrentKVCache, rows: Tensor) -> None:
+        cache.select_rows(rows)
 
 
 class HFBackend:
@@ -135,6 +141,9 @@ class HFBackend:
 
     def logits(self, hidden: Tensor) -> Tensor:
         return self.model.get_output_embeddings()(hidden)
+
+    def select_rows(self, cache: Any, rows: Tensor) -> None:
+        cache.batch_select_indices(rows)
 
 
 def check_hf_model(model: nn.Module) -> None:

@@ -1,0 +1,208 @@
+"""``recurrent-lm-coconut-eval``: exact-match accuracy of Coconut exports, in the layout of the paper's Table 1.
+
+    recurrent-lm-coconut-eval --model coconut=runs/a/export --model cot=runs/b/export --data test.json \\
+        [--num-examples N] [--batch-size 32] [--depths 4 8 16] \\
+        [--thought-exit convergence --thought-threshold 0.05] [--out report.md]
+
+Each export is evaluated as it was trained: its coconut.json gives the method, the thoughts per step and
+the last stage, so a question is laid out exactly as the last training stage laid it out
+(:func:`recurrent_lm.coconut.sequences.question_prefix`). One row per model; ``--depths`` adds rows at other
+core depths (recurrent models: thoughts × depth) and ``--thought-exit`` rows whose number of thoughts is
+adaptive (models trained with continuous thoughts). Tokens are counted as the paper counts them: each
+continuous thought is one generated token.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Optional, Sequence
+
+from torch import nn
+
+from recurrent_lm.coconut.backends import FIXED, Depth, backend_for
+from recurrent_lm.coconut.config import CoconutConfig
+from recurrent_lm.coconut.export import load_coconut_model
+from recurrent_lm.coconut.generate import exact_match, generate
+from recurrent_lm.coconut.records import ReasoningRecord, load_records
+from recurrent_lm.coconut.sequences import encode_record, question_prefix
+from recurrent_lm.coconut.thoughts import ContinuousThoughtLM
+from recurrent_lm.coconut.tokens import ThoughtTokenizer
+from recurrent_lm.loop import ExitSpec
+from recurrent_lm.model import RecurrentDepthLM
+from recurrent_lm.model.device import pick_device
+
+PROG = "recurrent-lm-coconut-eval"
+COLUMNS = ("method", "accuracy %", "tokens", "thoughts", "core iterations / token")
+
+
+class InputError(ValueError):
+    """Bad input the user can fix: reported in one line naming the flag or file, exit status 2."""
+
+
+def needs_steps(config: CoconutConfig) -> bool:
+    """Whether laying a question out needs its steps: the thought count follows them unless padded to the max."""
+    return config.thinks and not config.pad_latent_to_max
+
+
+def evaluate_model(model: nn.Module, tokenizer: ThoughtTokenizer, config: CoconutConfig,
+                   records: Sequence[ReasoningRecord], *, batch_size: int = 32, depth: Depth = FIXED,
+                   thought_exit: Optional[ExitSpec] = None, max_new_tokens: int = 64) -> dict[str, Any]:
+    """Generate an answer to every record (greedy, laid out at the last stage) and score it by exact match.
+
+    Returns accuracy (fraction correct), mean_tokens (generated, thoughts counted), mean_thoughts,
+    mean_core_steps (core iterations per generated token; None for a model without a recurrent core) and
+    examples. Recurrent models draw their initial state from the seeded table, so the figures do not
+    depend on ``batch_size``.
+    """
+    lm = ContinuousThoughtLM(backend_for(model, s0_seed=0))
+    laid_out = [question_prefix(encode_record(tokenizer.encode, r.question, r.steps, r.answer), config, tokenizer.ids)
+                for r in records]
+    correct = tokens = thoughts = core = 0
+    for start in range(0, len(records), batch_size):
+        chunk = laid_out[start:start + batch_size]
+        out = generate(lm, [p for p, _ in chunk], [n for _, n in chunk], tokenizer.ids,
+                       max_new_tokens=max_new_tokens, thought_exit=thought_exit, depth=depth)
+        for b, record in enumerate(records[start:start + batch_size]):
+            correct += exact_match(tokenizer.decode(out.tokens[b]), record.answer)
+            steps = out.core_steps(b)
+            core += 0 if steps is None else steps
+        tokens += out.num_generated
+        thoughts += sum(out.thoughts)
+    n = max(len(records), 1)
+    recurrent = isinstance(model, RecurrentDepthLM)
+    return {"examples": len(records), "accuracy": correct / n, "mean_tokens": tokens / n,
+            "mean_thoughts": thoughts / n, "mean_core_steps": core / max(tokens, 1) if recurrent else None}
+
+
+@dataclass(frozen=True)
+class Setting:
+    """One row of the table: a model at a depth, with or without adaptive thoughts."""
+
+    label: str
+    name: str
+    depth: Depth
+    thought_exit: Optional[ExitSpec]
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog=PROG, description=__doc__.split("\n\n")[0],
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--model", action="append", required=True, metavar="NAME=DIR",
+                   help="a Coconut export (repeatable); NAME labels its row")
+    p.add_argument("--data", required=True, help="JSON list of {question, steps, answer} records")
+    p.add_argument("--num-examples", type=int, help="score only the first N records")
+    p.add_argument("--batch-size", type=int, default=32)
+    p.add_argument("--max-new-tokens", type=int, default=64)
+    p.add_argument("--depths", type=int, nargs="+", default=[], metavar="R",
+                   help="extra rows at these core depths (recurrent models only)")
+    p.add_argument("--thought-exit", choices=("convergence",),
+                   help="extra rows whose thoughts stop once successive thoughts converge (bounded by the layout; "
+                        "models trained with method=coconut only)")
+    p.add_argument("--thought-threshold", type=float, help="relative change below which thinking stops")
+    p.add_argument("--device", default="cpu", help="cpu | cuda | cuda:N")
+    p.add_argument("--out", help="also write the table to OUT.md and all figures to OUT.json")
+    return p
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return _run(args)
+    except InputError as err:
+        print(f"{PROG}: error: {err}", file=sys.stderr)
+        return 2
+
+
+def parse_models(specs: Sequence[str]) -> list[tuple[str, Path]]:
+    models: list[tuple[str, Path]] = []
+    for spec in specs:
+        name, sep, directory = spec.partition("=")
+        if not sep or not name or not directory:
+            raise InputError(f"--model {spec!r}: expected NAME=DIR, e.g. --model coconut=runs/a/export")
+        if name in {n for n, _ in models}:
+            raise InputError(f"--model {spec!r}: the name {name!r} is given twice; give each model its own NAME")
+        if not Path(directory).is_dir():
+            raise InputError(f"--model {spec!r}: {directory} is not a directory; pass the export directory of a "
+                             "Coconut run (<run_dir>/export)")
+        models.append((name, Path(directory)))
+    return models
+
+
+def check_numbers(args: argparse.Namespace) -> None:
+    for flag, value in (("--num-examples", args.num_examples), ("--batch-size", args.batch_size),
+                        ("--max-new-tokens", args.max_new_tokens), *(("--depths", r) for r in args.depths)):
+        if value is not None and value < 1:
+            raise InputError(f"{flag} {value}: must be >= 1")
+    if args.thought_threshold is not None and args.thought_exit is None:
+        raise InputError("--thought-threshold needs --thought-exit convergence")
+
+
+def settings_for(name: str, model: nn.Module, config: CoconutConfig, args: argparse.Namespace) -> list[Setting]:
+    """The rows of one model: its default depth, each of ``--depths``, each again with adaptive thoughts."""
+    if args.depths and not isinstance(model, RecurrentDepthLM):
+        raise InputError(f"--depths: {name} is a Hugging Face model, which has no recurrent core; drop --depths or "
+                         "evaluate it in a separate run")
+    exits: list[Optional[ExitSpec]] = [None]
+    if args.thought_exit and config.method == "coconut":  # only continuous thoughts can stop early
+        exits.append(ExitSpec(criterion=args.thought_exit, threshold=args.thought_threshold))
+    return [Setting(_label(name, r, spec is not None), name, FIXED if r is None else Depth(num_steps=r), spec)
+            for spec in exits for r in (None, *args.depths)]
+
+
+def _label(name: str, depth: Optional[int], adaptive: bool) -> str:
+    tags = ([f"r={depth}"] if depth is not None else []) + (["adaptive thoughts"] if adaptive else [])
+    return f"{name} ({', '.join(tags)})" if tags else name
+
+
+def _run(args: argparse.Namespace) -> int:
+    check_numbers(args)
+    try:
+        device = pick_device(args.device, "--device")
+    except ValueError as err:
+        raise InputError(str(err)) from None
+    loaded = {}
+    for name, directory in parse_models(args.model):
+        try:
+            loaded[name] = load_coconut_model(directory, device)
+        except (OSError, ValueError) as err:
+            raise InputError(f"--model {name}={directory}: {err}") from None
+    settings = [s for name, (model, _, config) in loaded.items() for s in settings_for(name, model, config, args)]
+    if not Path(args.data).is_file():
+        raise InputError(f"--data {args.data} does not exist; pass a JSON list of {{question, steps, answer}} "
+                         "records (e.g. written by `recurrent-lm-coconut-data`)")
+    try:
+        records = load_records(args.data, require_steps=any(needs_steps(c) for _, _, c in loaded.values()))
+    except (OSError, ValueError) as err:  # the loader's message names the file, the record and the fix
+        raise InputError(f"--data: {err}") from None
+    records = records[: args.num_examples]
+
+    rows = []
+    for s in settings:
+        model, tokenizer, config = loaded[s.name]
+        figures = evaluate_model(model, tokenizer, config, records, batch_size=args.batch_size, depth=s.depth,
+                                 thought_exit=s.thought_exit, max_new_tokens=args.max_new_tokens)
+        rows.append({"label": s.label, "model": s.name, "method": config.method, "num_steps": s.depth.num_steps,
+                     "thought_exit": args.thought_exit if s.thought_exit else None, **figures})
+    table = markdown(rows)
+    print(table)
+    if args.out:
+        out = Path(args.out)
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.with_suffix(".md").write_text(table + "\n")
+        report = {"data": str(args.data), "examples": len(records), "rows": rows}
+        out.with_suffix(".json").write_text(json.dumps(report, indent=2) + "\n")
+    return 0
+
+
+def markdown(rows: Sequence[dict[str, Any]]) -> str:
+    """The Table 1 layout: method | accuracy % | tokens | thoughts | core iterations per token."""
+    lines = ["| " + " | ".join(COLUMNS) + " |", "|" + "|".join(["---"] + ["---:"] * (len(COLUMNS) - 1)) + "|"]
+    for r in rows:
+        core = "–" if r["mean_core_steps"] is None else f"{r['mean_core_steps']:.1f}"
+        lines.append(f"| {r['label']} | {100 * r['accuracy']:.1f} | {r['mean_tokens']:.1f} | "
+                     f"{r['mean_thoughts']:.1f} | {core} |")
+    return "\n".join(lines)
