@@ -127,7 +127,7 @@ def spread(seconds: list[float], scale: float = 1.0) -> str:
 
 def train_row(name: str, make, shapes: Shapes, repeats: int) -> list[str]:
     lm, depth = make()
-    lm.train()
+    lm.backend.model.train()
     batch = collate(examples(shapes.train_batch), IDS.pad)
 
     def cached() -> None:
@@ -137,9 +137,9 @@ def train_row(name: str, make, shapes: Shapes, repeats: int) -> list[str]:
         naive_loss(lm.backend, batch, depth).backward()
 
     with torch.no_grad():  # same loss from both algorithms: the baseline computes what Coconut computes
-        lm.eval()
+        lm.backend.model.eval()
         same = torch.allclose(lm(batch, depth=depth).loss, naive_loss(lm.backend, batch, depth), atol=1e-4)
-        lm.train()
+        lm.backend.model.train()
     fast, slow = timed(cached, repeats), timed(naive, repeats)
     shape = f"{shapes.train_batch} x ({QUESTION + 1} + {THOUGHTS} + {SUFFIX})"
     ratio = statistics.median(slow) / statistics.median(fast)
@@ -148,7 +148,7 @@ def train_row(name: str, make, shapes: Shapes, repeats: int) -> list[str]:
 
 def generation_row(name: str, make, shapes: Shapes, repeats: int) -> list[str]:
     lm, depth = make()
-    lm.eval()
+    lm.backend.model.eval()
     batch = examples(shapes.gen_batch, seed=1)
     prefixes, bounds = [e.prefix for e in batch], [e.thoughts for e in batch]
     tokens_each = THOUGHTS + SUFFIX

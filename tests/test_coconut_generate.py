@@ -3,9 +3,6 @@
 from __future__ import annotations
 
 import json
-import sys
-import types
-from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
@@ -160,31 +157,8 @@ RECORDS = [
 ]
 
 
-def _stand_in_records() -> types.ModuleType:
-    """recurrent_lm.coconut.records as its branch defines it (load_records, ReasoningRecord), until it lands."""
-    module = types.ModuleType("recurrent_lm.coconut.records")
-
-    @dataclass(frozen=True)
-    class ReasoningRecord:
-        question: str
-        steps: tuple[str, ...]
-        answer: str
-
-    def load_records(path, *, require_steps: bool = True) -> list:
-        data = json.loads(Path(path).read_text())  # missing file: OSError; bad JSON: ValueError
-        if not isinstance(data, list) or any(require_steps and not r.get("steps") for r in data):
-            raise ValueError(f"{path}: not a list of records with steps")
-        return [ReasoningRecord(r["question"], tuple(r.get("steps", ())), r["answer"]) for r in data]
-
-    module.ReasoningRecord, module.load_records = ReasoningRecord, load_records
-    return module
-
-
-try:
-    import recurrent_lm.coconut.records  # noqa: F401
-except ModuleNotFoundError:
-    sys.modules["recurrent_lm.coconut.records"] = _stand_in_records()
-from recurrent_lm.coconut.evaluate import evaluate_model, main  # noqa: E402
+from recurrent_lm.coconut.evaluate import evaluate_model, main
+from recurrent_lm.coconut.records import load_records
 
 
 def bpe(specials: list[str]) -> Tokenizer:
@@ -250,7 +224,7 @@ def test_eval_cli_depth_and_adaptive_rows_and_report(exports, capsys):
 
 def test_evaluate_model_does_not_depend_on_the_batch_size(exports):
     model, tokenizer, config = load_coconut_model(exports["coconut"])
-    records = _stand_in_records().load_records(exports["data"])
+    records = load_records(exports["data"])
     one = evaluate_model(model, tokenizer, config, records, batch_size=1, max_new_tokens=4)
     three = evaluate_model(model, tokenizer, config, records, batch_size=3, max_new_tokens=4)
     assert one == three and one["examples"] == 3 and one["mean_thoughts"] == 2.0

@@ -73,21 +73,22 @@ def generate(lm: ContinuousThoughtLM, prefixes: Sequence[Sequence[int]], thought
     prefixes = [[int(t) for t in p] for p in prefixes]
     bounds = [int(thoughts)] * len(prefixes) if isinstance(thoughts, int) else [int(n) for n in thoughts]
     _check_inputs(lm, prefixes, bounds, max_new_tokens)
-    was_training = lm.model.training  # the model's mode, not the wrapper's (a fresh wrapper starts in training)
-    lm.eval()
+    model = lm.backend.model
+    was_training = model.training
+    model.eval()
     try:
         with torch.inference_mode():
             return _generate(lm, prefixes, bounds, ids, max_new_tokens, thought_exit, depth,
                              (temperature, top_k, top_p), seed)
     finally:
-        lm.train(was_training)
+        model.train(was_training)
 
 
 def _generate(lm: ContinuousThoughtLM, prefixes: list[list[int]], bounds: list[int], ids: SpecialIds,
               max_new_tokens: int, thought_exit: Optional[ExitSpec], depth: Depth,
               sampling: tuple[float, Optional[int], Optional[float]], seed: int) -> CoconutGeneration:
     backend = lm.backend
-    device = next(lm.model.parameters()).device
+    device = next(lm.backend.model.parameters()).device
     batch = collate([ThoughtExample(tuple(p), n, (ids.eot,)) for p, n in zip(prefixes, bounds)], ids.pad)
     batch = {k: v.to(device) for k, v in batch.items()}
     generators = None if sampling[0] == 0 else row_generators([seed + b for b in range(len(prefixes))], device)
@@ -141,7 +142,7 @@ def _generate(lm: ContinuousThoughtLM, prefixes: list[list[int]], bounds: list[i
 
 def context_length(lm: ContinuousThoughtLM) -> Optional[int]:
     """Positions the model can address (our block_size, a Hugging Face max_position_embeddings), if bounded."""
-    config = lm.model.config
+    config = lm.backend.model.config
     return getattr(config, "block_size", None) or getattr(config, "max_position_embeddings", None)
 
 
