@@ -12,10 +12,10 @@ run (and its export) tokenizes exactly as the first session did:
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Optional
 
-import torch
 from torch import nn
 
 from recurrent_lm.coconut.config import CoconutConfig
@@ -115,9 +115,21 @@ def build(cfg: TrainConfig, run_dir: Path) -> tuple[CoconutDataModule, CoconutMo
 
 def export_and_score(cfg: TrainConfig, module: CoconutModule, tokenizer: ThoughtTokenizer, run_dir: Path,
                      export_dir: Path) -> dict[str, Any]:
+    """Export the model (with its tokenizer and coconut.json), then score ``num_eval`` records of the eval file by
+    exact match, as ``recurrent-lm-coconut-eval`` would; the figures go to ``<run_dir>/coconut_eval.json``."""
+    from recurrent_lm.coconut.evaluate import evaluate_model, needs_steps
     from recurrent_lm.coconut.export import save_coconut_model
+    from recurrent_lm.train.run_dir import write_text_atomic
 
+    coconut = cfg.coconut
     model = module.model.float().eval()
-    with torch.no_grad():
-        save_coconut_model(model, tokenizer, cfg.coconut, export_dir)
-    return {"export": export_dir}
+    summary: dict[str, Any] = {}
+    if cfg.export:
+        summary["export"] = save_coconut_model(model, tokenizer, coconut, export_dir)
+    if coconut.num_eval:
+        records = load_records(coconut.eval_file, require_steps=needs_steps(coconut))[: coconut.num_eval]
+        result = {"method": coconut.method, "file": coconut.eval_file,
+                  **evaluate_model(model, tokenizer, coconut, records, batch_size=cfg.trainer.micro_batch_size)}
+        write_text_atomic(run_dir / "coconut_eval.json", json.dumps(result, indent=2))
+        summary["coconut_eval"] = result
+    return summary

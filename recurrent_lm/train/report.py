@@ -29,6 +29,11 @@ def print_report(cfg: TrainConfig, summary: dict[str, Any]) -> None:
     console.print(f"steps trained: {summary['step']}   run dir: {summary['run_dir']}")
     if "export" in summary:
         console.print(f"exported model: [bold]{summary['export']}[/bold]")
+    if "coconut_eval" in summary:
+        e = summary["coconut_eval"]
+        console.print(f"coconut ({e['method']}): exact match {100 * e['accuracy']:.1f}% on {e['examples']} records of "
+                      f"{e['file']}; {e['mean_tokens']:.1f} generated tokens ({e['mean_thoughts']:.1f} thoughts) per "
+                      f"answer; written to {summary['run_dir'] / 'coconut_eval.json'}", markup=False)
     if "reasoning" in summary:
         console.rule(f"{summary['reasoning'].task}: exact match by difficulty × test-time depth")
         console.print(summary["reasoning"].to_markdown(), markup=False, soft_wrap=True)
