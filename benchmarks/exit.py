@@ -11,7 +11,7 @@ For fixed depth r = r_max and for each exit criterion at a few thresholds (cap r
   core-iteration equivalents (iterations + readouts × cost(coda + head) / cost(core iteration));
 * batch-1 cached decode tokens/s (greedy, prompts cut from the validation stream, prefill excluded);
 * KV-cache bytes after decoding: full (adaptive under exit: only slots some token reached), and for
-  fixed r_max also compressed (--window) and latest, with their greedy-token agreement with full.
+  fixed r_max also compressed (--kv-window) and latest, with their greedy-token agreement with full.
 
 It ends with the three goals of the inference issue (≥ 2× fewer iterations at ≤ 1 % relative loss
 increase for the convergence exit; ≥ 1.5× faster batch-1 decode than fixed r_max; compressed ≤ 1/4 of
@@ -37,9 +37,10 @@ import torch
 from recurrent_lm.data.tokenizer import TextTokenizer
 from recurrent_lm.infer import GenerationConfig, generate
 from recurrent_lm.model import kv_cache_bytes
-from recurrent_lm.loop import build_criterion
+from recurrent_lm.loop import ExitSpec, resolve_depth
 from recurrent_lm.model import RecurrentDepthLM
 from recurrent_lm.model.accounting import forward_flops_per_token
+from recurrent_lm.model.cache import DEFAULT_KV_WINDOW
 from recurrent_lm.model.io import model_dir_problem
 
 DEFAULT_THRESHOLDS = {
@@ -70,7 +71,7 @@ def parse_args(argv: Optional[list[str]] = None) -> argparse.Namespace:
     p.add_argument("--decode-tokens", type=int, default=32)
     p.add_argument("--repeats", type=int, default=2,
                    help="decode each prompt this many times and keep the fastest (timings on a shared CPU are noisy)")
-    p.add_argument("--window", type=int, default=4, help="iterations kept by the compressed cache")
+    p.add_argument("--kv-window", type=int, default=DEFAULT_KV_WINDOW, help="iterations kept by the compressed cache")
     p.add_argument("--threads", type=int, default=None, help="torch intra-op threads (default: torch's choice)")
     p.add_argument("--device", default="cpu")
     p.add_argument("--json", dest="json_out", help="write all figures to this JSON file")
@@ -167,11 +168,14 @@ def main(argv: Optional[list[str]] = None) -> dict:
     model = RecurrentDepthLM.from_pretrained(directory, map_location=args.device)
     cfg = model.config
     seq_len = args.seq_len or min(cfg.block_size, 256)
-    thresholds = {name: list(DEFAULT_THRESHOLDS[name]) for name in args.criteria.split(",") if name}
+    r_max = resolve_depth(args.r_max, cfg.mean_recurrence)
+    thresholds = {name: DEFAULT_THRESHOLDS.get(name, [None]) for name in args.criteria.split(",") if name}
     for item in args.thresholds:
         name, _, values = item.partition("=")
-        build_criterion(name)  # a clear error for an unknown name
-        thresholds[name] = [float(v) for v in values.split(",")]
+        thresholds[name] = values.split(",")
+    # Every setting checked (an unknown name or a bad threshold fails here, with ExitSpec's message) before the
+    # first measurement; r_max caps them all.
+    specs = [ExitSpec()] + [ExitSpec.parse(name, t) for name, ts in thresholds.items() for t in ts]
 
     tokens = load_tokens(args.data, tokenizer, cfg.vocab_size)
     batches = list(windows(tokens, args.eval_batches * args.batch_size, seq_len).split(args.batch_size))
@@ -184,17 +188,15 @@ def main(argv: Optional[list[str]] = None) -> dict:
           f"tokens | decode {len(prompts)}×{n_new} tokens | threads {torch.get_num_threads()} | "
           f"readout/core-iteration cost {ratio:.2f}", flush=True)
 
-    settings = [("fixed", None)] + [(name, t) for name, ts in thresholds.items() for t in ts]
     rows = []
     with torch.inference_mode():
-        generate(model, [prompts[0]], GenerationConfig(max_new_tokens=4, num_steps=args.r_max))  # warm-up
-        for name, threshold in settings:
-            exit_name = None if name == "fixed" else name
-            criterion = build_criterion(exit_name, threshold, 1, args.r_max)
-            row = {"setting": "fixed" if name == "fixed" else f"{name}={threshold:g}", "criterion": name,
-                   "threshold": threshold}
-            row.update(evaluate(model, batches, args.r_max, criterion))
-            config = GenerationConfig(max_new_tokens=n_new, num_steps=args.r_max, exit=exit_name, threshold=threshold)
+        generate(model, [prompts[0]], GenerationConfig(max_new_tokens=4, num_steps=r_max))  # warm-up
+        for spec in specs:
+            name = spec.criterion or "fixed"
+            row = {"setting": f"{name}={spec.threshold:g}" if spec.adaptive else name, "criterion": name,
+                   "threshold": spec.threshold}
+            row.update(evaluate(model, batches, r_max, spec.build()))
+            config = GenerationConfig(max_new_tokens=n_new, num_steps=r_max, **spec.settings())
             row.update(decode(model, prompts, config, args.repeats))
             row["cost_per_token"] = row["decode_iters_per_token"] + row["decode_readouts_per_token"] * ratio
             rows.append(row)
@@ -204,22 +206,22 @@ def main(argv: Optional[list[str]] = None) -> dict:
         fixed = rows[0]
         caches = {"full": {"bytes": fixed["cache_bytes"], "decode_tok_s": fixed["decode_tok_s"], "agreement": 1.0}}
         for strategy in ("compressed", "latest"):
-            config = GenerationConfig(max_new_tokens=n_new, num_steps=args.r_max, kv_cache=strategy,
-                                      cache_window=args.window)
+            config = GenerationConfig(max_new_tokens=n_new, num_steps=r_max, kv_cache=strategy,
+                                      kv_window=args.kv_window)
             measured = decode(model, prompts, config, args.repeats)
             caches[strategy] = {"bytes": measured["cache_bytes"], "decode_tok_s": measured["decode_tok_s"],
                                 "agreement": agreement(measured["tokens"], fixed["tokens"])}
     cache_tokens = args.prompt_len + n_new - 1
     for strategy in caches:
-        caches[strategy]["predicted_bytes"] = kv_cache_bytes(cfg, cache_tokens, args.r_max, strategy, args.window,
+        caches[strategy]["predicted_bytes"] = kv_cache_bytes(cfg, cache_tokens, r_max, strategy, args.kv_window,
                                                              dtype=next(model.parameters()).dtype)
 
     goals = check_goals(rows, caches, args)
     report = {"command": " ".join(["python", "benchmarks/exit.py", *(argv if argv is not None else sys.argv[1:])]),
-              "model": str(directory), "model_config": cfg.to_dict(), "r_max": args.r_max, "seq_len": seq_len,
+              "model": str(directory), "model_config": cfg.to_dict(), "r_max": r_max, "seq_len": seq_len,
               "eval_tokens": len(batches) * args.batch_size * seq_len, "decode_prompts": len(prompts),
               "decode_tokens": n_new, "threads": torch.get_num_threads(), "platform": platform.platform(),
-              "torch": torch.__version__, "readout_cost_ratio": ratio, "window": args.window,
+              "torch": torch.__version__, "readout_cost_ratio": ratio, "kv_window": args.kv_window,
               "rows": [{k: v for k, v in r.items() if k != "tokens"} for r in rows], "caches": caches,
               "goals": goals}
     print()
@@ -246,7 +248,7 @@ def check_goals(rows: list[dict], caches: dict, args) -> dict:
         speedup = best["decode_tok_s"] / fixed["decode_tok_s"]
         goals["decode_speed"] = {"met": speedup >= 1.5, "setting": best["setting"], "speedup": speedup}
     share = caches["compressed"]["bytes"] / caches["full"]["bytes"]
-    goals["cache"] = {"met": share <= 0.25, "compressed_over_full": share, "window": args.window}
+    goals["cache"] = {"met": share <= 0.25, "compressed_over_full": share, "kv_window": args.kv_window}
     return goals
 
 
@@ -270,7 +272,7 @@ def markdown(report: dict) -> str:
               "|---|---:|---:|---:|---:|---:|"]
     full = report["caches"]["full"]["bytes"]
     for name, c in report["caches"].items():
-        label = f"{name} (window {report['window']})" if name == "compressed" else name
+        label = f"{name} (kv_window {report['kv_window']})" if name == "compressed" else name
         lines.append(f"| {label} | {c['bytes']:,} | {c['predicted_bytes']:,} | {c['bytes'] / full:.3f} | "
                      f"{100 * c['agreement']:.1f}% | {c['decode_tok_s']:.1f} |")
     g = report["goals"]
@@ -284,7 +286,7 @@ def markdown(report: dict) -> str:
                  + (f"({sp['setting']}: {sp['speedup']:.2f}×)" if "speedup" in sp else f"({sp['why']})"))
     ca = g["cache"]
     lines.append(f"- compressed cache ≤ 1/4 of full at r = {r_max}: {'MET' if ca['met'] else 'MISSED'} "
-                 f"(window {ca['window']}: {ca['compressed_over_full']:.3f} of full)")
+                 f"(kv_window {ca['kv_window']}: {ca['compressed_over_full']:.3f} of full)")
     if not math.isfinite(fixed["decode_tok_s"]):
         lines.append("- (decode speed not measured: no decode forwards ran)")
     return "\n".join(lines)

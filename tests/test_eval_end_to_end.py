@@ -158,7 +158,7 @@ def test_console_script_runs_lm_eval_and_reports_bad_input(setup, tmp_path, caps
     capsys.readouterr()
     bad = {
         "num_stepz=2": "unknown model arg(s) ['num_stepz']",
-        "num_steps=0": "num_steps=0: must be >= 1",
+        "num_steps=0": "num_steps=0 is below 1",
     }
     for arg, message in bad.items():
         assert main(["--model_args", f"{model},{arg}", "--tasks", "rlm_arith", "--limit", "1",

@@ -60,7 +60,7 @@ def test_prompt_file_batched_equals_streamed_one_by_one(model_dir, capsys, tmp_p
     prompts = tmp_path / "prompts.txt"
     prompts.write_text("to be or\n\nthe quick brown fox jumps\n")
     common = ["--max-new-tokens", 5, "--num-steps", 8, "--exit", "kl", "--threshold", 1e-3, "--kv-cache",
-              "compressed", "--cache-window", 3, "--temperature", 0.8, "--top-p", 0.9]
+              "compressed", "--kv-window", 3, "--temperature", 0.8, "--top-p", 0.9]
     code, out, _ = run(capsys, model_dir, "--prompt-file", prompts, *common, "--json", tmp_path / "a.json")
     assert code == 0 and out.count("5 tokens") == 2 and "readouts (coda+head by the criterion) 0 " not in out
     code, _, _ = run(capsys, model_dir, "--prompt-file", prompts, *common, "--batch-size", 2,
@@ -88,7 +88,7 @@ def test_stop_string_cuts_the_streamed_text(model_dir, capsys, tmp_path):
 
 
 @pytest.mark.parametrize("argv, message", [
-    (["hi", "--exit", "wobble"], "unknown exit criterion 'wobble'"),
+    (["hi", "--exit", "wobble"], "exit='wobble' is not an exit criterion"),
     (["hi", "--exit", "kl", "--min-steps", 6, "--max-steps", 3], "min_steps=6 is greater than max_steps=3"),
     (["hi", "--exit", "kl", "--num-steps", 4, "--min-steps", 6], "min_steps=6 is greater than the step cap 4"),
     (["hi", "--kv-cache", "paged"], "kv_cache='paged' is unknown"),

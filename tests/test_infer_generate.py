@@ -16,6 +16,7 @@ from recurrent_lm.infer import GenerationConfig, generate
 from recurrent_lm.model import kv_cache_bytes
 from recurrent_lm.loop import build_criterion
 from recurrent_lm.model import ModelConfig, RecurrentDepthLM, RecurrentKVCache
+from recurrent_lm.model.cache import CACHE_STRATEGIES
 
 TINY = Path(__file__).resolve().parents[1] / "conf" / "model" / "tiny.yaml"
 PROMPTS = [[7, 8, 9, 10, 11], [20, 21], [30, 31, 32, 33, 34, 35, 36, 37]]
@@ -94,12 +95,12 @@ def test_compressed_cache_with_window_at_least_r_equals_full(model, exit_kw):
     config = GenerationConfig(max_new_tokens=8, num_steps=r, **exit_kw)
     full = generate(model, PROMPTS, config, return_logits=True)
     for window in (r, r + 3):
-        comp = generate(model, PROMPTS, config, kv_cache="compressed", cache_window=window, return_logits=True)
+        comp = generate(model, PROMPTS, config, kv_cache="compressed", kv_window=window, return_logits=True)
         assert comp.tokens == full.tokens and comp.steps == full.steps
         for a, b in zip(comp.logits, full.logits):
             torch.testing.assert_close(a, b, rtol=0, atol=0)
         assert comp.cache_bytes == full.cache_bytes
-    small = generate(model, PROMPTS, config, kv_cache="compressed", cache_window=2, return_logits=True)
+    small = generate(model, PROMPTS, config, kv_cache="compressed", kv_window=2, return_logits=True)
     assert small.cache_bytes < full.cache_bytes
     assert any(not torch.equal(a, b) for a, b in zip(small.logits, full.logits)), \
         "a window of 2 < r must change what the core attends to"
@@ -109,11 +110,10 @@ def test_cache_bytes_per_strategy_match_the_formula(model):
     cfg, r, prompt, n = model.config, 6, PROMPTS[0], 7
     tokens = len(prompt) + n - 1  # the last generated token is never fed back
     measured = {}
-    for strategy, window in (("full", None), ("compressed", 2), ("latest", None)):
-        result = generate(model, [prompt], max_new_tokens=n, num_steps=r, kv_cache=strategy,
-                          cache_window=window or 4)
+    for strategy in CACHE_STRATEGIES:
+        result = generate(model, [prompt], max_new_tokens=n, num_steps=r, kv_cache=strategy, kv_window=2)
         measured[strategy] = result.cache_bytes
-        assert result.cache_bytes == kv_cache_bytes(cfg, tokens, r, strategy, window, dtype=torch.float64)
+        assert result.cache_bytes == kv_cache_bytes(cfg, tokens, r, strategy, 2, dtype=torch.float64)
     assert measured["latest"] < measured["compressed"] < measured["full"]
     # The benchmark's goal shape: a 4-iteration window at r = 32 is under a quarter of the full cache.
     assert kv_cache_bytes(cfg, 100, 32, "compressed", 4) <= kv_cache_bytes(cfg, 100, 32, "full") / 4
@@ -130,7 +130,7 @@ BATCH_CASES = {
     "causal_convergence": dict(num_steps=12, exit="causal_convergence", threshold=0.08),
     "sequence_convergence": dict(num_steps=12, exit="sequence_convergence", threshold=0.08),
     "warm_start_exit": dict(num_steps=12, exit="convergence", threshold=0.08, warm_start=True),
-    "compressed_exit": dict(num_steps=12, exit="convergence", threshold=0.08, kv_cache="compressed", cache_window=3),
+    "compressed_exit": dict(num_steps=12, exit="convergence", threshold=0.08, kv_cache="compressed", kv_window=3),
     "latest_exit": dict(num_steps=12, exit="convergence", threshold=0.08, kv_cache="latest"),
     "sampling": dict(num_steps=6, temperature=0.9, top_k=50, top_p=0.9, seed=11),
 }
@@ -290,7 +290,7 @@ def test_eos_max_new_tokens_and_streaming_callback(model):
 # ------------------------------------------------------------------ bad input
 
 @pytest.mark.parametrize("kwargs, message", [
-    (dict(exit="banana"), "unknown exit criterion 'banana'"),
+    (dict(exit="banana"), "exit='banana' is not an exit criterion"),
     (dict(exit="kl", min_steps=5, max_steps=3), "min_steps=5 is greater than max_steps=3"),
     (dict(kv_cache="tiny"), "kv_cache='tiny' is unknown"),
     (dict(top_p=0.0), "top_p"),

@@ -282,7 +282,7 @@ def test_build_criterion_by_name():
     assert isinstance(build_criterion("convergence"), Convergence)
     kl = build_criterion("kl", threshold=0.01, min_steps=2, max_steps=9)
     assert isinstance(kl, KLDivergence) and (kl.threshold, kl.min_steps, kl.max_steps) == (0.01, 2, 9)
-    with pytest.raises(ValueError, match="unknown exit criterion"):
+    with pytest.raises(ValueError, match="exit='cosine-ish' is not an exit criterion"):
         build_criterion("cosine-ish")
 
 

@@ -25,7 +25,7 @@ def tiny(task: TaskConfig, **kw) -> RecurrentDepthLM:
 def test_report_has_one_cell_per_difficulty_and_depth(name):
     diffs = (2, 4, 8) if name == "parity" else (1, 2, 4)
     task = TaskConfig(name=name, train_max=4, eval_difficulties=list(diffs), eval_depths=[1, 3, 6], num_eval=12,
-                      exit_max_steps=8)
+                      max_steps=8)
     report = evaluate(tiny(task), task, batch_size=8)
     assert set(report.accuracy) == {(d, r) for d in diffs for r in (1, 3, 6)}
     assert all(0.0 <= v <= 1.0 for v in [*report.accuracy.values(), *report.token_accuracy.values()])
@@ -124,4 +124,24 @@ def test_cli_bad_input_is_one_line_and_status_2(tmp_path, capsys):
     assert "pass --task" in capsys.readouterr().err
     save_task(task, tmp_path / "model")
     assert main(["--model", str(tmp_path / "model"), "--exit", "causal"]) == 2
-    assert "unknown exit criterion 'causal'" in capsys.readouterr().err
+    assert "exit='causal' is not an exit criterion; choose one of" in capsys.readouterr().err
+
+
+def test_cli_exit_flags_override_the_tasks_exit_settings(tmp_path):
+    task = TaskConfig(train_max=4, eval_difficulties=[4], eval_depths=[2, 4], num_eval=4, threshold=0.5)
+    tiny(task).save_pretrained(tmp_path / "model")
+    save_task(task, tmp_path / "model")
+    out = tmp_path / "exit.md"
+    assert main(["--model", str(tmp_path / "model"), "--exit", "kl", "--threshold", "none", "--min-steps", "2",
+                 "--max-steps", "3", "--out", str(out)]) == 0
+    [kl] = json.loads(out.with_suffix(".json").read_text())["exits"]
+    assert (kl["name"], kl["threshold"], kl["max_steps"]) == ("kl", 5e-4, 3)  # 'none': the criterion's default
+    assert 2 <= kl["mean_steps"]["4"] <= 3
+
+
+def test_task_json_from_before_the_exit_settings_were_renamed_still_loads(tmp_path):
+    old = {**TaskConfig().to_dict(), "exit_threshold": 0.1, "exit_max_steps": 0}
+    del old["threshold"], old["max_steps"]
+    (tmp_path / "task.json").write_text(json.dumps(old))
+    task = load_task(tmp_path)
+    assert (task.threshold, task.max_steps) == (0.1, None)

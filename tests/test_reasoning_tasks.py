@@ -108,7 +108,7 @@ def test_reachability_config_errors(overrides, message):
 
 
 def test_unknown_exit_criterion_is_refused_by_name():
-    with pytest.raises(ValueError, match=r"task.exit_criteria has unknown \['causal'\]; choose from"):
+    with pytest.raises(ValueError, match=r"exit='causal' is not an exit criterion; choose one of"):
         TaskConfig(exit_criteria=["convergence", "causal"])
 
 

@@ -37,8 +37,8 @@ from tqdm import tqdm
 
 from recurrent_lm.evaluation.errors import EvalError
 from recurrent_lm.evaluation.model_args import (MODEL_ARGS, load_tokenizer, parse_batch_size, parse_cache,
-                                                parse_device, parse_dtype, parse_num_steps, resolve_model_dir)
-from recurrent_lm.loop.criteria import DEFAULT_THRESHOLDS, build_criterion
+                                                parse_depth, parse_device, parse_dtype, parse_exit, parse_kv_window,
+                                                resolve_model_dir)
 from recurrent_lm.model import RecurrentDepthLM
 from recurrent_lm.model.io import TOKENIZER_FILE
 
@@ -61,10 +61,11 @@ class RecurrentLMEval(TemplateLM):
         pretrained: Union[str, os.PathLike, nn.Module, None] = None,
         num_steps: Any = None,
         exit: Optional[str] = None,  # noqa: A002 - the model arg is called `exit`
-        threshold: Optional[float] = None,
-        min_steps: int = 1,
+        threshold: Any = None,
+        min_steps: Any = None,
+        max_steps: Any = None,
         kv_cache: Any = "full",
-        kv_window: Optional[int] = None,
+        kv_window: Any = None,
         batch_size: Any = 1,
         max_batch_size: Optional[int] = None,
         dtype: str = "float32",
@@ -82,21 +83,10 @@ class RecurrentLMEval(TemplateLM):
                             f"{sorted(MODEL_ARGS)} (see docs/evaluation.md)")
         if pretrained is None or (isinstance(pretrained, str) and not pretrained.strip()):
             raise EvalError(f"--model {MODEL_NAME} needs pretrained=<exported model dir or run dir>")
-        # Cheap checks first, so a typo fails before a large model is loaded.
-        steps = parse_num_steps(num_steps)
-        self.exit = None if exit in (None, False, "", "none", "None") else str(exit)
-        self.threshold = None if threshold in (None, "", "none") else float(threshold)
-        self.min_steps = int(min_steps)
-        try:
-            build_criterion(self.exit, self.threshold, min_steps=self.min_steps)
-        except ValueError as err:
-            raise EvalError(f"exit={exit!r}, threshold={threshold!r}, min_steps={min_steps!r}: {err}") from None
-        if self.exit is not None and self.threshold is None:
-            self.threshold = DEFAULT_THRESHOLDS[self.exit]
+        # Cheap checks first, so a typo fails before a large model is loaded; the depth needs the model's default.
+        self.exit_spec = parse_exit(exit, threshold, min_steps, max_steps)
         self.kv_cache = parse_cache(kv_cache)
-        self.kv_window = None if kv_window in (None, "", "none") else int(kv_window)
-        if self.kv_window is not None and self.kv_window < 1:
-            raise EvalError(f"kv_window={kv_window}: must be >= 1 (iterations kept per core layer)")
+        self.kv_window = parse_kv_window(kv_window)
         self.batch_size = parse_batch_size(batch_size, max_batch_size)
         self.max_gen_toks = int(max_gen_toks)
         if self.max_gen_toks < 1:
@@ -125,7 +115,7 @@ class RecurrentLMEval(TemplateLM):
         if self.tokenizer.vocab_size > config.vocab_size:
             raise EvalError(f"the tokenizer has {self.tokenizer.vocab_size} tokens but the model only "
                             f"{config.vocab_size} embeddings; pass the tokenizer the model was trained with")
-        self.num_steps = steps or config.mean_recurrence
+        self.set_num_steps(num_steps)
         self.max_length = config.block_size if max_length in (None, "", "none") else int(max_length)
         if not 2 <= self.max_length <= config.block_size:
             raise EvalError(f"max_length={max_length}: must be in [2, block_size={config.block_size}]")
@@ -163,14 +153,14 @@ class RecurrentLMEval(TemplateLM):
 
     def settings(self) -> dict[str, Any]:
         """The evaluation settings that change results: what a sweep records next to its metrics."""
-        return {"num_steps": self.num_steps, "exit": self.exit or "none", "threshold": self.threshold,
-                "min_steps": self.min_steps, "kv_cache": self.kv_cache, "seed": self.seed,
-                "max_length": self.max_length,
-                "dtype": str(self._dtype).removeprefix("torch.")}
+        return {"num_steps": self.num_steps, **self.exit_spec.settings(), "kv_cache": self.kv_cache,
+                "seed": self.seed, "max_length": self.max_length, "dtype": str(self._dtype).removeprefix("torch.")}
 
-    def set_num_steps(self, num_steps: Any) -> None:
-        """Change the test-time depth in place (a sweep reuses one loaded model)."""
-        self.num_steps = parse_num_steps(num_steps) or self.model.config.mean_recurrence
+    def set_num_steps(self, num_steps: Any) -> int:
+        """Set (and return) the test-time depth: the cap of core iterations for the request ``num_steps``.
+        A sweep calls it once per depth on one loaded model."""
+        self.num_steps = parse_depth(num_steps, self.model.config.mean_recurrence, self.exit_spec)
+        return self.num_steps
 
     # ------------------------------------------------------------------ steps accounting
     def reset_steps(self) -> None:
@@ -193,7 +183,7 @@ class RecurrentLMEval(TemplateLM):
 
     def _forward(self, input_ids: Tensor, valid: Tensor, **kwargs: Any) -> Tensor:
         """Logits (B, T, V) at the configured depth; ``valid`` (B, T) marks the real tokens to account."""
-        criterion = build_criterion(self.exit, self.threshold, min_steps=self.min_steps, watch=valid)
+        criterion = self.exit_spec.build(watch=valid)
         if self._init_states is not None:  # positions 0..T-1: inputs here are right-padded, never cached
             kwargs["init_state"] = self._init_states[: input_ids.shape[1]].expand(input_ids.shape[0], -1, -1)
         out = self.model(input_ids, num_steps=self.num_steps, exit_criterion=criterion, **kwargs)
@@ -323,9 +313,8 @@ class RecurrentLMEval(TemplateLM):
             log.warning("recurrent_lm ignores the generation kwargs %s", ignored)
         try:
             config = GenerationConfig(
-                max_new_tokens=budget, num_steps=self.num_steps, exit=self.exit, threshold=self.threshold,
-                min_steps=self.min_steps, kv_cache=self.kv_cache, cache_window=self.kv_window or 4,
-                temperature=temperature, top_k=int(top_k) if top_k else None,
+                max_new_tokens=budget, num_steps=self.num_steps, **self.exit_spec.settings(), kv_cache=self.kv_cache,
+                kv_window=self.kv_window, temperature=temperature, top_k=int(top_k) if top_k else None,
                 top_p=float(top_p) if top_p is not None else None, stop=tuple(s for s in until if s),
                 seed=self.seed)
         except ValueError as err:

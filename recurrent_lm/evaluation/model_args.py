@@ -14,8 +14,8 @@ from typing import Any, Optional, Union
 import torch
 
 from recurrent_lm.evaluation.errors import EvalError, ModelNotFoundError
-from recurrent_lm.loop.criteria import CRITERIA
-from recurrent_lm.model.cache import CACHE_STRATEGIES
+from recurrent_lm.loop.exit_spec import EXIT_CHOICES, DepthRequest, ExitSpec, resolve_depth
+from recurrent_lm.model.cache import CACHE_STRATEGIES, DEFAULT_KV_WINDOW
 from recurrent_lm.model.device import pick_device
 from recurrent_lm.model.io import CONFIG_FILE, TOKENIZER_FILE, WEIGHTS_FILE, model_dir_problem
 
@@ -25,11 +25,12 @@ MODEL_ARGS: dict[str, str] = {
     "pretrained": "exported model directory (config.json + model.safetensors + tokenizer.json), or a run "
                   "directory holding one in export/",
     "num_steps": "core iterations per token (test-time depth r); default: the model's mean_recurrence",
-    "exit": f"per-token exit criterion: none | {' | '.join(CRITERIA)} (num_steps becomes the maximum)",
+    "exit": f"per-token exit criterion: {' | '.join(EXIT_CHOICES)} (num_steps, or max_steps, is the cap)",
     "threshold": "exit threshold; default: the criterion's own default",
     "min_steps": "iterations every token gets before the exit criterion is checked (default 1)",
+    "max_steps": "per-token cap on core iterations; default: num_steps",
     "kv_cache": f"KV cache strategy for generate_until: {' | '.join(CACHE_STRATEGIES)} (default full)",
-    "kv_window": "iterations kept per core layer with kv_cache=compressed (default 4)",
+    "kv_window": f"iterations kept per core layer with kv_cache=compressed (default {DEFAULT_KV_WINDOW})",
     "seed": "seeds the random initial states (models with init_scale > 0) and sampling (default 0)",
     "batch_size": "requests per forward (int; 'auto' uses max_batch_size or 16)",
     "max_batch_size": "upper bound used by batch_size=auto",
@@ -65,21 +66,20 @@ def resolve_model_dir(pretrained: Union[str, os.PathLike]) -> Path:
                              "export the run first with `recurrent-lm-export <run_dir>`")
 
 
-def parse_num_steps(value: Any) -> Optional[int]:
-    """``None``/'none'/'default' -> None (the model's mean_recurrence); otherwise a positive int."""
-    if value is None or (isinstance(value, str) and value.strip().lower() in ("", "none", "default")):
-        return None
+def parse_exit(exit: Any, threshold: Any, min_steps: Any, max_steps: Any) -> ExitSpec:  # noqa: A002
+    """The exit model args as one :class:`ExitSpec` (its checks, its messages)."""
     try:
-        if isinstance(value, bool):
-            raise TypeError
-        steps = int(value) if not isinstance(value, float) or value.is_integer() else None
-        if steps is None:
-            raise TypeError
-    except (TypeError, ValueError):
-        raise EvalError(f"num_steps={value!r}: must be a positive integer (core iterations per token)") from None
-    if steps <= 0:
-        raise EvalError(f"num_steps={steps}: must be >= 1 (core iterations per token); e.g. num_steps=32")
-    return steps
+        return ExitSpec.parse(exit, threshold, min_steps, max_steps)
+    except ValueError as err:
+        raise EvalError(str(err)) from None
+
+
+def parse_depth(num_steps: DepthRequest, default: int, spec: ExitSpec) -> int:
+    """The ``num_steps`` model arg as the cap of core iterations (:func:`resolve_depth`, its messages)."""
+    try:
+        return resolve_depth(num_steps, default, spec)
+    except ValueError as err:
+        raise EvalError(str(err)) from None
 
 
 def load_tokenizer(path: Path):
@@ -115,6 +115,17 @@ def parse_cache(kv_cache: Any) -> str:
         raise EvalError(f"kv_cache={kv_cache!r}: choose one of {list(CACHE_STRATEGIES)} (generation always "
                         "caches; 'latest' keeps the least memory)")
     return str(kv_cache)
+
+def parse_kv_window(kv_window: Any) -> int:
+    if kv_window in (None, "", "none"):
+        return DEFAULT_KV_WINDOW
+    try:
+        window = int(kv_window)
+    except (TypeError, ValueError):
+        window = 0
+    if window < 1:
+        raise EvalError(f"kv_window={kv_window!r}: must be an integer >= 1 (iterations kept per core layer)")
+    return window
 
 def parse_batch_size(batch_size: Any, max_batch_size: Any) -> int:
     if isinstance(batch_size, str) and batch_size.startswith("auto"):

@@ -34,20 +34,13 @@ CSV_COLUMNS = ("task", "metric", "filter", "num_steps", "exit", "threshold", "me
                "source")
 
 
-def parse_depths(value: Union[str, Sequence[Any]]) -> list[int]:
-    """'1,2,4,8' or [1, 2, 4, 8] -> sorted unique positive depths; a clear error otherwise."""
-    from recurrent_lm.evaluation.model_args import parse_num_steps
-
-    items = [v for v in (value.split(",") if isinstance(value, str) else value) if str(v).strip()]
+def split_depths(value: Union[str, Sequence[Any]]) -> list[Any]:
+    """'1,2,4,8' or [1, 2, 4, 8] -> the depth requests; each is checked once the model is loaded
+    (:meth:`RecurrentLMEval.set_num_steps`), where 'default' means its mean_recurrence."""
+    items = [str(v).strip() for v in (value.split(",") if isinstance(value, str) else value) if str(v).strip()]
     if not items:
         raise EvalError("--num_steps: give at least one depth, e.g. --num_steps 1,2,4,8")
-    depths = []
-    for item in items:
-        steps = parse_num_steps(str(item).strip())
-        if steps is None:
-            raise EvalError(f"--num_steps: {item!r} is not a depth; give positive integers, e.g. 1,2,4,8")
-        depths.append(steps)
-    return sorted(set(depths))
+    return items
 
 
 def run_sweep(model_args: Union[str, dict[str, Any]], depths: Union[str, Sequence[Any]], tasks: Sequence[str],
@@ -66,7 +59,7 @@ def run_sweep(model_args: Union[str, dict[str, Any]], depths: Union[str, Sequenc
     from recurrent_lm.evaluation.harness import RecurrentLMEval
     from recurrent_lm.evaluation.tasks import build_task_manager
 
-    depth_list = parse_depths(depths)
+    requests = split_depths(depths)
     args = simple_parse_args_string(model_args) if isinstance(model_args, str) else dict(model_args)
     args.pop("num_steps", None)
     tasks = [t for task in tasks for t in str(task).split(",") if t.strip()]
@@ -76,10 +69,11 @@ def run_sweep(model_args: Union[str, dict[str, Any]], depths: Union[str, Sequenc
     out.mkdir(parents=True, exist_ok=True)
     manager = task_manager or build_task_manager(tasks, include_path=include_path, cache_dir=cache_dir,
                                                  sources=sources)
-    lm = RecurrentLMEval(**args, num_steps=depth_list[0])
+    lm = RecurrentLMEval(**args)
+    depths = sorted({lm.set_num_steps(r) for r in requests})  # every request checked before the first run
     written = []
-    for depth in depth_list:
-        lm.set_num_steps(depth)
+    for depth in depths:
+        lm.num_steps = depth
         lm.reset_steps()
         log.info("sweep: num_steps=%d on %s", depth, tasks)
         results = lm_eval.simple_evaluate(model=lm, tasks=tasks, task_manager=manager, limit=limit,

@@ -1,7 +1,7 @@
 """`recurrent-lm-generate`: stream text from an exported model directory, then show its thinking depth.
 
     recurrent-lm-generate runs/exp/export "To be, or not" --num-steps 32 --exit convergence --threshold 0.03
-    recurrent-lm-generate DIR --prompt-file prompts.txt --kv-cache compressed --cache-window 4 --temperature 0.8
+    recurrent-lm-generate DIR --prompt-file prompts.txt --kv-cache compressed --kv-window 4 --temperature 0.8
 
 The directory holds config.json, model.safetensors and tokenizer.json (what `recurrent-lm-export`
 writes). Prompts come from the positional arguments and/or a file (one prompt per line; `-` = stdin).
@@ -16,9 +16,10 @@ import sys
 from pathlib import Path
 from typing import Optional, Sequence
 
-from recurrent_lm.infer.config import EXIT_CHOICES, GenerationConfig
+from recurrent_lm.infer.config import GenerationConfig
 from recurrent_lm.infer.display import depth_text, legend, sparkline, steps_summary, token_pieces
-from recurrent_lm.model.cache import CACHE_STRATEGIES
+from recurrent_lm.loop.exit_spec import EXIT_CHOICES, ExitSpec
+from recurrent_lm.model.cache import CACHE_STRATEGIES, DEFAULT_KV_WINDOW
 from recurrent_lm.model.io import model_dir_problem
 
 
@@ -33,16 +34,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("prompts", nargs="*", help="prompt texts")
     p.add_argument("--prompt-file", help="file with one prompt per line ('-' reads stdin)")
     g = p.add_argument_group("depth and exit")
-    g.add_argument("--num-steps", type=int, help="core iterations per token (default: the model's mean_recurrence)")
-    g.add_argument("--exit", default="none", help=f"per-token exit criterion: {' | '.join(EXIT_CHOICES)}")
-    g.add_argument("--threshold", type=float, help="criterion threshold (default: the criterion's own)")
-    g.add_argument("--min-steps", type=int, default=1, help="iterations before a criterion may stop a token")
-    g.add_argument("--max-steps", type=int, help="per-token step budget: most iterations a token may use")
+    # Depth and exit flags stay text: ExitSpec.parse and resolve_depth read them, with the messages every
+    # entry point gives.
+    g.add_argument("--num-steps", help="core iterations per token (default: the model's mean_recurrence)")
+    g.add_argument("--exit", help=f"per-token exit criterion: {' | '.join(EXIT_CHOICES)} (default none)")
+    g.add_argument("--threshold", help="criterion threshold (default: the criterion's own)")
+    g.add_argument("--min-steps", help="iterations before a criterion may stop a token (default 1)")
+    g.add_argument("--max-steps", help="per-token step budget: most iterations a token may use (default num-steps)")
     g.add_argument("--step-budget", type=int, help="total core iterations a prompt may spend on generated tokens")
     g.add_argument("--warm-start", action="store_true", help="start each token from the previous token's state")
     c = p.add_argument_group("kv cache")
     c.add_argument("--kv-cache", default="full", help=f"cache strategy: {' | '.join(CACHE_STRATEGIES)}")
-    c.add_argument("--cache-window", type=int, default=4, help="iterations kept by --kv-cache compressed")
+    c.add_argument("--kv-window", type=int, default=DEFAULT_KV_WINDOW, help="iterations kept by --kv-cache compressed")
     s = p.add_argument_group("sampling and stopping")
     s.add_argument("--max-new-tokens", type=int, default=64)
     s.add_argument("--temperature", type=float, default=0.0, help="0 = greedy")
@@ -104,11 +107,11 @@ def _run(args: argparse.Namespace) -> int:
     from recurrent_lm.model.device import pick_device
     from recurrent_lm.model.lm import RecurrentDepthLM
 
+    spec = ExitSpec.parse(args.exit, args.threshold, args.min_steps, args.max_steps)
     config = GenerationConfig(
-        max_new_tokens=args.max_new_tokens, num_steps=args.num_steps, exit=args.exit, threshold=args.threshold,
-        min_steps=args.min_steps, max_steps=args.max_steps, kv_cache=args.kv_cache, cache_window=args.cache_window,
-        warm_start=args.warm_start, temperature=args.temperature, top_k=args.top_k, top_p=args.top_p,
-        stop=tuple(args.stop), step_budget=args.step_budget, seed=args.seed)
+        max_new_tokens=args.max_new_tokens, num_steps=args.num_steps, **spec.settings(), kv_cache=args.kv_cache,
+        kv_window=args.kv_window, warm_start=args.warm_start, temperature=args.temperature, top_k=args.top_k,
+        top_p=args.top_p, stop=tuple(args.stop), step_budget=args.step_budget, seed=args.seed)
     if args.batch_size < 1:
         raise InputError(f"--batch-size={args.batch_size} must be >= 1")
     if args.threads:
@@ -126,7 +129,6 @@ def _run(args: argparse.Namespace) -> int:
     if tokenizer.vocab_size > model.config.vocab_size:
         raise InputError(f"tokenizer.json has {tokenizer.vocab_size} tokens but the model only "
                          f"{model.config.vocab_size}; the directory mixes files from different exports")
-    min_steps, cap = config.resolve_depth(model.config.mean_recurrence)
     prefix = [] if args.no_doc_start else [tokenizer.eos_id]
     ids = [prefix + tokenizer.encode(p) for p in prompts]
     for i, row in enumerate(ids):
@@ -146,6 +148,7 @@ def _run(args: argparse.Namespace) -> int:
             sys.stdout.flush()
         result = generate(model, [ids[i] for i in chunk], config, eos_id=tokenizer.eos_id, pad_id=tokenizer.pad_id,
                           decode=tokenizer.decode, on_token=streamer)
+        cap = result.num_steps
         for row, i in enumerate(chunk):
             text = result.texts[row]
             if stream:

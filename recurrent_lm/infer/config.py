@@ -4,10 +4,11 @@ Depth controls, in one place:
 
 * ``num_steps`` (r): the depth every token gets with ``exit=None``; with an exit criterion it is the
   default cap. ``None`` means the model's ``mean_recurrence`` (its eval default).
-* ``exit`` / ``threshold`` / ``min_steps`` / ``max_steps``: per-token adaptive exit through
-  :mod:`recurrent_lm.loop.criteria`. ``max_steps`` is the **per-token step budget**: no token ever
-  gets more core iterations than ``max_steps`` (default ``num_steps``); ``min_steps`` is the floor
-  before a criterion may fire.
+* ``exit`` / ``threshold`` / ``min_steps`` / ``max_steps``: per-token adaptive exit, checked and
+  defaulted by :class:`recurrent_lm.loop.ExitSpec` (:attr:`GenerationConfig.exit_spec`). ``max_steps`` is
+  the **per-token step budget**: no token ever gets more core iterations than ``max_steps`` (default
+  ``num_steps``); ``min_steps`` is the floor before a criterion may fire. The cap is resolved once per
+  run by :func:`recurrent_lm.loop.resolve_depth`, when the model (and so its default depth) is known.
 * ``step_budget``: a **total** budget per sequence: the sum of core iterations spent on a row's
   generated tokens. A row stops (finish reason ``"step_budget"``) as soon as the sum reaches the
   budget; the token that reaches it is kept, so a row overshoots by less than one token's steps.
@@ -18,10 +19,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Optional
 
-from recurrent_lm.loop.criteria import CRITERIA
-from recurrent_lm.model.cache import CACHE_STRATEGIES
-
-EXIT_CHOICES = ("none", *CRITERIA)
+from recurrent_lm.loop.exit_spec import DepthRequest, ExitSpec
+from recurrent_lm.model.cache import CACHE_STRATEGIES, DEFAULT_KV_WINDOW
 
 
 @dataclass
@@ -30,7 +29,7 @@ class GenerationConfig:
 
     max_new_tokens: int = 64
     """Most tokens generated per prompt (fewer on EOS, a stop string, the step budget or the context end)."""
-    num_steps: Optional[int] = None
+    num_steps: DepthRequest = None
     """Core iterations r per token (fixed depth), or the cap with an exit criterion; None = model's mean_recurrence."""
     exit: Optional[str] = None
     """Exit criterion: none | convergence | causal_convergence | sequence_convergence | kl | entropy | argmax
@@ -43,8 +42,8 @@ class GenerationConfig:
     max_steps: Optional[int] = None
     """Per-token step budget: the most core iterations any token may use; None = num_steps."""
     kv_cache: str = "full"
-    """KV cache over the recurrence: full | compressed (last cache_window iterations) | latest (one slot)."""
-    cache_window: int = 4
+    """KV cache over the recurrence: full | compressed (last kv_window iterations) | latest (one slot)."""
+    kv_window: int = DEFAULT_KV_WINDOW
     """Iterations kept per core layer by kv_cache='compressed'."""
     warm_start: bool = False
     """Start each generated token's latent state from the previous token's final state."""
@@ -65,23 +64,13 @@ class GenerationConfig:
         if isinstance(self.stop, str):
             self.stop = (self.stop,)
         self.stop = tuple(self.stop)
-        if self.exit == "none":
-            self.exit = None
-        if self.exit is not None and self.exit not in CRITERIA:
-            raise ValueError(f"unknown exit criterion {self.exit!r}; choose one of {list(EXIT_CHOICES)}")
+        spec = self.exit_spec  # the one check of the exit settings; store them normalised
+        self.exit, self.threshold, self.min_steps, self.max_steps = (spec.criterion, spec.threshold, spec.min_steps,
+                                                                     spec.max_steps)
         _require(self.max_new_tokens >= 1, "max_new_tokens", self.max_new_tokens, "must be >= 1")
-        if self.num_steps is not None:
-            _require(self.num_steps >= 1, "num_steps", self.num_steps, "must be >= 1 (core iterations per token)")
-        _require(self.min_steps >= 1, "min_steps", self.min_steps, "must be >= 1")
-        if self.max_steps is not None:
-            _require(self.max_steps >= 1, "max_steps", self.max_steps, "must be >= 1")
-            _require(self.min_steps <= self.max_steps, "min_steps", self.min_steps,
-                     f"is greater than max_steps={self.max_steps}; lower min_steps or raise max_steps")
-        if self.threshold is not None:
-            _require(self.threshold >= 0, "threshold", self.threshold, "must be >= 0")
         _require(self.kv_cache in CACHE_STRATEGIES, "kv_cache", self.kv_cache,
                  f"is unknown; choose one of {list(CACHE_STRATEGIES)}")
-        _require(self.cache_window >= 1, "cache_window", self.cache_window, "must be >= 1")
+        _require(self.kv_window >= 1, "kv_window", self.kv_window, "must be >= 1")
         _require(self.temperature >= 0, "temperature", self.temperature, "must be >= 0 (0 = greedy)")
         if self.top_k is not None:
             _require(self.top_k >= 0, "top_k", self.top_k, "must be >= 0 (0 = off)")
@@ -95,14 +84,10 @@ class GenerationConfig:
     def greedy(self) -> bool:
         return self.temperature == 0
 
-    def resolve_depth(self, default_steps: int) -> tuple[int, int]:
-        """(min_steps, cap): the per-token floor and ceiling of core iterations for a model."""
-        r = self.num_steps if self.num_steps is not None else default_steps
-        cap = self.max_steps if self.max_steps is not None else r
-        if self.exit is not None and self.min_steps > cap:
-            raise ValueError(f"GenerationConfig.min_steps={self.min_steps} is greater than the step cap {cap} "
-                             f"(max_steps, else num_steps={r}); lower min_steps or raise max_steps")
-        return min(self.min_steps, cap), cap
+    @property
+    def exit_spec(self) -> ExitSpec:
+        """The exit settings as the spec that checks them and builds the criterion."""
+        return ExitSpec(self.exit, self.threshold, self.min_steps, self.max_steps)
 
 
 def _require(ok: bool, name: str, value: object, why: str) -> None:

@@ -32,7 +32,7 @@ from torch import Tensor
 
 from recurrent_lm.infer.config import GenerationConfig
 from recurrent_lm.infer.sampling import row_generators, select_tokens
-from recurrent_lm.loop import build_criterion
+from recurrent_lm.loop import resolve_depth
 from recurrent_lm.model.cache import RecurrentKVCache
 
 if TYPE_CHECKING:
@@ -157,9 +157,10 @@ def _generate(model, prompts, config: GenerationConfig, eos_id, pad_id, decode, 
     device = next(model.parameters()).device
     batch = len(prompts)
     longest = max(len(p) for p in prompts)
-    min_steps, cap = config.resolve_depth(mc.mean_recurrence)
-    criterion = build_criterion(config.exit, config.threshold, min_steps, cap)
-    cache = RecurrentKVCache(config.kv_cache, config.cache_window if config.kv_cache == "compressed" else None)
+    spec = config.exit_spec
+    cap = resolve_depth(config.num_steps, mc.mean_recurrence, spec)
+    criterion = spec.build()
+    cache = RecurrentKVCache(config.kv_cache, config.kv_window if config.kv_cache == "compressed" else None)
     noise = model.initial_state_table(config.seed)
     generators = None if config.greedy else row_generators([config.seed + b for b in range(batch)], device)
 
@@ -184,7 +185,7 @@ def _generate(model, prompts, config: GenerationConfig, eos_id, pad_id, decode, 
     start = time.perf_counter()
     # The prompt's criterion watches real tokens only: left padding must not hold a row back (causal and
     # sequence convergence look past each token's own change).
-    prefill_criterion = build_criterion(config.exit, config.threshold, min_steps, cap, watch=mask.bool())
+    prefill_criterion = spec.build(watch=mask.bool())
     out = model(ids, num_steps=cap, attention_mask=mask, past_key_values=cache, exit_criterion=prefill_criterion,
                 init_state=None if noise is None else noise[positions])
     used = out.steps_used.tolist()

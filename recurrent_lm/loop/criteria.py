@@ -25,16 +25,13 @@ class ExitCriterion(ABC):
     needs_readout: bool = False
 
     def __init__(self, threshold: float, min_steps: int = 1, max_steps: Optional[int] = None) -> None:
-        if min_steps < 1:
-            raise ValueError(f"exit min_steps={min_steps} must be >= 1")
-        if max_steps is not None and max_steps < min_steps:
-            raise ValueError(f"exit min_steps={min_steps} is greater than max_steps={max_steps}; "
-                             "lower min_steps or raise max_steps")
-        if threshold < 0:
-            raise ValueError(f"exit threshold={threshold} must be >= 0")
-        self.threshold = threshold
-        self.min_steps = min_steps
-        self.max_steps = max_steps
+        # Imported here: exit_spec imports this module. The spec is the one check of these settings.
+        from recurrent_lm.loop.exit_spec import ExitSpec
+
+        spec = ExitSpec(threshold=threshold, min_steps=min_steps, max_steps=max_steps)
+        self.threshold: float = spec.threshold
+        self.min_steps = spec.min_steps
+        self.max_steps = spec.max_steps
         self.sequence_axis: Optional[int] = None
         self.reset()
 
@@ -184,14 +181,8 @@ DEFAULT_THRESHOLDS = {"convergence": 0.03, "causal_convergence": 0.03, "sequence
 
 def build_criterion(name: Optional[str], threshold: Optional[float] = None, min_steps: int = 1,
                     max_steps: Optional[int] = None, watch: Optional[Tensor] = None) -> Optional[ExitCriterion]:
-    """Criterion by name; ``None``/``"none"`` means fixed depth (no exit). ``watch`` goes to the
-    convergence criteria (the elements that must be still), and is ignored by the others."""
-    if name is None or name == "none":
-        return None
-    if name not in CRITERIA:
-        raise ValueError(f"unknown exit criterion {name!r}; choose one of {['none', *CRITERIA]}")
-    value = DEFAULT_THRESHOLDS[name] if threshold is None else threshold
-    cls = CRITERIA[name]
-    if issubclass(cls, Convergence):
-        return cls(value, min_steps=min_steps, max_steps=max_steps, watch=watch)
-    return cls(value, min_steps=min_steps, max_steps=max_steps)
+    """Criterion by name; ``None``/``"none"`` means fixed depth (no exit). Shorthand for
+    ``ExitSpec(name, threshold, min_steps, max_steps).build(watch)``, which checks the settings."""
+    from recurrent_lm.loop.exit_spec import ExitSpec
+
+    return ExitSpec(name, threshold, min_steps, max_steps).build(watch)

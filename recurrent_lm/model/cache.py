@@ -1,8 +1,8 @@
 """KV cache for a recurrent-depth model: prelude and coda layers, plus (iteration, layer) for the core.
 
 Core entries live in *slots*. ``full`` gives every iteration its own slot; ``compressed`` keeps
-``window`` slots and maps iteration i to slot i mod window (so a cache with window >= r is the full
-cache); ``latest`` keeps one slot, i.e. each position's most recent K/V. A token that exited early
+``kv_window`` slots and maps iteration i to slot i mod kv_window (so a cache with kv_window >= r is the
+full cache); ``latest`` keeps one slot, i.e. each position's most recent K/V. A token that exited early
 has no K/V for later iterations: every strategy serves its latest computed entry instead, both for
 tokens exited in an earlier forward and for exited tokens inside a batch (``CacheView.active``);
 a slot that already holds an entry of the exited token from this forward (a reused compressed or
@@ -19,19 +19,22 @@ import torch
 from torch import Tensor
 
 CACHE_STRATEGIES = ("full", "compressed", "latest")
+DEFAULT_KV_WINDOW = 4
+"""Iterations a compressed cache keeps per core layer unless told otherwise: the one default of ``kv_window``."""
 KV = tuple[Tensor, Tensor]
 
 
 class RecurrentKVCache:
     """Grows by ``commit(n)`` after each forward; entries are (B, Hkv, S, D) tensors."""
 
-    def __init__(self, strategy: str = "full", window: Optional[int] = None) -> None:
+    def __init__(self, strategy: str = "full", kv_window: Optional[int] = None) -> None:
         if strategy not in CACHE_STRATEGIES:
             raise ValueError(f"unknown kv_cache strategy {strategy!r}; choose one of {CACHE_STRATEGIES}")
-        if strategy == "compressed" and (window is None or window < 1):
-            raise ValueError("kv_cache='compressed' needs window >= 1 (iterations kept per core layer)")
+        if strategy == "compressed" and (kv_window is None or kv_window < 1):
+            raise ValueError(f"kv_window={kv_window!r}: kv_cache='compressed' needs kv_window >= 1 (iterations kept "
+                             "per core layer)")
         self.strategy = strategy
-        self.n_slots = {"full": None, "compressed": window, "latest": 1}[strategy]
+        self.n_slots = {"full": None, "compressed": kv_window, "latest": 1}[strategy]
         self.length = 0  # committed positions
         self._store: dict[tuple, KV] = {}
         self._pending: dict[int, KV] = {}  # core layer -> K/V of the newest iteration in this forward
@@ -86,7 +89,7 @@ class RecurrentKVCache:
     def commit(self, new_tokens: int) -> None:
         """Close a forward: slots that did not run this time get the new tokens' latest K/V."""
         for layer, (k, v) in self._pending.items():
-            # Only slots that exist: a compressed cache whose window exceeds every depth run so far
+            # Only slots that exist: a compressed cache whose kv_window exceeds every depth run so far
             # then holds exactly the full cache's slots (and bytes). A slot created later starts
             # from the highest one, which holds each position's latest entry (see _past).
             wanted = {s[1] for s in self._store if s[0] == "core" and s[2] == layer}

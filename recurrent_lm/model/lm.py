@@ -20,7 +20,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from recurrent_lm.loop import ExitCriterion, LoopStats, unroll
+from recurrent_lm.loop import DepthRequest, ExitCriterion, LoopStats, resolve_depth, unroll
 from recurrent_lm.model.attention import AttnContext, check_backend
 from recurrent_lm.model.block import Block
 from recurrent_lm.model.cache import RecurrentKVCache
@@ -29,7 +29,7 @@ from recurrent_lm.model.context import attention_context
 from recurrent_lm.model.norm import RMSNorm
 from recurrent_lm.model.rope import rope_tables
 
-NumSteps = Union[None, int, tuple[int, int]]
+NumSteps = Union[DepthRequest, tuple[int, int]]
 IGNORE_INDEX = -100
 """Label of positions that carry no loss (cross_entropy's ignore_index); the one definition."""
 
@@ -124,22 +124,21 @@ class RecurrentDepthLM(nn.Module):
         return self.embed(input_ids) * math.sqrt(self.config.d_model)
 
     def resolve_steps(self, num_steps: NumSteps) -> tuple[int, int]:
-        """int r -> all r steps with gradient; pair -> as given; None -> r̄ (truncated to k in training)."""
+        """(n_no_grad, n_grad) for a forward. A pair is the training split, as given; None in training
+        is r̄ truncated to the last k steps with gradient. Any other request (an int, None in eval) is a
+        test-time depth: :func:`recurrent_lm.loop.resolve_depth` checks it, the same check every entry point
+        makes, and all its steps run."""
         cfg = self.config
-        if num_steps is None:
-            if self.training:
-                k = min(cfg.mean_backprop_depth, cfg.mean_recurrence)
-                return cfg.mean_recurrence - k, k
-            return 0, cfg.mean_recurrence
-        if isinstance(num_steps, int):
-            pair = (0, num_steps)
-        else:
+        if isinstance(num_steps, (tuple, list)):
             pair = tuple(int(n) for n in num_steps)
-            if len(pair) != 2:
-                raise ValueError(f"num_steps={num_steps!r}: give an int r or a pair (n_no_grad, n_grad)")
-        if min(pair) < 0 or sum(pair) < 1:
-            raise ValueError(f"num_steps={num_steps!r}: need at least one core iteration and no negative counts")
-        return pair  # type: ignore[return-value]
+            if len(pair) != 2 or min(pair) < 0 or sum(pair) < 1:
+                raise ValueError(f"num_steps={num_steps!r}: give a pair (n_no_grad, n_grad) of counts >= 0 with "
+                                 "at least one core iteration, or an int r")
+            return pair  # type: ignore[return-value]
+        if num_steps is None and self.training:
+            k = min(cfg.mean_backprop_depth, cfg.mean_recurrence)
+            return cfg.mean_recurrence - k, k
+        return 0, resolve_depth(num_steps, cfg.mean_recurrence)
 
     def attention_context(self, batch: int, seq: int, device: torch.device, *,
                           attention_mask: Optional[Tensor] = None, position_ids: Optional[Tensor] = None,

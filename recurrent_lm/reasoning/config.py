@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from typing import Any, Optional
 
 from recurrent_lm.config_dict import from_dict
+from recurrent_lm.loop.exit_spec import ExitSpec
 
 TASKS = ("parity", "reachability")
 ANSWERS = ("all", "final")
@@ -54,11 +55,13 @@ class TaskConfig:
     empty = none. The three convergence scopes differ in whose latent change counts: each token's own
     ('convergence'), every token of its prefix ('causal_convergence'), or the whole example's
     ('sequence_convergence')."""
-    exit_threshold: Optional[float] = 0.03
+    threshold: Optional[float] = 0.03
     """Threshold of every reported criterion (relative latent change for the convergence ones);
     None = each criterion's default (recurrent_lm.loop.criteria.DEFAULT_THRESHOLDS)."""
-    exit_max_steps: int = 0
-    """Depth cap for the exit run; 0 = max(eval_depths)."""
+    min_steps: int = 1
+    """Iterations every token runs before a criterion may stop it."""
+    max_steps: Optional[int] = None
+    """Depth cap of the exit runs; None = max(eval_depths)."""
     grid_width: int = 8
     """reachability: columns of the maze; the upper neighbour of a cell is grid_width + 1 tokens back."""
     wall_prob: float = 0.25
@@ -78,25 +81,25 @@ class TaskConfig:
             raise ValueError(f"task.eval_difficulties={self.eval_difficulties} must be a non-empty list of ints >= 1")
         if not self.eval_depths or min(self.eval_depths) < 1:
             raise ValueError(f"task.eval_depths={self.eval_depths} must be a non-empty list of ints >= 1")
-        for name in ("num_train", "num_val", "num_eval", "exit_max_steps", "pack_length"):
+        for name in ("num_train", "num_val", "num_eval", "pack_length"):
             if getattr(self, name) < 0:
                 raise ValueError(f"task.{name}={getattr(self, name)} must be >= 0")
         if self.pack_length and self.pack_length < sequence_length(self, self.train_max):
             raise ValueError(f"task.pack_length={self.pack_length} is shorter than one problem of difficulty "
                              f"train_max={self.train_max} ({sequence_length(self, self.train_max)} tokens)")
-        from recurrent_lm.loop.criteria import CRITERIA
-
-        unknown = [c for c in self.exit_criteria if c not in CRITERIA]
-        if unknown:
-            raise ValueError(f"task.exit_criteria has unknown {unknown}; choose from {sorted(CRITERIA)} (or [])")
+        for name in self.exit_criteria or [None]:  # the exit settings' one check (also with no criterion)
+            self._exit_spec(name)
         if self.grid_width < 1:
             raise ValueError(f"task.grid_width={self.grid_width} must be >= 1")
         if not 0.0 <= self.wall_prob < 1.0:
             raise ValueError(f"task.wall_prob={self.wall_prob} must be in [0, 1)")
 
-    @property
-    def max_exit_steps(self) -> int:
-        return self.exit_max_steps or max(self.eval_depths)
+    def exit_specs(self) -> list[ExitSpec]:
+        """One spec per reported criterion, each with the task's threshold and depth bounds."""
+        return [self._exit_spec(name) for name in self.exit_criteria]
+
+    def _exit_spec(self, criterion: Optional[str]) -> ExitSpec:
+        return ExitSpec(criterion, self.threshold, self.min_steps, self.max_steps)
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)

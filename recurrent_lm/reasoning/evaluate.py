@@ -24,11 +24,11 @@ import json
 import sys
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
-from typing import Optional, Sequence
+from typing import Any, Optional, Sequence
 
 import torch
 
-from recurrent_lm.loop import build_criterion
+from recurrent_lm.loop import ExitSpec, resolve_depth
 from recurrent_lm.reasoning.config import TaskConfig, sequence_length
 from recurrent_lm.model.lm import IGNORE_INDEX
 from recurrent_lm.reasoning.tasks import TEST_SPLIT, collate, fixed_examples
@@ -41,8 +41,9 @@ class ExitResult:
     """What one exit criterion chose, per difficulty."""
 
     name: str
-    threshold: Optional[float]
+    threshold: float
     max_steps: int
+    """The depth cap of the exit runs."""
     mean_steps: dict[int, float] = field(default_factory=dict)
     """difficulty -> mean core iterations the answer tokens got."""
     deepest_steps: dict[int, float] = field(default_factory=dict)
@@ -101,8 +102,7 @@ class ReasoningReport:
         note = (f"\nExact match (%) over {self.num_examples} test examples per difficulty ({self.task}); "
                 "r = test-time core iterations.")
         if self.exits:
-            settings = ", ".join(f"`{e.name}` {e.threshold if e.threshold is not None else 'default'}"
-                                 for e in self.exits)
+            settings = ", ".join(f"`{e.name}` {e.threshold:g}" for e in self.exits)
             note += (f" Exits ({settings}; cap {self.exits[0].max_steps} iterations): steps over answer tokens; "
                      "acc = exact match with each token stopped where its criterion says.")
         return "\n".join(lines) + "\n" + note + "\n"
@@ -145,16 +145,14 @@ def evaluate(
     depths: Optional[Sequence[int]] = None,
     num_examples: Optional[int] = None,
     batch_size: int = 256,
-    exit_criteria: Optional[Sequence[str]] = None,
-    exit_threshold: Optional[float] = None,
-    exit_max_steps: Optional[int] = None,
     seed: int = 0,
     device: Optional[torch.device | str] = None,
 ) -> ReasoningReport:
     """Exact match per (difficulty, depth) on the task's test split, plus the depth and accuracy of each exit criterion.
 
-    Defaults come from ``task`` (eval_difficulties, eval_depths, num_eval, exit_*). ``seed`` seeds the
-    model's random initial state so that repeated evaluations agree.
+    Defaults come from ``task`` (eval_difficulties, eval_depths, num_eval); the exits it reports are the
+    task's too (exit_criteria, threshold, min_steps, max_steps). ``seed`` seeds the model's random initial
+    state so that repeated evaluations agree.
     """
     # Overrides go through TaskConfig's own checks: --difficulties 0 fails like task.eval_difficulties=[0].
     task = replace(task, eval_difficulties=list(difficulties or task.eval_difficulties),
@@ -162,9 +160,8 @@ def evaluate(
     if batch_size < 1:
         raise ValueError(f"batch_size={batch_size}: must be >= 1")
     difficulties, depths, count = task.eval_difficulties, task.eval_depths, task.num_eval
-    exit_names = list(task.exit_criteria if exit_criteria is None else exit_criteria)
-    threshold = task.exit_threshold if exit_threshold is None else exit_threshold
-    cap = exit_max_steps or task.max_exit_steps
+    specs = task.exit_specs()
+    cap = resolve_depth(None, max(depths), specs[0]) if specs else max(depths)  # the specs share their bounds
     block = getattr(getattr(model, "config", None), "block_size", None)
     if block is not None:
         too_long = [d for d in difficulties if sequence_length(task, d) > block]
@@ -177,7 +174,8 @@ def evaluate(
     gen_state = torch.random.get_rng_state()
     torch.manual_seed(seed)
     report = ReasoningReport(task=task.name, difficulties=difficulties, depths=depths, accuracy={},
-                             token_accuracy={}, exits=[ExitResult(n, threshold, cap) for n in exit_names],
+                             token_accuracy={},
+                             exits=[ExitResult(spec.criterion, spec.threshold, cap) for spec in specs],
                              num_examples=count)
     try:
         for d in difficulties:
@@ -193,12 +191,12 @@ def evaluate(
             for r in depths:
                 report.accuracy[(d, r)] = torch.cat(exact[r]).float().mean().item()
                 report.token_accuracy[(d, r)] = torch.cat(tokens[r]).float().mean().item()
-            for result in report.exits:
+            for spec, result in zip(specs, report.exits):
                 exact, steps, deepest = [], [], []
                 for batch in batches:
                     labels = batch["labels"]
                     mask = labels != IGNORE_INDEX  # (B, T): the answer tokens must be still
-                    criterion = build_criterion(result.name, threshold, max_steps=cap, watch=mask.to(device))
+                    criterion = spec.build(watch=mask.to(device))
                     out = model(batch["input_ids"].to(device), num_steps=cap, exit_criterion=criterion)
                     exact.append(_score(out.logits.cpu(), labels)[0])
                     used = out.steps_used.cpu()  # (B, T)
@@ -239,7 +237,23 @@ def load_task(directory: str | Path) -> TaskConfig:
     if not path.is_file():
         raise FileNotFoundError(f"{path} not found: pass --task parity|reachability (and the difficulty options) "
                                 "or save the training task next to the model with save_task()")
-    return TaskConfig.from_dict(json.loads(path.read_text()))
+    data = json.loads(path.read_text())
+    # Exports made before the exit settings had one name each: exit_threshold, exit_max_steps (0 = no cap).
+    if "exit_threshold" in data:
+        data["threshold"] = data.pop("exit_threshold")
+    if "exit_max_steps" in data:
+        data["max_steps"] = data.pop("exit_max_steps") or None
+    return TaskConfig.from_dict(data)
+
+
+def exit_overrides(args: argparse.Namespace) -> dict[str, Any]:
+    """The exit flags that were given, as TaskConfig fields typed by :meth:`ExitSpec.parse`."""
+    given = {k: getattr(args, k) for k in ("threshold", "min_steps", "max_steps") if getattr(args, k) is not None}
+    spec = ExitSpec.parse(**given)
+    overrides: dict[str, Any] = {k: getattr(spec, k) for k in given}
+    if args.exit_names is not None:
+        overrides["exit_criteria"] = list(args.exit_names)
+    return overrides
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
@@ -256,8 +270,11 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     parser.add_argument("--exit", dest="exit_names", nargs="*", metavar="CRITERION",
                         help="exit criteria to report (convergence, causal_convergence, sequence_convergence, kl, "
                              "entropy, argmax); none given = no exit columns; default: the task's exit_criteria")
-    parser.add_argument("--threshold", type=float, help="exit threshold (default: the task's)")
-    parser.add_argument("--exit-max-steps", type=int, help="depth cap of the exit run (default: max depth)")
+    # Exit settings stay text for ExitSpec.parse (the messages of every entry point); unset = the task's.
+    parser.add_argument("--threshold", help="exit threshold ('none': each criterion's default; default: the task's)")
+    parser.add_argument("--min-steps", help="iterations before a criterion may stop a token (default: the task's)")
+    parser.add_argument("--max-steps",
+                        help="depth cap of the exit runs ('none': the largest depth; default: the task's)")
     parser.add_argument("--batch-size", type=int, default=256)
     parser.add_argument("--seed", type=int, default=0, help="seed of the random initial state")
     parser.add_argument("--threads", type=int, default=0, help="torch threads (0 = torch default)")
@@ -271,12 +288,11 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     if args.threads:
         torch.set_num_threads(args.threads)
     overrides = {"block_size": args.block_size} if args.block_size else {}
-    try:  # bad input (model dir, task.json, difficulties, criteria): one line naming the fix, exit status 2
+    try:  # bad input (task.json, exit flags, model dir, difficulties): one line naming the fix, exit status 2
+        task = replace(TaskConfig(name=args.task) if args.task else load_task(args.model), **exit_overrides(args))
         model = RecurrentDepthLM.from_pretrained(args.model, **overrides)
-        task = TaskConfig(name=args.task) if args.task else load_task(args.model)
         report = evaluate(model, task, difficulties=args.difficulties, depths=args.depths,
-                          num_examples=args.num_examples, batch_size=args.batch_size, exit_criteria=args.exit_names,
-                          exit_threshold=args.threshold, exit_max_steps=args.exit_max_steps, seed=args.seed)
+                          num_examples=args.num_examples, batch_size=args.batch_size, seed=args.seed)
     except (FileNotFoundError, ValueError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
