@@ -222,6 +222,26 @@ def test_eval_cli_depth_and_adaptive_rows_and_report(exports, capsys):
     assert report["examples"] == 2 and out.read_text().strip() == printed.strip()
 
 
+def test_eval_cli_depth_exit_rows_run_the_depth_loop_inside_each_thought(exports, capsys):
+    """--depth-exit: every forward (each thought, each token) leaves the core adaptively, capped by the row's
+    depth; a threshold nothing reaches spends the cap, one everything reaches spends one iteration."""
+    def rows(threshold: str) -> list[dict]:
+        argv = ["--model", f"coconut={exports['coconut']}", "--data", str(exports["data"]), "--num-examples", "2",
+                "--max-new-tokens", "3", "--depths", "3", "--depth-exit", "convergence", "--depth-threshold",
+                threshold, "--out", str(exports["root"] / f"depth{threshold}.md")]
+        assert main(argv) == 0
+        return json.loads((exports["root"] / f"depth{threshold}.json").read_text())["rows"]
+
+    never, always = rows("0"), rows("1e9")
+    assert [r["label"] for r in never] == ["coconut", "coconut (r=3)", "coconut (depth exit convergence)",
+                                           "coconut (r≤3, depth exit convergence)"]
+    assert never[3]["mean_core_steps"] == never[1]["mean_core_steps"] == 3.0  # nothing converges: the cap
+    assert always[3]["mean_core_steps"] == 1.0 and always[3]["depth_exit"]["exit"] == "convergence"
+    assert main(["--model", f"coconut={exports['coconut']}", "--data", str(exports["data"]), "--depth-exit",
+                 "convergence", "--depth-threshold", "-1"]) == 2
+    assert "threshold=-1.0" in capsys.readouterr().err
+
+
 def test_evaluate_model_does_not_depend_on_the_batch_size(exports):
     model, tokenizer, config = load_coconut_model(exports["coconut"])
     records = load_records(exports["data"])

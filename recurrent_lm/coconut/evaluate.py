@@ -2,13 +2,15 @@
 
     recurrent-lm-coconut-eval --model coconut=runs/a/export --model cot=runs/b/export --data test.json \\
         [--num-examples N] [--batch-size 32] [--depths 4 8 16] \\
-        [--thought-exit convergence --thought-threshold 0.05] [--out report.md]
+        [--thought-exit convergence --thought-threshold 0.05] [--depth-exit convergence --depth-threshold 0.03] \\
+        [--out report.md]
 
 Each export is evaluated as it was trained: its coconut.json gives the method, the thoughts per step and
 the last stage, so a question is laid out exactly as the last training stage laid it out
 (:func:`recurrent_lm.coconut.sequences.question_prefix`). One row per model; ``--depths`` adds rows at other
-core depths (recurrent models: thoughts × depth) and ``--thought-exit`` rows whose number of thoughts is
-adaptive (models trained with continuous thoughts). Tokens are counted as the paper counts them: each
+core depths (recurrent models: thoughts × depth), ``--depth-exit`` rows where every forward (each thought,
+each token) leaves the core adaptively (the depth loop inside the thought loop), and ``--thought-exit`` rows
+whose number of thoughts is adaptive (models trained with continuous thoughts). Tokens are counted as the paper counts them: each
 continuous thought is one generated token.
 """
 
@@ -31,7 +33,7 @@ from recurrent_lm.coconut.records import ReasoningRecord, load_records
 from recurrent_lm.coconut.sequences import encode_record, question_prefix
 from recurrent_lm.coconut.thoughts import ContinuousThoughtLM
 from recurrent_lm.coconut.tokens import ThoughtTokenizer
-from recurrent_lm.loop import ExitSpec
+from recurrent_lm.loop import EXIT_CHOICES, ExitSpec
 from recurrent_lm.model import RecurrentDepthLM
 from recurrent_lm.model.device import pick_device
 
@@ -103,6 +105,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="extra rows whose thoughts stop once successive thoughts converge (bounded by the layout; "
                         "models trained with method=coconut only)")
     p.add_argument("--thought-threshold", type=float, help="relative change below which thinking stops")
+    p.add_argument("--depth-exit", choices=[c for c in EXIT_CHOICES if c != "none"],
+                   help="extra rows (recurrent models) whose every forward exits the core adaptively, capped by the "
+                        "row's depth")
+    p.add_argument("--depth-threshold", type=float, help="threshold of --depth-exit (default: the criterion's own)")
     p.add_argument("--device", default="cpu", help="cpu | cuda | cuda:N")
     p.add_argument("--out", help="also write the table to OUT.md and all figures to OUT.json")
     return p
@@ -139,6 +145,17 @@ def check_numbers(args: argparse.Namespace) -> None:
             raise InputError(f"{flag} {value}: must be >= 1")
     if args.thought_threshold is not None and args.thought_exit is None:
         raise InputError("--thought-threshold needs --thought-exit convergence")
+    if args.depth_threshold is not None and args.depth_exit is None:
+        raise InputError("--depth-threshold needs --depth-exit CRITERION")
+
+
+def parse_exit(flag: str, criterion: Optional[str], threshold: Optional[float]) -> Optional[ExitSpec]:
+    """The exit of ``flag`` through the one owner of exit settings (its messages name the setting and the fix)."""
+    try:
+        spec = ExitSpec.parse(criterion, threshold)
+    except ValueError as err:
+        raise InputError(f"{flag}: {err}") from None
+    return spec if spec.adaptive else None
 
 
 def settings_for(name: str, model: nn.Module, config: CoconutConfig, args: argparse.Namespace) -> list[Setting]:
@@ -146,15 +163,21 @@ def settings_for(name: str, model: nn.Module, config: CoconutConfig, args: argpa
     if args.depths and not isinstance(model, RecurrentDepthLM):
         raise InputError(f"--depths: {name} is a Hugging Face model, which has no recurrent core; drop --depths or "
                          "evaluate it in a separate run")
-    exits: list[Optional[ExitSpec]] = [None]
-    if args.thought_exit and config.method == "coconut":  # only continuous thoughts can stop early
-        exits.append(ExitSpec(criterion=args.thought_exit, threshold=args.thought_threshold))
-    return [Setting(_label(name, r, spec is not None), name, FIXED if r is None else Depth(num_steps=r), spec)
-            for spec in exits for r in (None, *args.depths)]
+    if args.depth_exit and not isinstance(model, RecurrentDepthLM):
+        raise InputError(f"--depth-exit: {name} is a Hugging Face model, which has no recurrent core; drop --depth-exit "
+                         "or evaluate it in a separate run")
+    thought_exits: list[Optional[ExitSpec]] = [None]
+    if config.method == "coconut":  # only continuous thoughts can stop early
+        thought_exits += [e for e in [parse_exit("--thought-exit", args.thought_exit, args.thought_threshold)] if e]
+    depth_exits = [None, *(e for e in [parse_exit("--depth-exit", args.depth_exit, args.depth_threshold)] if e)]
+    return [Setting(_label(name, r, d, t), name, Depth(num_steps=r, exit=d) if (r or d) else FIXED, t)
+            for t in thought_exits for d in depth_exits for r in (None, *args.depths)]
 
 
-def _label(name: str, depth: Optional[int], adaptive: bool) -> str:
-    tags = ([f"r={depth}"] if depth is not None else []) + (["adaptive thoughts"] if adaptive else [])
+def _label(name: str, depth: Optional[int], depth_exit: Optional[ExitSpec], thought_exit: Optional[ExitSpec]) -> str:
+    tags = [] if depth is None else [f"r≤{depth}" if depth_exit else f"r={depth}"]
+    tags += [f"depth exit {depth_exit.criterion}"] if depth_exit else []
+    tags += ["adaptive thoughts"] if thought_exit else []
     return f"{name} ({', '.join(tags)})" if tags else name
 
 
@@ -186,7 +209,8 @@ def _run(args: argparse.Namespace) -> int:
         figures = evaluate_model(model, tokenizer, config, records, batch_size=args.batch_size, depth=s.depth,
                                  thought_exit=s.thought_exit, max_new_tokens=args.max_new_tokens)
         rows.append({"label": s.label, "model": s.name, "method": config.method, "num_steps": s.depth.num_steps,
-                     "thought_exit": args.thought_exit if s.thought_exit else None, **figures})
+                     "depth_exit": s.depth.exit.settings() if s.depth.exit else None,
+                     "thought_exit": s.thought_exit.settings() if s.thought_exit else None, **figures})
     table = markdown(rows)
     print(table)
     if args.out:
