@@ -46,6 +46,9 @@ class CoconutConfig:
     """The first thoughts run without gradient (the loop's truncated prefix); 0 = backprop through all."""
     train_file: str = ""
     """JSON list of {question, steps, answer} records to train on."""
+    max_train_records: int = 0
+    """Train on the first N records of train_file only (0 = all): a budget knob that keeps the stage schedule's
+    epochs short on small hardware."""
     val_file: str = ""
     """Records whose loss (at the current stage) is validated, and whose answers the final evaluation scores."""
     test_file: str = ""
@@ -69,7 +72,7 @@ class CoconutConfig:
         for name in ("thoughts_per_step", "epochs_per_stage"):
             if getattr(self, name) < 1:
                 raise ValueError(f"coconut.{name}={getattr(self, name)} must be >= 1")
-        for name in ("max_latent_stage", "no_grad_thoughts", "num_eval"):
+        for name in ("max_latent_stage", "no_grad_thoughts", "num_eval", "max_train_records"):
             if getattr(self, name) < 0:
                 raise ValueError(f"coconut.{name}={getattr(self, name)} must be >= 0")
         if not 0.0 <= self.uniform_prob <= 1.0:

@@ -61,7 +61,8 @@ class CoconutDataModule(L.LightningDataModule):
         self.config, self.tokenizer, self.seed = config, tokenizer, seed
         self.micro_batch_size, self.val_batches = micro_batch_size, val_batches
         needs_steps = config.method != "no_cot"
-        self.train_records = encode_records(tokenizer, load_records(config.train_file, require_steps=needs_steps))
+        train = load_records(config.train_file, require_steps=needs_steps)
+        self.train_records = encode_records(tokenizer, train[: config.max_train_records or None])
         self.val_records = encode_records(tokenizer, load_records(config.val_file, require_steps=needs_steps))
         check_stages(config, max(len(r.steps) for r in self.train_records), config.train_file)
         longest = longest_layout(self.train_records + self.val_records, config)
