@@ -133,3 +133,43 @@ def test_hf_gpt2_trains_then_exports_a_loadable_coconut_model(tmp_path):
 def test_task_and_coconut_together_are_refused(tmp_path):
     with pytest.raises(ValueError, match="task= and coconut= are both set"):
         run(compose_cfg(coconut_overrides(tmp_path, **{"task": "parity"})))
+
+
+def test_added_markers_start_at_the_mean_embedding_of_a_hf_model():
+    transformers = pytest.importorskip("transformers")
+    from tokenizers import pre_tokenizers, trainers
+
+    bpe = Tokenizer(models.BPE())
+    bpe.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    bpe.train_from_iterator(["Every wumpus is a yumpus."] * 20, trainers.BpeTrainer(
+        vocab_size=300, special_tokens=["<|endoftext|>"], show_progress=False))
+    vocab = bpe.get_vocab_size()
+    model = transformers.GPT2LMHeadModel(transformers.GPT2Config(vocab_size=vocab, n_embd=16, n_layer=1, n_head=2))
+    before = model.get_input_embeddings().weight.detach().clone()
+    tokenizer = add_thought_tokens(bpe, model)
+    after = model.get_input_embeddings().weight.detach()
+    assert after.shape[0] == vocab + 3 == tokenizer.vocab_size
+    torch.testing.assert_close(after[:vocab], before)
+    for token in (tokenizer.ids.bot, tokenizer.ids.eot, tokenizer.ids.latent):
+        torch.testing.assert_close(after[token], before.mean(0))
+    assert model.get_output_embeddings().weight is model.get_input_embeddings().weight  # still tied
+
+
+def test_a_hf_model_without_inputs_embeds_is_refused():
+    """A causal LM whose base model cannot take embeddings cannot be fed its own hidden state."""
+    from recurrent_lm.coconut.backends import HFBackend
+
+    class IdsOnly(torch.nn.Module):
+        def forward(self, input_ids, attention_mask=None):
+            return input_ids
+
+    class CausalLM(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.base_model, self.head = IdsOnly(), torch.nn.Linear(4, 4)
+
+        def get_output_embeddings(self):
+            return self.head
+
+    with pytest.raises(ValueError, match=r"IdsOnly\) takes no inputs_embeds.*pick a decoder-only model"):
+        HFBackend(CausalLM())
