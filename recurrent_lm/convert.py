@@ -41,6 +41,10 @@ CONVERSIONS: dict[tuple[str, str], Converter] = {
 """(from, to) -> converter; a new source format (e.g. Hugging Face Llama) is one more entry."""
 
 
+def _size(text: str) -> int | str:
+    return int(text) if text.isdigit() else text
+
+
 def main(argv: Optional[list[str]] = None) -> int:
     formats = sorted({name for pair in CONVERSIONS for name in pair})
     parser = argparse.ArgumentParser(prog="recurrent-lm-convert", description=__doc__,
@@ -51,7 +55,8 @@ def main(argv: Optional[list[str]] = None) -> int:
     parser.add_argument("dst", type=Path, metavar="DST", help="output directory (created if absent)")
     parser.add_argument("--dtype", choices=sorted(DTYPES), default=None,
                         help="cast the weights while importing (default: keep the stored dtype)")
-    parser.add_argument("--max-shard-size", default="5GB", help="largest safetensors shard written (default 5GB)")
+    parser.add_argument("--max-shard-size", default="5GB", type=_size,
+                        help="largest safetensors shard written: bytes, or with a unit as in 500MB (default 5GB)")
     args = parser.parse_args(argv)
     convert = CONVERSIONS.get((args.source_format, args.target_format))
     if convert is None:

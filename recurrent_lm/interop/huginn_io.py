@@ -1,7 +1,7 @@
 """Huginn-0125 checkpoint directories in and out: streamed shard by shard, one copy of the weights at a time.
 
-Import reads each safetensors shard with ``safe_open`` tensor by tensor, converts the tensor (a rename, or a
-permutation of the q/k rows) and keeps only the converted one; the model is then built on the meta device
+Import reads each safetensors shard tensor by tensor into fresh memory (:mod:`recurrent_lm.interop.stream`, no
+memory map), converts the tensor (a rename, or a permutation of the q/k rows) and keeps only the converted one; the model is then built on the meta device
 and takes those tensors over (``assign``), so the weights exist once, plus the tensor being converted.
 Export is the mirror image: shards are planned on meta tensors and each is built just before it is written.
 """
@@ -15,11 +15,11 @@ from pathlib import Path
 from typing import Optional
 
 import torch
-from safetensors import SafetensorError, safe_open
 
 from recurrent_lm.data.tokenizer import TextTokenizer
 from recurrent_lm.interop.huginn import (ROPE_TABLE, FormatError, config_from_huginn, config_to_huginn,
                                          export_tensor, huginn_shapes, import_tensor, rope_table, rope_table_problem)
+from recurrent_lm.interop.stream import stored_tensors
 from recurrent_lm.interop.tokenizer import (GENERATION_CONFIG_FILE, TOKENIZER_CONFIG_FILE, TOKENIZER_FILES,
                                             load_tokenizer, tokenizer_config_for)
 from recurrent_lm.model import ModelConfig, RecurrentDepthLM
@@ -53,25 +53,22 @@ def load_huginn(directory: Path, dtype: Optional[torch.dtype] = None) -> Recurre
     state: dict[str, torch.Tensor] = {}
     origin: dict[str, Path] = {}
     for path in weight_files(directory):
-        try:
-            with safe_open(str(path), framework="pt") as shard:
-                for name in shard.keys():
-                    _check_known(name, expected, config, path, origin)
-                    if name == ROPE_TABLE:
-                        _check_rope(shard.get_tensor(name), config, path)
-                        continue
-                    if name not in expected:  # a tied head's duplicate: the format's loader ties it away too
-                        log.warning("%s: %s ignored, tie_embeddings is true (the head is the embedding)", path, name)
-                        continue
-                    shape = tuple(shard.get_slice(name).get_shape())
-                    if shape != expected[name]:
-                        raise FormatError(f"{path}: tensor {name} has shape {shape}, but {CONFIG_FILE} implies "
-                                          f"{expected[name]}; the config and the weights are from different models")
-                    tensor = shard.get_tensor(name)
-                    state.update(import_tensor(name, tensor if dtype is None else tensor.to(dtype), config))
-                    origin[name] = path
-        except SafetensorError as err:
-            raise FormatError(f"{path} is corrupt or not a safetensors file ({err})") from err
+        with path.open("rb") as file:
+            for stored in stored_tensors(path, file):
+                name = stored.name
+                _check_known(name, expected, config, path, origin)
+                if name == ROPE_TABLE:
+                    _check_rope(stored.read(), config, path)
+                    continue
+                if name not in expected:  # a tied head's duplicate: the format's loader ties it away too
+                    log.warning("%s: %s ignored, tie_embeddings is true (the head is the embedding)", path, name)
+                    continue
+                if stored.shape != expected[name]:
+                    raise FormatError(f"{path}: tensor {name} has shape {stored.shape}, but {CONFIG_FILE} implies "
+                                      f"{expected[name]}; the config and the weights are from different models")
+                tensor = stored.read()
+                state.update(import_tensor(name, tensor if dtype is None else tensor.to(dtype), config))
+                origin[name] = path
     missing = sorted(set(expected) - set(origin))
     if missing:
         raise FormatError(f"{directory} lacks the tensors {missing[:6]}{' …' if len(missing) > 6 else ''} that its "
