@@ -162,7 +162,7 @@ def test_import_matches_the_published_equations(checkpoint, r):
     with torch.no_grad():
         ours = model(ids, num_steps=r, init_state=torch.zeros(2, 11, H)).logits
     expected = reference_logits(state, cfg, ids, r)
-    torch.testing.assert_close(ours.double(), expected, atol=2e-4, rtol=1e-4)
+    torch.testing.assert_close(ours.double(), expected, atol=5e-4, rtol=1e-4)  # fp32 vs float64; a mapping bug is O(1)
 
 
 def test_imported_config(checkpoint):
