@@ -309,3 +309,26 @@ def test_lm_eval_scores_an_imported_checkpoint_with_exits_and_a_chat_template(tm
     scores = lm.loglikelihood(requests)
     assert len(scores) == 2 and all(math.isfinite(lp) and lp < 0 for lp, _ in scores)
     assert 1 <= lm.steps_summary()["mean_steps_used"] <= 4
+
+
+def test_tokenizer_specials_from_generation_config_and_clear_errors(tmp_path):
+    from recurrent_lm.evaluation import RecurrentLMEval
+    from recurrent_lm.evaluation.errors import EvalError
+    from recurrent_lm.interop import HFTokenizer, load_tokenizer
+
+    write_tokenizer(tmp_path, template=False)
+    (tmp_path / "tokenizer_config.json").unlink()
+    with pytest.raises(ValueError, match="no eos_token is named"):
+        load_tokenizer(tmp_path / "tokenizer.json")
+    (tmp_path / "generation_config.json").write_text(json.dumps({"eos_token_id": [1, 4], "bos_token_id": 0}))
+    tokenizer = load_tokenizer(tmp_path / "tokenizer.json")
+    assert isinstance(tokenizer, HFTokenizer) and (tokenizer.eos_id, tokenizer.pad_id, tokenizer.bos_id) == (1, 1, 0)
+
+    cfg = huginn_config(*SHAPES["released-like"], state_init="zero")
+    src = write_checkpoint(tmp_path / "src", cfg, huginn_state(cfg))
+    assert convert_main(["--from", "huginn", "--to", "recurrent_lm", str(src), str(tmp_path / "ours")]) == 0
+    with pytest.raises(EvalError, match="system_prompt needs chat_template"):
+        RecurrentLMEval(pretrained=str(tmp_path / "ours"), num_steps=2, system_prompt="Be brief.")
+    (tmp_path / "bad.jinja").write_text("{% for m in messages %}")
+    with pytest.raises(EvalError, match="does not parse as Jinja"):
+        RecurrentLMEval(pretrained=str(tmp_path / "ours"), num_steps=2, chat_template=str(tmp_path / "bad.jinja"))
