@@ -35,6 +35,7 @@ from lm_eval.models.utils import Collator, handle_stop_sequences, normalize_gen_
 from torch import Tensor, nn
 from tqdm import tqdm
 
+from recurrent_lm.evaluation.chat import parse_chat
 from recurrent_lm.evaluation.errors import EvalError
 from recurrent_lm.evaluation.model_args import (MODEL_ARGS, load_tokenizer, parse_batch_size, parse_cache,
                                                 parse_depth, parse_device, parse_dtype, parse_exit, parse_kv_window,
@@ -74,6 +75,8 @@ class RecurrentLMEval(TemplateLM):
         max_gen_toks: int = 256,
         tokenizer: Any = None,
         seed: int = 0,
+        chat_template: Any = None,
+        system_prompt: Optional[str] = None,
         trust_remote_code: Any = None,
         **unknown: Any,
     ) -> None:
@@ -119,6 +122,9 @@ class RecurrentLMEval(TemplateLM):
         self.max_length = config.block_size if max_length in (None, "", "none") else int(max_length)
         if not 2 <= self.max_length <= config.block_size:
             raise EvalError(f"max_length={max_length}: must be in [2, block_size={config.block_size}]")
+        specials = {"bos_token": self.tok_decode([self.tokenizer.bos_id]) if self.tokenizer.bos_id is not None else "",
+                    "eos_token": self.tok_decode([self.tokenizer.eos_id])}
+        self.chat = parse_chat(chat_template, system_prompt, self.model_dir, specials)
         self._init_states = self.model.initial_state_table(self.seed)  # per position: batching-independent
         self.reset_steps()
         self._request_type = "loglikelihood"
@@ -148,13 +154,21 @@ class RecurrentLMEval(TemplateLM):
     def tok_decode(self, tokens: Union[int, list[int]], **kwargs: Any) -> str:
         return self.tokenizer.decode([tokens] if isinstance(tokens, int) else list(tokens))
 
+    def prompt_text(self, context: str) -> str:
+        """The text the model reads for ``context``: the context itself, or it rendered as a chat turn."""
+        return self.chat.render(context) if self.chat else context
+
+    def _encode_pair(self, context: str, continuation: str) -> tuple[list[int], list[int]]:
+        return super()._encode_pair(self.prompt_text(context), continuation)
+
     def get_model_info(self) -> dict[str, Any]:
         return {"model_dir": str(self.model_dir) if self.model_dir else None, **self.settings()}
 
     def settings(self) -> dict[str, Any]:
         """The evaluation settings that change results: what a sweep records next to its metrics."""
         return {"num_steps": self.num_steps, **self.exit_spec.settings(), "kv_cache": self.kv_cache,
-                "seed": self.seed, "max_length": self.max_length, "dtype": str(self._dtype).removeprefix("torch.")}
+                "seed": self.seed, "chat_template": bool(self.chat), "max_length": self.max_length,
+                "dtype": str(self._dtype).removeprefix("torch.")}
 
     def set_num_steps(self, num_steps: Any) -> int:
         """Set (and return) the test-time depth: the cap of core iterations for the request ``num_steps``.
@@ -275,7 +289,7 @@ class RecurrentLMEval(TemplateLM):
         """
         self._request_type = "generate_until"
         args = [req.args for req in requests]
-        collator = Collator(args, sort_fn=lambda a: (-len(self.tok_encode(a[0])), a[0]),
+        collator = Collator(args, sort_fn=lambda a: (-len(self.tok_encode(self.prompt_text(a[0]))), a[0]),
                             group_by="gen_kwargs", group_fn=lambda a: a[1])
         eos_text = self.tok_decode([self.eot_token_id])
         results: list[str] = []
@@ -284,7 +298,7 @@ class RecurrentLMEval(TemplateLM):
             contexts, all_kwargs = zip(*chunk)
             config, until = self._generation_config(dict(all_kwargs[0]), eos_text)
             room = self.max_length - config.max_new_tokens
-            prompts = [(self.tok_encode(c) or [self.prefix_token_id])[-room:] for c in contexts]
+            prompts = [(self.tok_encode(self.prompt_text(c)) or [self.prefix_token_id])[-room:] for c in contexts]
             texts = self._generate(prompts, config)
             for context, text in zip(contexts, texts):
                 text = postprocess_generated_text(text, until, None)

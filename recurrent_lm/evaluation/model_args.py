@@ -39,6 +39,9 @@ MODEL_ARGS: dict[str, str] = {
     "max_length": "context window in tokens; default and maximum: the model's block_size",
     "max_gen_toks": "default generation budget when a task sets none (default 256)",
     "tokenizer": "tokenizer.json to use instead of <pretrained>/tokenizer.json",
+    "chat_template": "true: wrap each context in the model's chat template (tokenizer_config.json or "
+                     "chat_template.jinja) as a user turn with the generation prompt; or a .jinja path; default off",
+    "system_prompt": "system turn placed before each context (needs chat_template)",
     "trust_remote_code": "accepted for lm-eval compatibility; ignored",
 }
 """Every accepted model arg and its meaning; anything else is refused by name."""
@@ -83,12 +86,13 @@ def parse_depth(num_steps: DepthRequest, default: int, spec: ExitSpec) -> int:
 
 
 def load_tokenizer(path: Path):
-    from recurrent_lm.data.tokenizer import TextTokenizer
+    """Ours (reserved specials at 0..5), or a foreign tokenizer.json with the specials its directory names."""
+    from recurrent_lm.interop.tokenizer import load_tokenizer as load_any
 
     if not path.is_file():
         raise ModelNotFoundError(f"no tokenizer at {path}; export the model with `recurrent-lm-export` (it writes "
                                  f"{TOKENIZER_FILE}) or pass tokenizer=<path to tokenizer.json>")
-    return TextTokenizer.from_file(path)
+    return load_any(path)
 
 
 def parse_device(device: Optional[str]) -> torch.device:

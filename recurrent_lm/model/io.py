@@ -12,7 +12,7 @@ import os
 import shutil
 import tempfile
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable, Optional
+from typing import TYPE_CHECKING, Any, Callable, Mapping, Optional
 
 import torch
 from safetensors import SafetensorError
@@ -61,29 +61,41 @@ def atomic_write(path: Path, write: Callable[[Path], None]) -> None:
 def save_model_dir(model: "RecurrentDepthLM", directory: Path, max_shard_size: int | str = "5GB") -> Path:
     """config.json + model.safetensors, or shards + model.safetensors.index.json past ``max_shard_size``.
 
-    Sharding is huggingface_hub's (the layout transformers and vLLM read). A tied head is stored once,
-    as ``embed.weight``. Weights first, config.json last: the small file is the commit, so a failed
-    export never pairs a new config.json with old or missing weights.
+    A tied head is stored once, as ``embed.weight``. Weights first, config.json last: the small file is the
+    commit, so a failed export never pairs a new config.json with old or missing weights.
     """
     make_writable_dir(directory)
     state = {k: v.detach().contiguous() for k, v in model.state_dict().items()}
     if model.config.tie_embeddings:
         state.pop("lm_head.weight")
-    split = split_torch_state_dict_into_shards(state, max_shard_size=max_shard_size)
+    write_weights(directory, state, max_shard_size)
+    config = json.dumps(model.config.to_dict(), indent=2, sort_keys=True)
+    atomic_write(directory / CONFIG_FILE, lambda p: p.write_text(config))
+    return directory
+
+
+def write_weights(directory: Path, tensors: Mapping[str, torch.Tensor], max_shard_size: int | str,
+                  materialize: Optional[Callable[[str], torch.Tensor]] = None) -> None:
+    """model.safetensors, or shards + model.safetensors.index.json past ``max_shard_size``, each atomically.
+
+    Sharding is huggingface_hub's (the layout transformers and vLLM read). With ``materialize``, ``tensors``
+    only give names, shapes and dtypes (meta tensors do) and ``materialize(name)`` builds each tensor when
+    its shard is written: a converted copy of the weights then never exists for more than one shard.
+    """
+    split = split_torch_state_dict_into_shards(dict(tensors), max_shard_size=max_shard_size)
+    build = materialize or tensors.__getitem__
     for filename, names in split.filename_to_tensors.items():
-        shard = {name: state[name] for name in names}
+        shard = {name: build(name).contiguous() for name in names}
         atomic_write(directory / filename, lambda p, shard=shard: save_file(shard, str(p), metadata={"format": "pt"}))
+        del shard
     index = directory / WEIGHTS_INDEX_FILE
     if split.is_sharded:
-        text = json.dumps({"metadata": {**split.metadata, "total_size": sum(t.nbytes for t in state.values())},
+        text = json.dumps({"metadata": {**split.metadata, "total_size": sum(t.nbytes for t in tensors.values())},
                            "weight_map": split.tensor_to_filename}, indent=2, sort_keys=True)
         atomic_write(index, lambda p: p.write_text(text))
         (directory / WEIGHTS_FILE).unlink(missing_ok=True)
     else:
         index.unlink(missing_ok=True)
-    config = json.dumps(model.config.to_dict(), indent=2, sort_keys=True)
-    atomic_write(directory / CONFIG_FILE, lambda p: p.write_text(config))
-    return directory
 
 
 def weight_files(directory: Path) -> list[Path]:
@@ -144,6 +156,13 @@ def load_model_dir(cls: type, directory: Path, map_location: str, overrides: dic
         except (SafetensorError, OSError) as err:
             raise ValueError(f"{path} is corrupt or not a safetensors file ({err}); "
                              "re-export the model from its run directory") from err
+    return model_from_state(cls, config, state, map_location, f"the weights in {directory}")
+
+
+def model_from_state(cls: type, config: ModelConfig, state: dict[str, torch.Tensor], map_location: str,
+                     origin: str) -> "RecurrentDepthLM":
+    """A model of ``config`` that takes ownership of the tensors in ``state`` (no copy: built on the meta
+    device, then ``assign``), with a tied head re-tied and the RoPE tables computed on ``map_location``."""
     if config.tie_embeddings:  # stored once; exports before sharding may have kept either name
         tied = state.get("embed.weight", state.get("lm_head.weight"))
         if tied is not None:
@@ -153,8 +172,7 @@ def load_model_dir(cls: type, directory: Path, map_location: str, overrides: dic
     try:
         model.load_state_dict(state, strict=True, assign=True)
     except RuntimeError as err:  # a missing/unexpected tensor, or a shape other than config.json builds
-        raise ValueError(f"the weights in {directory} do not match its config.json ({err}); "
-                         "was config.json edited by hand?") from err
+        raise ValueError(f"{origin} do not match its config.json ({err}); was config.json edited by hand?") from err
     if config.tie_embeddings:  # assign=True gave each its own tensor object: re-tie the head
         model.lm_head.weight = model.embed.weight
     cos, sin = _rope(config, map_location)

@@ -1,0 +1,151 @@
+"""Huginn-0125 checkpoint directories in and out: streamed shard by shard, one copy of the weights at a time.
+
+Import reads each safetensors shard tensor by tensor into fresh memory (:mod:`recurrent_lm.interop.stream`, no
+memory map), converts the tensor (a rename, or a permutation of the q/k rows) and keeps only the converted one; the model is then built on the meta device
+and takes those tensors over (``assign``), so the weights exist once, plus the tensor being converted.
+Export is the mirror image: shards are planned on meta tensors and each is built just before it is written.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import shutil
+from pathlib import Path
+from typing import Optional
+
+import torch
+
+from recurrent_lm.data.tokenizer import TextTokenizer
+from recurrent_lm.interop.huginn import (ROPE_TABLE, FormatError, config_from_huginn, config_to_huginn,
+                                         export_tensor, huginn_shapes, import_tensor, rope_table, rope_table_problem)
+from recurrent_lm.interop.stream import stored_tensors
+from recurrent_lm.interop.tokenizer import (GENERATION_CONFIG_FILE, TOKENIZER_CONFIG_FILE, TOKENIZER_FILES,
+                                            load_tokenizer, tokenizer_config_for)
+from recurrent_lm.model import ModelConfig, RecurrentDepthLM
+from recurrent_lm.model.io import (CONFIG_FILE, TOKENIZER_FILE, atomic_write, make_writable_dir, model_from_state,
+                                   save_model_dir, weight_files, write_weights)
+
+log = logging.getLogger(__name__)
+
+
+def read_huginn_config(directory: Path) -> ModelConfig:
+    path = directory / CONFIG_FILE
+    if not path.is_file():
+        raise FileNotFoundError(f"{directory} has no {CONFIG_FILE}; pass a Huginn checkpoint directory "
+                                "(config.json, model*.safetensors, tokenizer.json)")
+    try:
+        raw = json.loads(path.read_text())
+    except json.JSONDecodeError as err:
+        raise FormatError(f"{path} is not valid JSON ({err})") from err
+    return config_from_huginn(raw, origin=str(path))
+
+
+def load_huginn(directory: Path, dtype: Optional[torch.dtype] = None) -> RecurrentDepthLM:
+    """A :class:`RecurrentDepthLM` with the weights of the Huginn checkpoint in ``directory``, on the CPU.
+
+    Tensors keep their stored dtype unless ``dtype`` is given (each is cast as it is read, so a cast never
+    holds two copies either). Missing, unexpected and misshapen tensors are errors naming the tensor and file.
+    """
+    directory = Path(directory)
+    config = read_huginn_config(directory)
+    expected = huginn_shapes(config)
+    state: dict[str, torch.Tensor] = {}
+    origin: dict[str, Path] = {}
+    for path in weight_files(directory):
+        with path.open("rb") as file:
+            for stored in stored_tensors(path, file):
+                name = stored.name
+                _check_known(name, expected, config, path, origin)
+                if name == ROPE_TABLE:
+                    _check_rope(stored.read(), config, path)
+                    continue
+                if name not in expected:  # a tied head's duplicate: the format's loader ties it away too
+                    log.warning("%s: %s ignored, tie_embeddings is true (the head is the embedding)", path, name)
+                    continue
+                if stored.shape != expected[name]:
+                    raise FormatError(f"{path}: tensor {name} has shape {stored.shape}, but {CONFIG_FILE} implies "
+                                      f"{expected[name]}; the config and the weights are from different models")
+                tensor = stored.read()
+                state.update(import_tensor(name, tensor if dtype is None else tensor.to(dtype), config))
+                origin[name] = path
+    missing = sorted(set(expected) - set(origin))
+    if missing:
+        raise FormatError(f"{directory} lacks the tensors {missing[:6]}{' …' if len(missing) > 6 else ''} that its "
+                          f"{CONFIG_FILE} implies ({len(missing)} missing); copy every shard, or fix the layer counts "
+                          "in config.json")
+    return model_from_state(RecurrentDepthLM, config, state, "cpu", f"the converted weights of {directory}")
+
+
+def _check_known(name: str, expected: dict, config: ModelConfig, path: Path, origin: dict[str, Path]) -> None:
+    tied_head = name == "lm_head.weight" and config.tie_embeddings
+    if name not in expected and name != ROPE_TABLE and not tied_head:
+        raise FormatError(f"{path}: unexpected tensor {name!r}; it is not part of a Huginn checkpoint with the "
+                          f"layer counts in {CONFIG_FILE} (check n_layers_in_* and qk_bias)")
+    if name in origin:
+        raise FormatError(f"tensor {name} is stored twice, in {origin[name]} and {path}; remove the stale shard")
+
+
+def _check_rope(table: torch.Tensor, config: ModelConfig, path: Path) -> None:
+    problem = rope_table_problem(table, config)
+    if problem:
+        raise FormatError(f"{path}: the saved RoPE table {ROPE_TABLE} {problem}; check rope_base, block_size "
+                          f"and n_heads in {CONFIG_FILE}")
+
+
+def save_huginn(model: RecurrentDepthLM, directory: Path, max_shard_size: int | str = "5GB") -> Path:
+    """Write ``model`` as a Huginn checkpoint (config.json, model*.safetensors); refuses before writing when
+    the format cannot express the model."""
+    config = model.config
+    raw = config_to_huginn(config)  # the refusals happen here, before anything is written
+    make_writable_dir(directory)
+    state = {k: v.detach() for k, v in model.state_dict().items()}
+    dtype = state["embed.weight"].dtype
+    plan = {name: torch.empty(shape, dtype=dtype, device="meta") for name, shape in huginn_shapes(config).items()}
+    plan[ROPE_TABLE] = rope_table(config).to("meta")
+    raw["torch_dtype"] = str(dtype).removeprefix("torch.")
+
+    def build(name: str) -> torch.Tensor:
+        return rope_table(config) if name == ROPE_TABLE else export_tensor(name, state, config)
+
+    write_weights(directory, plan, max_shard_size, materialize=build)
+    atomic_write(directory / CONFIG_FILE, lambda p: p.write_text(json.dumps(raw, indent=2, sort_keys=True)))
+    return directory
+
+
+def copy_tokenizer_files(source: Path, target: Path, max_length: int) -> list[str]:
+    """Copy the tokenizer files ``source`` has; give one of our tokenizers the tokenizer_config.json and
+    generation_config.json that name its specials for Hugging Face. Returns the file names written."""
+    written = []
+    for name in TOKENIZER_FILES:
+        if (source / name).is_file():
+            atomic_write(target / name, lambda tmp, name=name: shutil.copyfile(source / name, tmp))
+            written.append(name)
+    if TOKENIZER_FILE in written and TOKENIZER_CONFIG_FILE not in written:
+        tokenizer = load_tokenizer(source / TOKENIZER_FILE)
+        if isinstance(tokenizer, TextTokenizer):
+            extra = {TOKENIZER_CONFIG_FILE: tokenizer_config_for(tokenizer, max_length),
+                     GENERATION_CONFIG_FILE: {"bos_token_id": tokenizer.bos_id, "eos_token_id": tokenizer.eos_id,
+                                              "pad_token_id": tokenizer.pad_id}}
+            for name, data in extra.items():
+                if name not in written:
+                    atomic_write(target / name, lambda p, data=data: p.write_text(json.dumps(data, indent=2)))
+                    written.append(name)
+    return written
+
+
+def import_huginn(source: Path, target: Path, dtype: Optional[torch.dtype] = None,
+                  max_shard_size: int | str = "5GB") -> Path:
+    """Huginn checkpoint directory -> recurrent_lm model directory (weights, config.json, tokenizer files)."""
+    model = load_huginn(source, dtype)
+    save_model_dir(model, target, max_shard_size)
+    copy_tokenizer_files(source, target, model.config.block_size)
+    return target
+
+
+def export_huginn(source: Path, target: Path, max_shard_size: int | str = "5GB") -> Path:
+    """recurrent_lm model directory -> Huginn checkpoint directory (weights, config.json, tokenizer files)."""
+    model = RecurrentDepthLM.from_pretrained(source)
+    save_huginn(model, target, max_shard_size)
+    copy_tokenizer_files(source, target, model.config.block_size)
+    return target

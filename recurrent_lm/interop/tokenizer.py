@@ -1,0 +1,138 @@
+"""Tokenizers in the Hugging Face directory layout: tokenizer.json plus the files that name its special tokens.
+
+A recurrent_lm tokenizer holds its reserved specials at ids 0..5 (:class:`TextTokenizer`). A foreign one, such
+as Huginn-0125's, names its own (``<|begin_text|>``, ``<|end_text|>``, ``<|pad|>``) in
+``tokenizer_config.json`` / ``special_tokens_map.json`` / ``generation_config.json``, and may carry a chat
+template (``chat_template`` in tokenizer_config.json, or ``chat_template.jinja``).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+from typing import Any, Optional, Union
+
+from tokenizers import Tokenizer
+
+from recurrent_lm.data.tokenizer import SPECIAL_TOKENS, TextTokenizer
+from recurrent_lm.model.io import TOKENIZER_FILE
+
+TOKENIZER_CONFIG_FILE = "tokenizer_config.json"
+SPECIAL_TOKENS_MAP_FILE = "special_tokens_map.json"
+GENERATION_CONFIG_FILE = "generation_config.json"
+CHAT_TEMPLATE_FILE = "chat_template.jinja"
+TOKENIZER_FILES = (TOKENIZER_FILE, TOKENIZER_CONFIG_FILE, SPECIAL_TOKENS_MAP_FILE, GENERATION_CONFIG_FILE,
+                   CHAT_TEMPLATE_FILE)
+"""The files of a tokenizer directory that a conversion carries along when present."""
+
+
+class HFTokenizer:
+    """tokenizer.json with the bos/eos/pad tokens its directory names; the interface of :class:`TextTokenizer`.
+
+    Unlike TextTokenizer, special tokens written *in text* are parsed as specials: a chat template renders
+    its turn markers as text, and they must become the marker ids the model was trained on.
+    """
+
+    def __init__(self, tokenizer: Tokenizer, eos_id: int, pad_id: int, bos_id: Optional[int]) -> None:
+        self._tokenizer = tokenizer
+        self.eos_id, self.pad_id, self.bos_id = eos_id, pad_id, bos_id
+
+    @classmethod
+    def from_dir(cls, directory: Path, tokenizer: Optional[Tokenizer] = None) -> "HFTokenizer":
+        tokenizer = tokenizer or _read_tokenizer(directory / TOKENIZER_FILE)
+        ids = special_token_ids(directory, tokenizer)
+        if ids.get("eos") is None:
+            raise ValueError(f"{directory / TOKENIZER_FILE} is not a recurrent_lm tokenizer and no eos_token is "
+                             f"named in {TOKENIZER_CONFIG_FILE}, {SPECIAL_TOKENS_MAP_FILE} or {GENERATION_CONFIG_FILE} "
+                             "beside it; add one of them (e.g. {\"eos_token\": \"<|end_text|>\"})")
+        return cls(tokenizer, ids["eos"], ids["pad"] if ids.get("pad") is not None else ids["eos"], ids.get("bos"))
+
+    def encode(self, text: str) -> list[int]:
+        return self._tokenizer.encode(text, add_special_tokens=False).ids
+
+    def encode_batch(self, texts: list[str]) -> list[list[int]]:
+        return [e.ids for e in self._tokenizer.encode_batch_fast(texts, add_special_tokens=False)]
+
+    def decode(self, ids: list[int]) -> str:
+        return self._tokenizer.decode(ids, skip_special_tokens=False)
+
+    def save(self, path: Union[str, Path]) -> None:
+        self._tokenizer.save(str(path))
+
+    @property
+    def vocab_size(self) -> int:
+        return self._tokenizer.get_vocab_size(with_added_tokens=True)
+
+    @property
+    def fingerprint(self) -> str:
+        canonical = json.dumps(json.loads(self._tokenizer.to_str()), sort_keys=True, separators=(",", ":"))
+        return hashlib.sha256(canonical.encode()).hexdigest()
+
+
+def load_tokenizer(path: Path) -> Union[TextTokenizer, HFTokenizer]:
+    """The tokenizer at ``path`` (a tokenizer.json): ours when it holds recurrent_lm's reserved specials at
+    ids 0..5, otherwise an :class:`HFTokenizer` with the specials its directory names."""
+    tokenizer = _read_tokenizer(path)
+    if all(tokenizer.token_to_id(token) == i for i, token in enumerate(SPECIAL_TOKENS)):
+        return TextTokenizer(tokenizer, origin=str(path))
+    return HFTokenizer.from_dir(path.parent, tokenizer)
+
+
+def special_token_ids(directory: Path, tokenizer: Tokenizer) -> dict[str, Optional[int]]:
+    """{'bos', 'eos', 'pad'} -> id, from token strings (tokenizer_config.json, special_tokens_map.json), else
+    from ids (generation_config.json; a list of eos ids gives its first)."""
+    found: dict[str, Optional[int]] = {}
+    for role in ("bos", "eos", "pad"):
+        for name in (TOKENIZER_CONFIG_FILE, SPECIAL_TOKENS_MAP_FILE):
+            token = _read_json(directory / name).get(f"{role}_token")
+            content = token.get("content") if isinstance(token, dict) else token
+            if isinstance(content, str):
+                if tokenizer.token_to_id(content) is None:
+                    raise ValueError(f"{directory / name}: {role}_token={content!r} is not in {TOKENIZER_FILE}; "
+                                     "fix the token string or the tokenizer file")
+                found[role] = tokenizer.token_to_id(content)
+                break
+        else:
+            value = _read_json(directory / GENERATION_CONFIG_FILE).get(f"{role}_token_id")
+            found[role] = value[0] if isinstance(value, list) and value else value
+    return found
+
+
+def read_chat_template(directory: Path) -> Optional[str]:
+    """The chat template of a tokenizer directory: chat_template.jinja, else tokenizer_config.json's
+    ``chat_template`` (a string, or a list of {name, template} whose 'default' is used); None if absent."""
+    if (directory / CHAT_TEMPLATE_FILE).is_file():
+        return (directory / CHAT_TEMPLATE_FILE).read_text()
+    template = _read_json(directory / TOKENIZER_CONFIG_FILE).get("chat_template")
+    if isinstance(template, list):
+        named = {entry.get("name"): entry.get("template") for entry in template if isinstance(entry, dict)}
+        template = named.get("default")
+    return template if isinstance(template, str) else None
+
+
+def tokenizer_config_for(tokenizer: TextTokenizer, max_length: int) -> dict[str, Any]:
+    """tokenizer_config.json for one of our tokenizers, so Hugging Face's AutoTokenizer finds its specials."""
+    bos, eos, pad = SPECIAL_TOKENS[tokenizer.bos_id], SPECIAL_TOKENS[tokenizer.eos_id], SPECIAL_TOKENS[tokenizer.pad_id]
+    return {"tokenizer_class": "PreTrainedTokenizerFast", "bos_token": bos, "eos_token": eos, "pad_token": pad,
+            "model_max_length": max_length, "add_bos_token": False, "add_eos_token": False}
+
+
+def _read_tokenizer(path: Path) -> Tokenizer:
+    if not path.is_file():
+        raise FileNotFoundError(f"no tokenizer at {path}; copy the model's {TOKENIZER_FILE} there or pass "
+                                "tokenizer=<path to tokenizer.json>")
+    try:
+        return Tokenizer.from_file(str(path))
+    except Exception as err:  # the Rust side raises a bare Exception for any parse error
+        raise ValueError(f"{path} is not a valid tokenizer.json ({err})") from err
+
+
+def _read_json(path: Path) -> dict[str, Any]:
+    if not path.is_file():
+        return {}
+    try:
+        data = json.loads(path.read_text())
+    except json.JSONDecodeError as err:
+        raise ValueError(f"{path} is not valid JSON ({err}); fix or remove it") from err
+    return data if isinstance(data, dict) else {}
