@@ -16,13 +16,14 @@ from tokenizers import AddedToken, Tokenizer
 from torch import nn
 
 from recurrent_lm.coconut.sequences import SpecialIds
+from recurrent_lm.data.tokenizer import WrappedTokenizer
 
 BOT, EOT, LATENT = "<bot>", "<eot>", "<latent>"
 EOS_NAMES = ("<|eos|>", "<|endoftext|>", "</s>", "<|end_of_text|>", "<|im_end|>", "<eos>")
 PAD_NAMES = ("<|pad|>", "<pad>", "[PAD]")
 
 
-class ThoughtTokenizer:
+class ThoughtTokenizer(WrappedTokenizer):
     """A ``tokenizers.Tokenizer`` with the ids of the Coconut markers, end of sequence and padding.
 
     Text is encoded as text (``encode_special_tokens``): a question that contains the string "<bot>" gets
@@ -31,7 +32,7 @@ class ThoughtTokenizer:
 
     def __init__(self, tokenizer: Tokenizer, origin: str = "the tokenizer") -> None:
         tokenizer.encode_special_tokens = True
-        self.tokenizer = tokenizer
+        super().__init__(tokenizer)
         self.ids = _special_ids(tokenizer, origin)
 
     @classmethod
@@ -41,21 +42,9 @@ class ThoughtTokenizer:
             raise FileNotFoundError(f"{path}: no tokenizer.json here; a Coconut model directory holds one")
         return cls(Tokenizer.from_file(str(path)), origin=str(path))
 
-    def encode(self, text: str) -> list[int]:
-        return self.tokenizer.encode(text, add_special_tokens=False).ids
-
-    def encode_batch(self, texts: list[str]) -> list[list[int]]:
-        return [e.ids for e in self.tokenizer.encode_batch_fast(texts, add_special_tokens=False)]
-
     def decode(self, ids: list[int]) -> str:
+        """Text without the markers and end-of-sequence (what an answer is compared on)."""
         return self.tokenizer.decode(ids, skip_special_tokens=True)
-
-    def save(self, path: str | Path) -> None:
-        self.tokenizer.save(str(path))
-
-    @property
-    def vocab_size(self) -> int:
-        return self.tokenizer.get_vocab_size(with_added_tokens=True)
 
 
 def _special_ids(tokenizer: Tokenizer, origin: str) -> SpecialIds:

@@ -22,14 +22,53 @@ SPECIAL_TOKENS = ("<|bos|>", "<|eos|>", "<|pad|>", "<bot>", "<eot>", "<latent>")
 """Reserved tokens, in id order: bos, eos, pad, then Coconut's begin-thought, end-thought and thought slot."""
 
 
-class TextTokenizer:
-    """A `tokenizers.Tokenizer` holding `SPECIAL_TOKENS` at ids 0..5, with the few operations the pipeline uses."""
+class WrappedTokenizer:
+    """A `tokenizers.Tokenizer` with the few operations the pipeline uses. Subclasses say where the special
+    tokens are: ours at reserved ids (:class:`TextTokenizer`), a foreign directory's by name
+    (:class:`recurrent_lm.interop.tokenizer.HFTokenizer`), Coconut's markers by name
+    (:class:`recurrent_lm.coconut.tokens.ThoughtTokenizer`)."""
+
+    def __init__(self, tokenizer: Tokenizer) -> None:
+        self._tokenizer = tokenizer
+
+    @property
+    def tokenizer(self) -> Tokenizer:
+        """The wrapped `tokenizers.Tokenizer` (e.g. to add tokens to it)."""
+        return self._tokenizer
+
+    def save(self, path: str | Path) -> None:
+        self._tokenizer.save(str(path))
+
+    def encode(self, text: str) -> list[int]:
+        return self._tokenizer.encode(text, add_special_tokens=False).ids
+
+    def encode_batch(self, texts: list[str]) -> list[list[int]]:
+        """Encode many texts at once: the Rust side spreads them over all cores and skips computing offsets."""
+        return [encoding.ids for encoding in self._tokenizer.encode_batch_fast(texts, add_special_tokens=False)]
+
+    def decode(self, ids: list[int]) -> str:
+        """Exact inverse of `encode`; special tokens are rendered as their strings, not dropped."""
+        return self._tokenizer.decode(ids, skip_special_tokens=False)
+
+    @property
+    def vocab_size(self) -> int:
+        return self._tokenizer.get_vocab_size(with_added_tokens=True)
+
+    @property
+    def fingerprint(self) -> str:
+        """sha256 of the canonical (key-sorted, compact) tokenizer JSON: equal iff the tokenizers are the same."""
+        canonical = json.dumps(json.loads(self._tokenizer.to_str()), sort_keys=True, separators=(",", ":"))
+        return hashlib.sha256(canonical.encode()).hexdigest()
+
+
+class TextTokenizer(WrappedTokenizer):
+    """A `tokenizers.Tokenizer` holding `SPECIAL_TOKENS` at ids 0..5."""
 
     def __init__(self, tokenizer: Tokenizer, origin: str = "the tokenizer") -> None:
         """Wrap `tokenizer`; `origin` names it in the error raised when it lacks the reserved specials."""
         _check_specials(tokenizer, origin)
         tokenizer.encode_special_tokens = True  # runtime flag, not serialised: see the module docstring
-        self._tokenizer = tokenizer
+        super().__init__(tokenizer)
 
     def __reduce__(self) -> tuple[type[TextTokenizer], tuple[Tokenizer]]:
         # Rebuild through __init__ on unpickling (e.g. in Dataset.map worker processes): a pickled Tokenizer
@@ -69,30 +108,6 @@ class TextTokenizer:
             raise ValueError(f"{path} is not a valid tokenizer.json ({err}); point data.tokenizer_path at a file "
                              "saved by the `tokenizers` library, or leave it unset to train one") from err
         return cls(tokenizer, origin=str(path))
-
-    def save(self, path: str | Path) -> None:
-        self._tokenizer.save(str(path))
-
-    def encode(self, text: str) -> list[int]:
-        return self._tokenizer.encode(text, add_special_tokens=False).ids
-
-    def encode_batch(self, texts: list[str]) -> list[list[int]]:
-        """Encode many texts at once: the Rust side spreads them over all cores and skips computing offsets."""
-        return [encoding.ids for encoding in self._tokenizer.encode_batch_fast(texts, add_special_tokens=False)]
-
-    def decode(self, ids: list[int]) -> str:
-        """Exact inverse of `encode`; special tokens are rendered as their strings, not dropped."""
-        return self._tokenizer.decode(ids, skip_special_tokens=False)
-
-    @property
-    def vocab_size(self) -> int:
-        return self._tokenizer.get_vocab_size(with_added_tokens=True)
-
-    @property
-    def fingerprint(self) -> str:
-        """sha256 of the canonical (key-sorted, compact) tokenizer JSON: equal iff the tokenizers are the same."""
-        canonical = json.dumps(json.loads(self._tokenizer.to_str()), sort_keys=True, separators=(",", ":"))
-        return hashlib.sha256(canonical.encode()).hexdigest()
 
     @property
     def bos_id(self) -> int:

@@ -8,14 +8,13 @@ template (``chat_template`` in tokenizer_config.json, or ``chat_template.jinja``
 
 from __future__ import annotations
 
-import hashlib
 import json
 from pathlib import Path
 from typing import Any, Optional, Union
 
 from tokenizers import Tokenizer
 
-from recurrent_lm.data.tokenizer import SPECIAL_TOKENS, TextTokenizer
+from recurrent_lm.data.tokenizer import SPECIAL_TOKENS, TextTokenizer, WrappedTokenizer
 from recurrent_lm.model.io import TOKENIZER_FILE
 
 TOKENIZER_CONFIG_FILE = "tokenizer_config.json"
@@ -27,7 +26,7 @@ TOKENIZER_FILES = (TOKENIZER_FILE, TOKENIZER_CONFIG_FILE, SPECIAL_TOKENS_MAP_FIL
 """The files of a tokenizer directory that a conversion carries along when present."""
 
 
-class HFTokenizer:
+class HFTokenizer(WrappedTokenizer):
     """tokenizer.json with the bos/eos/pad tokens its directory names; the interface of :class:`TextTokenizer`.
 
     Unlike TextTokenizer, special tokens written *in text* are parsed as specials: a chat template renders
@@ -35,7 +34,7 @@ class HFTokenizer:
     """
 
     def __init__(self, tokenizer: Tokenizer, eos_id: int, pad_id: int, bos_id: Optional[int]) -> None:
-        self._tokenizer = tokenizer
+        super().__init__(tokenizer)
         self.eos_id, self.pad_id, self.bos_id = eos_id, pad_id, bos_id
 
     @classmethod
@@ -47,27 +46,6 @@ class HFTokenizer:
                              f"named in {TOKENIZER_CONFIG_FILE}, {SPECIAL_TOKENS_MAP_FILE} or {GENERATION_CONFIG_FILE} "
                              "beside it; add one of them (e.g. {\"eos_token\": \"<|end_text|>\"})")
         return cls(tokenizer, ids["eos"], ids["pad"] if ids.get("pad") is not None else ids["eos"], ids.get("bos"))
-
-    def encode(self, text: str) -> list[int]:
-        return self._tokenizer.encode(text, add_special_tokens=False).ids
-
-    def encode_batch(self, texts: list[str]) -> list[list[int]]:
-        return [e.ids for e in self._tokenizer.encode_batch_fast(texts, add_special_tokens=False)]
-
-    def decode(self, ids: list[int]) -> str:
-        return self._tokenizer.decode(ids, skip_special_tokens=False)
-
-    def save(self, path: Union[str, Path]) -> None:
-        self._tokenizer.save(str(path))
-
-    @property
-    def vocab_size(self) -> int:
-        return self._tokenizer.get_vocab_size(with_added_tokens=True)
-
-    @property
-    def fingerprint(self) -> str:
-        canonical = json.dumps(json.loads(self._tokenizer.to_str()), sort_keys=True, separators=(",", ":"))
-        return hashlib.sha256(canonical.encode()).hexdigest()
 
 
 def load_tokenizer(path: Path) -> Union[TextTokenizer, HFTokenizer]:
