@@ -280,3 +280,11 @@ def test_eval_cli_bad_input_exits_2_with_an_error_line(exports, capsys, case, fl
     assert main(["--model", model, "--data", data, *extra]) == 2
     err = capsys.readouterr().err.strip().splitlines()  # loading a Hugging Face model may print progress first
     assert err[-1].startswith(f"recurrent-lm-coconut-eval: error: {flag}") and "Traceback" not in err
+
+
+def test_the_default_answer_budget_covers_the_longest_reference_continuation():
+    """CoT answers run through every step: a fixed small budget would cut them before '### answer'."""
+    from recurrent_lm.coconut.evaluate import SLACK, answer_budget
+
+    short, long = ThoughtExample((7, BOT), 0, (EOT, 9, 1)), ThoughtExample((7, BOT), 0, (EOT, *range(10, 110), 1))
+    assert answer_budget([short, long]) == 101 + SLACK

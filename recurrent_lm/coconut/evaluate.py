@@ -7,7 +7,7 @@
 
 Each export is evaluated as it was trained: its coconut.json gives the method, the thoughts per step and
 the last stage, so a question is laid out exactly as the last training stage laid it out
-(:func:`recurrent_lm.coconut.sequences.question_prefix`). One row per model; ``--depths`` adds rows at other
+(:func:`recurrent_lm.coconut.sequences.final_example`). One row per model; ``--depths`` adds rows at other
 core depths (recurrent models: thoughts × depth), ``--depth-exit`` rows where every forward (each thought,
 each token) leaves the core adaptively (the depth loop inside the thought loop), and ``--thought-exit`` rows
 whose number of thoughts is adaptive (models trained with continuous thoughts). Tokens are counted as the paper counts them: each
@@ -30,7 +30,7 @@ from recurrent_lm.coconut.config import CoconutConfig
 from recurrent_lm.coconut.export import load_coconut_model
 from recurrent_lm.coconut.generate import exact_match, generate
 from recurrent_lm.coconut.records import ReasoningRecord, load_records
-from recurrent_lm.coconut.sequences import encode_record, question_prefix
+from recurrent_lm.coconut.sequences import ThoughtExample, encode_record, final_example
 from recurrent_lm.coconut.thoughts import ContinuousThoughtLM
 from recurrent_lm.coconut.tokens import ThoughtTokenizer
 from recurrent_lm.loop import EXIT_CHOICES, ExitSpec
@@ -38,6 +38,8 @@ from recurrent_lm.model import RecurrentDepthLM
 from recurrent_lm.model.device import pick_device
 
 PROG = "recurrent-lm-coconut-eval"
+SLACK = 16
+"""Tokens allowed beyond the longest reference continuation before a generation is cut."""
 COLUMNS = ("method", "accuracy %", "tokens", "thoughts", "core iterations / token")
 
 
@@ -50,19 +52,27 @@ def needs_steps(config: CoconutConfig) -> bool:
     return config.thinks and not config.pad_latent_to_max
 
 
+def answer_budget(examples: Sequence[ThoughtExample]) -> int:
+    """Tokens to generate: the longest reference continuation (<eot> is fed, not generated) plus SLACK."""
+    return max((len(e.suffix) - 1 for e in examples), default=1) + SLACK
+
+
 def evaluate_model(model: nn.Module, tokenizer: ThoughtTokenizer, config: CoconutConfig,
                    records: Sequence[ReasoningRecord], *, batch_size: int = 32, depth: Depth = FIXED,
-                   thought_exit: Optional[ExitSpec] = None, max_new_tokens: int = 64) -> dict[str, Any]:
+                   thought_exit: Optional[ExitSpec] = None, max_new_tokens: Optional[int] = None) -> dict[str, Any]:
     """Generate an answer to every record (greedy, laid out at the last stage) and score it by exact match.
 
     Returns accuracy (fraction correct), mean_tokens (generated, thoughts counted), mean_thoughts,
     mean_core_steps (core iterations per generated token; None for a model without a recurrent core) and
     examples. Recurrent models draw their initial state from the seeded table, so the figures do not
-    depend on ``batch_size``.
+    depend on ``batch_size``. ``max_new_tokens`` None gives room for the longest reference continuation
+    (the steps the layout keeps, the answer, <eos>) plus :data:`SLACK` tokens.
     """
     lm = ContinuousThoughtLM(backend_for(model, s0_seed=0))
-    laid_out = [question_prefix(encode_record(tokenizer.encode, r.question, r.steps, r.answer), config, tokenizer.ids)
+    examples = [final_example(encode_record(tokenizer.encode, r.question, r.steps, r.answer), config, tokenizer.ids)
                 for r in records]
+    max_new_tokens = answer_budget(examples) if max_new_tokens is None else max_new_tokens
+    laid_out = [(e.prefix, e.thoughts) for e in examples]
     correct = tokens = thoughts = core = 0
     for start in range(0, len(records), batch_size):
         chunk = laid_out[start:start + batch_size]
@@ -98,7 +108,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--data", required=True, help="JSON list of {question, steps, answer} records")
     p.add_argument("--num-examples", type=int, help="score only the first N records")
     p.add_argument("--batch-size", type=int, default=32)
-    p.add_argument("--max-new-tokens", type=int, default=64)
+    p.add_argument("--max-new-tokens", type=int,
+                   help="tokens generated per answer at most (default: the longest reference continuation + 16)")
     p.add_argument("--depths", type=int, nargs="+", default=[], metavar="R",
                    help="extra rows at these core depths (recurrent models only)")
     p.add_argument("--thought-exit", choices=("convergence",),

@@ -75,10 +75,10 @@ def build_example(record: EncodedRecord, stage: int, config: CoconutConfig, ids:
     return ThoughtExample(prefix, 0 if pause else shape.thoughts, suffix)
 
 
-def question_prefix(record: EncodedRecord, config: CoconutConfig, ids: SpecialIds) -> tuple[tuple[int, ...], int]:
-    """What generation starts from at the last stage: (prefix ids, thought bound)."""
-    example = build_example(record, config.max_latent_stage + 1 if config.thinks else 0, config, ids)
-    return example.prefix, example.thoughts
+def final_example(record: EncodedRecord, config: CoconutConfig, ids: SpecialIds) -> ThoughtExample:
+    """``record`` as the last training stage lays it out: what generation starts from (prefix, thought bound)
+    and the reference continuation (suffix)."""
+    return build_example(record, config.max_latent_stage + 1 if config.thinks else 0, config, ids)
 
 
 def collate(examples: Sequence[ThoughtExample], pad_id: int) -> dict[str, Tensor]:
