@@ -24,6 +24,7 @@ from recurrent_lm.coconut.module import CoconutModule
 from recurrent_lm.coconut.records import load_records
 from recurrent_lm.coconut.tokens import ThoughtTokenizer, add_thought_tokens
 from recurrent_lm.model.io import TOKENIZER_FILE
+from recurrent_lm.train.parallel import planned_world_size
 
 if TYPE_CHECKING:
     from recurrent_lm.train.schema import TrainConfig
@@ -101,19 +102,23 @@ def build(cfg: TrainConfig, run_dir: Path) -> tuple[CoconutDataModule, CoconutMo
     generate_data(cfg.coconut, cfg.seed)
     tokenizer = build_tokenizer(cfg, run_dir)
     lm = build_model(cfg.coconut, tokenizer)
+    if lm is not None and cfg.parallel.strategy == "fsdp":
+        raise ValueError(f"parallel=fsdp shards recurrent_lm's model only; Coconut on coconut.hf_model="
+                         f"{cfg.coconut.hf_model} trains with parallel=ddp (or parallel=single)")
     if lm is None and tokenizer.vocab_size > cfg.model.vocab_size:
         raise ValueError(f"the tokenizer has {tokenizer.vocab_size} tokens but model.vocab_size={cfg.model.vocab_size}; "
                          "raise model.vocab_size")
     t = cfg.trainer
     datamodule = CoconutDataModule(cfg.coconut, tokenizer, t.micro_batch_size, t.val_batches, cfg.seed,
-                                   block_size=cfg.model.block_size if lm is None else None)
+                                   block_size=cfg.model.block_size if lm is None else None,
+                                   world_size=planned_world_size(t.devices, t.accelerator, t.num_nodes))
     module = CoconutModule(cfg.model, cfg.sampler, cfg.optim, cfg.coconut, t.eval_depths, tokenizer.ids,
                            datamodule.batches_per_epoch, lm=lm, seed=cfg.seed,
-                           max_nonfinite_steps=t.max_nonfinite_steps)
+                           max_nonfinite_steps=t.max_nonfinite_steps, parallel=cfg.parallel)
     return datamodule, module
 
 
-def export_and_score(cfg: TrainConfig, module: CoconutModule, tokenizer: ThoughtTokenizer, run_dir: Path,
+def export_and_score(cfg: TrainConfig, model: nn.Module, tokenizer: ThoughtTokenizer, run_dir: Path,
                      export_dir: Path) -> dict[str, Any]:
     """Export the model (with its tokenizer and coconut.json), then score ``num_eval`` records of the eval file by
     exact match, as ``recurrent-lm-coconut-eval`` would; the figures go to ``<run_dir>/coconut_eval.json``."""
@@ -122,7 +127,6 @@ def export_and_score(cfg: TrainConfig, module: CoconutModule, tokenizer: Thought
     from recurrent_lm.train.run_dir import write_text_atomic
 
     coconut = cfg.coconut
-    model = module.model.float().eval()
     summary: dict[str, Any] = {}
     if cfg.export:
         summary["export"] = save_coconut_model(model, tokenizer, coconut, export_dir)
