@@ -99,12 +99,15 @@ def generate_data(coconut: CoconutConfig, seed: int) -> None:
 
 
 def build(cfg: TrainConfig, run_dir: Path) -> tuple[CoconutDataModule, CoconutModule]:
+    if cfg.parallel.strategy == "fsdp":
+        # Checked on a CPU gloo mesh: the answer attends to K/V cached by the question's and the thoughts'
+        # forwards, so gradients reach a block's weights after FSDP2 has already reduce-scattered and freed
+        # them ("setStorage ... storage of size 0"), with units per block or one for the whole model.
+        raise ValueError("parallel=fsdp cannot train Coconut: its forwards share a KV cache that carries gradients "
+                         "across FSDP2's per-forward gather/free; use parallel=ddp (or deepspeed on CUDA)")
     generate_data(cfg.coconut, cfg.seed)
     tokenizer = build_tokenizer(cfg, run_dir)
     lm = build_model(cfg.coconut, tokenizer)
-    if lm is not None and cfg.parallel.strategy == "fsdp":
-        raise ValueError(f"parallel=fsdp shards recurrent_lm's model only; Coconut on coconut.hf_model="
-                         f"{cfg.coconut.hf_model} trains with parallel=ddp (or parallel=single)")
     if lm is None and tokenizer.vocab_size > cfg.model.vocab_size:
         raise ValueError(f"the tokenizer has {tokenizer.vocab_size} tokens but model.vocab_size={cfg.model.vocab_size}; "
                          "raise model.vocab_size")
