@@ -242,8 +242,8 @@ def check_parallel(resume: Resume, strategy: str, world_size: int) -> None:
     raise ValueError(f"resume refused: {resume.path} was written by parallel.strategy={stored['strategy']} on "
                      f"{stored['world_size']} process(es), but this run is parallel.strategy={strategy} on {world_size}; "
                      f"{why}. Resume with parallel={stored['strategy']} and trainer.devices × trainer.num_nodes = "
-                     f"{stored['world_size']}, or export its weights (recurrent-lm-export {resume.path}) and start a "
-                     "new run under another name=")
+                     f"{stored['world_size']}, or start a new run under another name= (recurrent-lm-export {resume.path} "
+                     "exports its weights)")
 
 
 def check_compatible(resume: Resume, model: ModelConfig) -> None:
