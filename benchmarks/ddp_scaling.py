@@ -21,13 +21,18 @@ import signal
 import sys
 import tempfile
 import time
+from contextlib import contextmanager
 from pathlib import Path
+from typing import Iterator
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "tests"))
 from train_support import launch, metric_rows, overrides, step_losses, write_corpus  # noqa: E402
 
 LAYOUTS = [("single", 1), ("ddp", 2), ("fsdp", 2)]
+THREADS = {1: (1, 2), 2: (1,)}
+"""Intra-op threads per process: Lightning gives each of 2 CPU processes 1 thread; 1 process is measured
+with 1 thread (same per-process work) and 2 (the whole machine; OpenMP threads spin when the cores are busy)."""
 
 
 def args_for(corpus: Path, run_dir: Path, strategy: str, procs: int, steps: int, batch: int) -> list[str]:
@@ -44,20 +49,37 @@ def throughput(run_dir: Path, steps: int) -> float:
     return (max(times) - first) / (times[max(times)] - times[first])
 
 
+@contextmanager
+def omp_threads(n: int) -> Iterator[None]:
+    """Child processes run ``n`` intra-op threads each (Lightning keeps an OMP_NUM_THREADS that is set)."""
+    os.environ["OMP_NUM_THREADS"] = str(n)
+    try:
+        yield
+    finally:
+        del os.environ["OMP_NUM_THREADS"]
+
+
 def scaling(corpus: Path, work: Path, steps: int, batch: int) -> list[tuple]:
     rows, base = [], None
     for strategy, procs in LAYOUTS:
-        run_dir = work / f"scale-{strategy}-{procs}"
-        result = launch(args_for(corpus, run_dir, strategy, procs, steps, batch))
-        assert result.returncode == 0, result.stdout[-3000:]
-        rate = throughput(run_dir, steps)
-        base = base or rate
-        tokens = rate * batch * 64  # tiny: block_size 64
-        rows.append((strategy, procs, batch, f"{rate:.2f}", f"{tokens:,.0f}", f"{rate / base:.2f}"))
+        for threads in THREADS[procs]:
+            run_dir = work / f"scale-{strategy}-{procs}x{threads}"
+            with omp_threads(threads):
+                result = launch(args_for(corpus, run_dir, strategy, procs, steps, batch))
+            assert result.returncode == 0, result.stdout[-3000:]
+            rate = throughput(run_dir, steps)
+            base = base or rate
+            tokens = rate * batch * 64  # tiny: block_size 64
+            rows.append((strategy, procs, threads, batch, f"{rate:.2f}", f"{tokens:,.0f}", f"{rate / base:.2f}"))
     return rows
 
 
 def preemption(corpus: Path, work: Path, strategy: str, procs: int, batch: int) -> tuple:
+    with omp_threads(1):
+        return _preemption(corpus, work, strategy, procs, batch)
+
+
+def _preemption(corpus: Path, work: Path, strategy: str, procs: int, batch: int) -> tuple:
     run_dir = work / f"preempt-{strategy}-{procs}"
     args = args_for(corpus, run_dir, strategy, procs, 400, batch)
     first = launch(args, wait=False)
@@ -98,14 +120,16 @@ def main() -> None:
         corpus = work / "corpus"
         corpus.mkdir(parents=True, exist_ok=True)
         write_corpus(corpus)
+        print(f"load average before: {os.getloadavg()[0]:.2f} on {os.cpu_count()} cores")
         print(table(f"Data parallelism on {os.cpu_count()} shared CPU cores (tiny fp32, global batch {args.batch})",
-                    ("strategy", "processes", "global batch", "steps/s", "tokens/s", "vs 1 process"),
+                    ("strategy", "processes", "threads each", "global batch", "steps/s", "tokens/s",
+                     "vs 1 process, 1 thread"),
                     scaling(corpus, work, args.steps, args.batch)))
         print()
         print(table("Preemption: SIGUSR1 -> last.ckpt -> resumed",
                     ("strategy", "processes", "saved at step", "signal -> saved (s)", "signal -> exited (s)",
                      "restart -> first resumed step (s)"),
-                    [preemption(corpus, work, s, p, args.batch) for s, p in LAYOUTS]))
+                    [preemption(corpus, work, s, p, args.batch) for s, p in LAYOUTS]))  # 1 thread each
 
 
 if __name__ == "__main__":

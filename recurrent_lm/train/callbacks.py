@@ -39,6 +39,20 @@ class DepthThroughputMonitor(ThroughputMonitor):
                 throughput.available_flops = self.available_flops
 
 
+class RunCheckpoint(ModelCheckpoint):
+    """step-N.ckpt every n steps plus last.ckpt, and last.ckpt again at the end of training when the
+    final step is not a multiple of n (Lightning's own end-of-training save skips a session that
+    saved before), so a finished run resumes as finished."""
+
+    def save_last(self, trainer: L.Trainer) -> None:
+        """Write last.ckpt now (every rank calls it: the save is collective under FSDP2/DeepSpeed)."""
+        self._save_last_checkpoint(trainer, self._monitor_candidates(trainer))
+
+    def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if self._last_global_step_saved != trainer.global_step:
+            self.save_last(trainer)
+
+
 class Preemption(Callback):
     """The one owner of preemption: a signal makes the run save last.ckpt at the next optimizer-step boundary
     and stop; a warning signal also requeues the SLURM job, whose rerun resumes from the same run directory.
@@ -55,7 +69,7 @@ class Preemption(Callback):
 
     WARNINGS = (signal.SIGUSR1, signal.SIGUSR2)
 
-    def __init__(self, checkpoint: ModelCheckpoint) -> None:
+    def __init__(self, checkpoint: RunCheckpoint) -> None:
         self.checkpoint = checkpoint
         self.received: Optional[int] = None
         self.received_at = 0.0
@@ -71,13 +85,13 @@ class Preemption(Callback):
 
     def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any, batch: Any,
                            batch_idx: int) -> None:
-        if pl_module._micro[1] != trainer.accumulate_grad_batches - 1:
+        if (batch_idx + 1) % trainer.accumulate_grad_batches:
             return  # mid-step: a checkpoint is only taken on a step boundary
-        signum = torch.tensor(float(self.received or 0))
+        signum = torch.tensor(float(self.received or 0), device=pl_module.device)  # NCCL reduces CUDA tensors
         signum = trainer.strategy.reduce(signum, reduce_op="max") if trainer.world_size > 1 else signum
         if signum.item() == 0:
             return
-        self.checkpoint._save_last_checkpoint(trainer, self.checkpoint._monitor_candidates(trainer))
+        self.checkpoint.save_last(trainer)
         name = signal.Signals(int(signum.item())).name
         waited = f" {time.perf_counter() - self.received_at:.2f} s after the signal" if self.received else ""
         job = os.environ.get("SLURM_JOB_ID")

@@ -3,13 +3,15 @@
     recurrent-lm-train experiment=demo                     # the README's main job
     recurrent-lm-train model=small trainer.max_steps=5000  # any group or key, typed and checked
     recurrent-lm-train -m model.mean_recurrence=4,8,16     # hydra multirun sweep
+    recurrent-lm-train parallel=fsdp trainer.devices=2     # several processes (train/parallel.py)
 
 Run directory (``run_dir``, default ``runs/<name>``)::
 
     config.yaml        resolved config of the latest session
     tokenizer.json     the tokenizer the data was packed with
     .lock              held by the live run (host, pid, SLURM job id); a second launch is refused
-    checkpoints/       last.ckpt (+ step-N.ckpt); ``resume=auto`` continues from the newest complete one
+    checkpoints/       last.ckpt (+ step-N.ckpt), files or shard directories; ``resume=auto`` continues from
+                       the newest complete one
     logs/              metrics.csv and tensorboard/, continued (not restarted) by every resume
     export/            model.safetensors + config.json + tokenizer.json (RecurrentDepthLM.from_pretrained)
 
@@ -29,13 +31,13 @@ import lightning as L
 from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 import torch
-from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint, RichProgressBar
+from lightning.pytorch.callbacks import LearningRateMonitor, RichProgressBar
 from lightning.pytorch.plugins.environments import SLURMEnvironment
 from lightning.pytorch.loggers import Logger, TensorBoardLogger
 from omegaconf import DictConfig, OmegaConf
 
 from recurrent_lm.model.io import TOKENIZER_FILE, make_writable_dir
-from recurrent_lm.train.callbacks import DepthThroughputMonitor, Preemption
+from recurrent_lm.train.callbacks import DepthThroughputMonitor, Preemption, RunCheckpoint
 from recurrent_lm.train.checkpoint_io import SafeCheckpointIO
 from recurrent_lm.train.datamodule import TextDataModule
 from recurrent_lm.train.hardware import resolve_precision
@@ -105,16 +107,6 @@ def build_loggers(cfg: TrainConfig, run_dir: Path, resume: Resume) -> list[Logge
 
         loggers.append(WandbLogger(project=cfg.logger.wandb_project, name=cfg.name, save_dir=str(run_dir)))
     return loggers
-
-
-class RunCheckpoint(ModelCheckpoint):
-    """step-N.ckpt every n steps plus last.ckpt, and last.ckpt again at the end of training when the
-    final step is not a multiple of n (Lightning's own end-of-training save skips a session that
-    saved before), so a finished run resumes as finished."""
-
-    def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        if self._last_global_step_saved != trainer.global_step:
-            self._save_last_checkpoint(trainer, self._monitor_candidates(trainer))
 
 
 def batch_rows(batch: Any) -> int:

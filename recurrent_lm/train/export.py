@@ -58,7 +58,8 @@ def export_run(source: Path, out_dir: Optional[Path] = None) -> Path:
 def main(argv: Optional[list[str]] = None) -> int:
     parser = argparse.ArgumentParser(prog="recurrent-lm-export", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("source", type=Path, help="run directory, Lightning .ckpt file or checkpoint directory (shards)")
+    parser.add_argument("source", type=Path,
+                        help="run directory, Lightning .ckpt file, or checkpoint directory (FSDP2/DeepSpeed shards)")
     parser.add_argument("--out", type=Path, default=None, help="output directory (default: RUN_DIR/export)")
     args = parser.parse_args(argv)
     try:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from pathlib import Path
 from typing import Any, Optional
 
 import lightning as L
@@ -34,8 +35,9 @@ class RecurrentLMModule(L.LightningModule):
                  eval_depths: list[int], compile_blocks: bool = False, telemetry_every: int = 10,
                  seed: int = 0, max_nonfinite_steps: int = 0, lm: Optional[torch.nn.Module] = None,
                  parallel: Optional[ParallelConfig] = None) -> None:
-        """``lm`` is a model built elsewhere (a Hugging Face causal LM for Coconut); default: ``RecurrentDepthLM(model)``.
-        ``parallel`` is applied in :meth:`configure_model` (activation checkpointing, FSDP2 sharding)."""
+        """``lm`` is a model built elsewhere (a Hugging Face causal LM for Coconut); default:
+        ``RecurrentDepthLM(model)``. ``parallel`` is applied in :meth:`configure_model` (activation
+        checkpointing, FSDP2 sharding)."""
         super().__init__()
         self.model_config, self.optim_config = model, optim
         self.sampler = DepthSampler(sampler)
@@ -72,6 +74,12 @@ class RecurrentLMModule(L.LightningModule):
     def full_model(self) -> Optional[torch.nn.Module]:
         """The trained model, unsharded, on rank 0 (for export and evaluation); None on the other ranks.
         Collective under FSDP2: every rank must call it."""
+        if self.parallel.strategy == "deepspeed" and self.parallel.zero_stage == 3:
+            self.trainer.strategy.barrier("last-checkpoint")  # ZeRO-3 partitions weights: merge the saved ones
+            from recurrent_lm.train.export import model_from_checkpoint
+
+            return model_from_checkpoint(Path(self.trainer.checkpoint_callback.last_model_path)) \
+                if self.global_rank == 0 else None
         if self.parallel.strategy != "fsdp":
             return self.model
         state = full_state_dict(self.model)
@@ -119,7 +127,8 @@ class RecurrentLMModule(L.LightningModule):
         The checkpoint carries the row instead, and the CSV logger restores it (see metrics_log).
         """
         if self._trainer is not None and self.trainer.world_size > 1:  # the global batch's values, as on one process
-            metrics = {k: self.trainer.strategy.reduce(torch.as_tensor(v, device=self.device).detach().float(), reduce_op="mean")
+            reduce = self.trainer.strategy.reduce
+            metrics = {k: reduce(torch.as_tensor(v, device=self.device).detach().float(), reduce_op="mean")
                        for k, v in metrics.items()}
         self.log_dict(metrics, prog_bar=prog_bar)
         if self._step_log.get("step") != self.global_step:

@@ -240,10 +240,10 @@ def check_parallel(resume: Resume, strategy: str, world_size: int) -> None:
     why = ("its shards load only under the strategy that wrote them" if stored["world_size"] == world_size else
            "each process reads its own slice of every global batch, so an exact resume needs the same process count")
     raise ValueError(f"resume refused: {resume.path} was written by parallel.strategy={stored['strategy']} on "
-                     f"{stored['world_size']} process(es), but this run is parallel.strategy={strategy} on {world_size}; "
-                     f"{why}. Resume with parallel={stored['strategy']} and trainer.devices × trainer.num_nodes = "
-                     f"{stored['world_size']}, or start a new run under another name= (recurrent-lm-export {resume.path} "
-                     "exports its weights)")
+                     f"{stored['world_size']} process(es), but this run is parallel.strategy={strategy} on "
+                     f"{world_size}; {why}. Resume with parallel={stored['strategy']} and trainer.devices × "
+                     f"trainer.num_nodes = {stored['world_size']}, or start a new run under another name= "
+                     f"(recurrent-lm-export {resume.path} exports its weights)")
 
 
 def check_compatible(resume: Resume, model: ModelConfig) -> None:

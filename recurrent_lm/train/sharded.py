@@ -121,10 +121,10 @@ def load_full_state(path: Path, model: nn.Module) -> None:
         dcp.load(state, checkpoint_id=path, no_dist=True)
         model.load_state_dict({k.removeprefix("model."): v for k, v in state["state_dict"].items()})
         return
-    from lightning.pytorch.utilities.deepspeed import get_fp32_state_dict_from_zero_checkpoint
+    from deepspeed.utils.zero_to_fp32 import get_fp32_state_dict_from_zero_checkpoint  # the gpu extra
 
-    state = get_fp32_state_dict_from_zero_checkpoint(str(path))
-    model.load_state_dict({k.removeprefix("model."): v for k, v in state.items()})
+    state = get_fp32_state_dict_from_zero_checkpoint(str(path), tag="checkpoint")  # Lightning's tag
+    model.load_state_dict({k.removeprefix("_forward_module.").removeprefix("model."): v for k, v in state.items()})
 
 
 def full_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
