@@ -44,13 +44,13 @@ class RunCheckpoint(ModelCheckpoint):
     final step is not a multiple of n (Lightning's own end-of-training save skips a session that
     saved before), so a finished run resumes as finished."""
 
-    def save_last(self, trainer: L.Trainer) -> None:
+    def write_last(self, trainer: L.Trainer) -> None:
         """Write last.ckpt now (every rank calls it: the save is collective under FSDP2/DeepSpeed)."""
         self._save_last_checkpoint(trainer, self._monitor_candidates(trainer))
 
     def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         if self._last_global_step_saved != trainer.global_step:
-            self.save_last(trainer)
+            self.write_last(trainer)
 
 
 class Preemption(Callback):
@@ -91,7 +91,7 @@ class Preemption(Callback):
         signum = trainer.strategy.reduce(signum, reduce_op="max") if trainer.world_size > 1 else signum
         if signum.item() == 0:
             return
-        self.checkpoint.save_last(trainer)
+        self.checkpoint.write_last(trainer)
         name = signal.Signals(int(signum.item())).name
         waited = f" {time.perf_counter() - self.received_at:.2f} s after the signal" if self.received else ""
         job = os.environ.get("SLURM_JOB_ID")
