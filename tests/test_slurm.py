@@ -1,5 +1,6 @@
 """A real SLURM (``launch/local_slurm.sh start``, which ``.ci/run`` does): a 2-task DDP job submitted through the
-project's own template is requeued mid-run and resumes exactly; a hydra sweep runs through submitit.
+project's own template is requeued mid-run (from outside, then by itself) and resumes exactly; a hydra sweep
+runs through submitit.
 
 Skipped, with the reason, when no cluster answers ``sinfo``. Jobs run the tiny fp32 model on CPU with
 ``--cpus-per-task=1``, so two tasks fit the 2-core machines this suite runs on.
@@ -8,6 +9,7 @@ Skipped, with the reason, when no cluster answers ``sinfo``. Jobs run the tiny f
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -18,7 +20,7 @@ import pytest
 from train_support import launch, metric_rows, overrides, step_losses
 
 REPO = Path(__file__).resolve().parents[1]
-STEPS = 30
+STEPS = 60
 
 
 def cluster_answers() -> bool:
@@ -51,10 +53,14 @@ def logged_steps(run_dir: Path) -> int:
 
 
 def test_ddp_job_requeued_mid_run_resumes_exactly(corpus_dir, tmp_path):
-    """Submitted by launch/submit.py (2 CPU tasks -> trainer.devices=2, parallel=ddp); `scontrol requeue`
-    after step 3 sends SIGTERM: the app saves last.ckpt at the next step boundary and stops; the rerun
-    (SLURM_RESTART_COUNT=1, same job id, same run dir) resumes from it. Its per-step losses equal an
-    uninterrupted one-process run with the same global batch (tolerance as in test_parallel.py)."""
+    """Submitted by launch/submit.py (2 CPU tasks -> trainer.devices=2, parallel=ddp) and interrupted twice:
+
+    1. `scontrol requeue` after step 3 sends SIGTERM: the app saves last.ckpt at the next step boundary and
+       stops; SLURM reruns the job (SLURM_RESTART_COUNT=1, same job id, same run dir), which resumes;
+    2. `scancel --signal=USR1` (what `--signal=USR1@N` sends before the time limit): the app saves, requeues
+       its own job and stops; the third run resumes and finishes.
+
+    The stitched per-step losses equal an uninterrupted one-process run with the same global batch."""
     run_dir = tmp_path / "job"
     args = overrides(corpus_dir, run_dir, **{"trainer.max_steps": STEPS, "trainer.checkpoint_every_n_steps": 100,
                                              "trainer.val_check_interval": STEPS, "trainer.micro_batch_size": 2,
@@ -66,18 +72,27 @@ def test_ddp_job_requeued_mid_run_resumes_exactly(corpus_dir, tmp_path):
     assert submitted.returncode == 0, submitted.stderr
     job = submitted.stdout.split()[-1]
     log = run_dir / "slurm" / f"{job}.out"
+
+    def log_says(text: str) -> bool:
+        return log.is_file() and text in log.read_text()
+
     try:
         wait_for(lambda: logged_steps(run_dir) >= 3, 240, "the job's first 3 steps")
         subprocess.run(["scontrol", "requeue", job], check=True)
-        wait_for(lambda: log.is_file() and "restart 1" in log.read_text(), 120, "the requeued run to start")
-        wait_for(lambda: job_state(job) in ("COMPLETED", "FAILED", "CANCELLED", "GONE"), 240, "the rerun to end")
+        wait_for(lambda: log_says("restart 1"), 120, "the requeued run to start")
+        saved = int(re.search(r"SIGTERM -> last.ckpt saved at step (\d+)", log.read_text()).group(1))
+        wait_for(lambda: logged_steps(run_dir) >= saved + 3, 240, "the rerun's first 3 steps")
+        subprocess.run(["scancel", "--signal=USR1", job], check=True)
+        wait_for(lambda: log_says("restart 2"), 120, "the self-requeued run to start")
+        wait_for(lambda: job_state(job) in ("COMPLETED", "FAILED", "CANCELLED", "GONE"), 240, "the last run to end")
     finally:
         subprocess.run(["scancel", job], capture_output=True)
     text = log.read_text()
     assert job_state(job) == "COMPLETED", text[-3000:]
     assert (run_dir / "slurm" / "submit.sh").is_file() and (run_dir / "slurm" / "submit.cmd").is_file()
-    assert "preemption: SIGTERM -> last.ckpt saved at step" in text
-    assert "resuming from" in text and f"{run_dir}/checkpoints/last.ckpt" in text
+    assert re.search(rf"SIGUSR1 -> last.ckpt saved at step \d+ [\d.]+ s after the signal; requeueing SLURM job "
+                     rf"{job}", text), text[-3000:]
+    assert text.count(f"resuming from {run_dir}/checkpoints/last.ckpt") == 2
     reference = tmp_path / "reference"
     straight = launch(overrides(corpus_dir, reference, **{"trainer.max_steps": STEPS, "trainer.micro_batch_size": 4,
                                                           "trainer.checkpoint_every_n_steps": 100, "export": False,
