@@ -190,7 +190,7 @@ def train(cfg: TrainConfig, resume: Resume) -> dict[str, Any]:
     L.seed_everything(cfg.seed, workers=True, verbose=False)
     datamodule, module, tokenizer = build_run(cfg, run_dir)
     trainer = build_trainer(cfg, run_dir, resume)
-    if resume.path is not None:
+    if resume.path is not None and is_rank_zero():
         print(f"resuming from {resume.path} (step {resume.step})")
     trainer.fit(module, datamodule=datamodule, ckpt_path=resume.path, weights_only=True)
     preempted = next(c.preempted_at for c in trainer.callbacks if isinstance(c, Preemption))
