@@ -46,8 +46,8 @@ class ParallelConfig:
     """fsdp only: free gathered parameters after each unit's forward (ZeRO-3-like memory); false keeps them
     until backward (ZeRO-2-like: more memory, one all-gather fewer per unit)."""
     sharded_checkpoint: bool = True
-    """fsdp only: each rank writes its shard (the checkpoint is a directory, resumable at another fsdp world
-    size); false gathers full weights and optimizer states on rank 0 into one file."""
+    """fsdp only: each rank writes its shard (the checkpoint is a directory; nothing is gathered); false gathers
+    full weights and optimizer states on rank 0 into one file."""
     process_group_backend: Optional[str] = None
     """null: gloo on CPU, nccl on CUDA."""
 
