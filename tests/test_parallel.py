@@ -19,7 +19,8 @@ from train_support import compose_cfg, launch, overrides, step_losses
 
 from recurrent_lm.model import RecurrentDepthLM
 from recurrent_lm.train.cli import run
-from recurrent_lm.train.parallel import ParallelConfig, check_launch
+from recurrent_lm.train.parallel import (ParallelConfig, apply_activation_checkpointing, check_launch,
+                                         transformer_blocks)
 from recurrent_lm.train.run_dir import Resume, check_parallel, newest_checkpoint, remove_partial_writes
 from recurrent_lm.train.sharded import RESUME_FILE
 
@@ -50,9 +51,10 @@ def test_ddp_two_processes_train_as_one(one_process, corpus_dir, tmp_path):
 
 
 def test_fsdp2_trains_as_one_resumes_exactly_and_exports_full_weights(one_process, corpus_dir, tmp_path):
-    """Killed (both ranks) as step 4 starts: step-3.ckpt and last.ckpt are shard directories; the restart
+    """With activation checkpointing on. Killed (both ranks) as step 4 starts: step-3.ckpt and last.ckpt are shard directories; the restart
     resumes from them and the stitched losses equal both the 1-process run and an exact replay."""
-    args = overrides(corpus_dir, tmp_path, **ARGS, **TWO, parallel="fsdp")
+    args = overrides(corpus_dir, tmp_path, **ARGS, **TWO, parallel="fsdp",
+                     **{"parallel.activation_checkpointing": True})  # recomputed blocks: the same numbers
     killed = launch(args, fault="step:4")
     assert killed.returncode == -9, killed.stdout[-3000:]
     last = tmp_path / "checkpoints" / "last.ckpt"
@@ -111,6 +113,13 @@ def test_gpu_strategies_train_as_one_and_resume(parallel, one_process, corpus_di
     assert final.returncode == 0, final.stdout[-3000:]
     assert "resuming from" in final.stdout
     assert_close(one_process, step_losses(tmp_path), tolerance=1e-3)  # CUDA vs CPU kernels: looser, unmeasured
+
+
+def test_activation_checkpointing_keeps_parameter_names(tiny_model):
+    model = tiny_model()
+    names = list(model.state_dict())
+    apply_activation_checkpointing(model)
+    assert list(model.state_dict()) == names and len(transformer_blocks(model)) == 4  # prelude 1, core 2, coda 1
 
 
 # ---------------------------------------------------------------------------------------------- refusals

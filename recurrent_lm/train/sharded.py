@@ -15,6 +15,7 @@ import json
 import os
 import shutil
 import uuid
+import warnings
 from pathlib import Path
 from typing import Any, Optional
 
@@ -118,7 +119,9 @@ def load_full_state(path: Path, model: nn.Module) -> None:
         import torch.distributed.checkpoint as dcp
 
         state = {"state_dict": {f"model.{k}": v for k, v in model.state_dict().items()}}
-        dcp.load(state, checkpoint_id=path, no_dist=True)
+        with warnings.catch_warnings():  # "assuming the intent is to load in a single process": it is
+            warnings.filterwarnings("ignore", message="torch.distributed is disabled")
+            dcp.load(state, checkpoint_id=path, no_dist=True)
         model.load_state_dict({k.removeprefix("model."): v for k, v in state["state_dict"].items()})
         return
     from deepspeed.utils.zero_to_fp32 import get_fp32_state_dict_from_zero_checkpoint  # the gpu extra
