@@ -23,7 +23,7 @@ from recurrent_lm.coconut.datamodule import CoconutDataModule
 from recurrent_lm.coconut.module import CoconutModule
 from recurrent_lm.coconut.records import load_records
 from recurrent_lm.coconut.tokens import ThoughtTokenizer, add_thought_tokens
-from recurrent_lm.model.io import TOKENIZER_FILE
+from recurrent_lm.model.io import TOKENIZER_FILE, atomic_write
 from recurrent_lm.train.parallel import planned_world_size
 
 if TYPE_CHECKING:
@@ -66,7 +66,7 @@ def build_tokenizer(cfg: TrainConfig, run_dir: Path) -> ThoughtTokenizer:
 
     records = load_records(coconut.train_file, require_steps=False)
     texts = (text for r in records for text in (r.question, *r.steps, r.answer))
-    TextTokenizer.train(texts, cfg.model.vocab_size).save(saved)
+    atomic_write(saved, TextTokenizer.train(texts, cfg.model.vocab_size).save)  # other ranks wait for this file
     return ThoughtTokenizer.from_file(saved)
 
 
@@ -104,7 +104,7 @@ def build(cfg: TrainConfig, run_dir: Path) -> tuple[CoconutDataModule, CoconutMo
         # forwards, so gradients reach a block's weights after FSDP2 has already reduce-scattered and freed
         # them ("setStorage ... storage of size 0"), with units per block or one for the whole model.
         raise ValueError("parallel=fsdp cannot train Coconut: its forwards share a KV cache that carries gradients "
-                         "across FSDP2's per-forward gather/free; use parallel=ddp (or deepspeed on CUDA)")
+                         "across FSDP2's per-forward gather/free; use parallel=ddp")
     generate_data(cfg.coconut, cfg.seed)
     tokenizer = build_tokenizer(cfg, run_dir)
     lm = build_model(cfg.coconut, tokenizer)

@@ -36,7 +36,7 @@ from lightning.pytorch.plugins.environments import SLURMEnvironment
 from lightning.pytorch.loggers import Logger, TensorBoardLogger
 from omegaconf import DictConfig, OmegaConf
 
-from recurrent_lm.model.io import TOKENIZER_FILE, make_writable_dir
+from recurrent_lm.model.io import TOKENIZER_FILE, atomic_write, make_writable_dir
 from recurrent_lm.train.callbacks import DepthThroughputMonitor, Preemption, RunCheckpoint
 from recurrent_lm.train.checkpoint_io import SafeCheckpointIO
 from recurrent_lm.train.datamodule import TextDataModule
@@ -166,7 +166,7 @@ def build_run(cfg: TrainConfig, run_dir: Path) -> tuple[L.LightningDataModule, L
         from recurrent_lm.coconut.app import build
 
         datamodule, module = build(cfg, run_dir)
-        datamodule.tokenizer.save(run_dir / TOKENIZER_FILE)
+        atomic_write(run_dir / TOKENIZER_FILE, datamodule.tokenizer.save)  # whole or absent: other ranks wait on it
         return datamodule, module, datamodule.tokenizer
     datamodule = build_datamodule(cfg)
     datamodule.prepare_data()
@@ -176,7 +176,7 @@ def build_run(cfg: TrainConfig, run_dir: Path) -> tuple[L.LightningDataModule, L
         if tokenizer.vocab_size > cfg.model.vocab_size:
             raise ValueError(f"tokenizer has {tokenizer.vocab_size} tokens but model.vocab_size="
                              f"{cfg.model.vocab_size}; raise model.vocab_size or use a smaller tokenizer")
-        tokenizer.save(run_dir / TOKENIZER_FILE)
+        atomic_write(run_dir / TOKENIZER_FILE, tokenizer.save)
     module = RecurrentLMModule(cfg.model, cfg.sampler, cfg.optim, cfg.trainer.eval_depths,
                                compile_blocks=cfg.trainer.compile, telemetry_every=cfg.trainer.log_every_n_steps,
                                seed=cfg.seed, max_nonfinite_steps=cfg.trainer.max_nonfinite_steps,
