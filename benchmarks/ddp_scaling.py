@@ -126,10 +126,10 @@ def main() -> None:
                      "vs 1 process, 1 thread"),
                     scaling(corpus, work, args.steps, args.batch)))
         print()
-        print(table("Preemption: SIGUSR1 -> last.ckpt -> resumed",
+        print(table("Preemption: SIGUSR1 -> last.ckpt -> resumed (1 thread per process)",
                     ("strategy", "processes", "saved at step", "signal -> saved (s)", "signal -> exited (s)",
                      "restart -> first resumed step (s)"),
-                    [preemption(corpus, work, s, p, args.batch) for s, p in LAYOUTS]))  # 1 thread each
+                    [preemption(corpus, work, s, p, args.batch) for s, p in LAYOUTS]))
 
 
 if __name__ == "__main__":
