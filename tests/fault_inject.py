@@ -21,6 +21,9 @@ import signal
 import sys
 
 
+FAULT_ENV = "RECURRENT_LM_FAULT"
+
+
 def _die() -> None:
     sys.stdout.flush()
     os.kill(os.getpid(), signal.SIGKILL)
@@ -82,8 +85,11 @@ class _TorchWithSave:
 
 
 if __name__ == "__main__":
-    install(sys.argv[1])
+    # Lightning starts the other ranks of a multi-process run by re-running sys.argv (without FAULT): they
+    # find the fault in the environment, so every rank fails at the same point.
+    if FAULT_ENV not in os.environ:
+        os.environ[FAULT_ENV] = sys.argv.pop(1)
+    install(os.environ[FAULT_ENV])
     from recurrent_lm.train.cli import main
 
-    sys.argv = [sys.argv[0], *sys.argv[2:]]
     main()

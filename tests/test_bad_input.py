@@ -26,7 +26,7 @@ from recurrent_lm.train.cli import run
     ("trainer.accumulate_grad_batches=0", "trainer.accumulate_grad_batches=0: must be an integer >= 1"),
     ("trainer.eval_depths=[4,0]", r"trainer.eval_depths=\[4, 0\]: must be a non-empty list of depths >= 1"),
     ("trainer.precision=fp13", "trainer.precision='fp13' is unknown; choose one of"),
-    ("trainer.strategy=dpp", "trainer.strategy='dpp' is unknown; choose one of"),
+    ("parallel.strategy=dpp", "parallel.strategy='dpp' is unknown; choose one of"),
     ("trainer.devices=two", "trainer.devices='two': give auto, a count >= 1"),
     ("trainer.max_nonfinite_steps=-1", "trainer.max_nonfinite_steps=-1: must be >= 0"),
 ])

@@ -23,7 +23,8 @@ from recurrent_lm.coconut.datamodule import CoconutDataModule
 from recurrent_lm.coconut.module import CoconutModule
 from recurrent_lm.coconut.records import load_records
 from recurrent_lm.coconut.tokens import ThoughtTokenizer, add_thought_tokens
-from recurrent_lm.model.io import TOKENIZER_FILE
+from recurrent_lm.model.io import TOKENIZER_FILE, atomic_write
+from recurrent_lm.train.parallel import planned_world_size
 
 if TYPE_CHECKING:
     from recurrent_lm.train.schema import TrainConfig
@@ -65,7 +66,7 @@ def build_tokenizer(cfg: TrainConfig, run_dir: Path) -> ThoughtTokenizer:
 
     records = load_records(coconut.train_file, require_steps=False)
     texts = (text for r in records for text in (r.question, *r.steps, r.answer))
-    TextTokenizer.train(texts, cfg.model.vocab_size).save(saved)
+    atomic_write(saved, TextTokenizer.train(texts, cfg.model.vocab_size).save)  # other ranks wait for this file
     return ThoughtTokenizer.from_file(saved)
 
 
@@ -98,6 +99,12 @@ def generate_data(coconut: CoconutConfig, seed: int) -> None:
 
 
 def build(cfg: TrainConfig, run_dir: Path) -> tuple[CoconutDataModule, CoconutModule]:
+    if cfg.parallel.strategy == "fsdp":
+        # Checked on a CPU gloo mesh: the answer attends to K/V cached by the question's and the thoughts'
+        # forwards, so gradients reach a block's weights after FSDP2 has already reduce-scattered and freed
+        # them ("setStorage ... storage of size 0"), with units per block or one for the whole model.
+        raise ValueError("parallel=fsdp cannot train Coconut: its forwards share a KV cache that carries gradients "
+                         "across FSDP2's per-forward gather/free; use parallel=ddp")
     generate_data(cfg.coconut, cfg.seed)
     tokenizer = build_tokenizer(cfg, run_dir)
     lm = build_model(cfg.coconut, tokenizer)
@@ -106,14 +113,15 @@ def build(cfg: TrainConfig, run_dir: Path) -> tuple[CoconutDataModule, CoconutMo
                          "raise model.vocab_size")
     t = cfg.trainer
     datamodule = CoconutDataModule(cfg.coconut, tokenizer, t.micro_batch_size, t.val_batches, cfg.seed,
-                                   block_size=cfg.model.block_size if lm is None else None)
+                                   block_size=cfg.model.block_size if lm is None else None,
+                                   world_size=planned_world_size(t.devices, t.accelerator, t.num_nodes))
     module = CoconutModule(cfg.model, cfg.sampler, cfg.optim, cfg.coconut, t.eval_depths, tokenizer.ids,
                            datamodule.batches_per_epoch, lm=lm, seed=cfg.seed,
-                           max_nonfinite_steps=t.max_nonfinite_steps)
+                           max_nonfinite_steps=t.max_nonfinite_steps, parallel=cfg.parallel)
     return datamodule, module
 
 
-def export_and_score(cfg: TrainConfig, module: CoconutModule, tokenizer: ThoughtTokenizer, run_dir: Path,
+def export_and_score(cfg: TrainConfig, model: nn.Module, tokenizer: ThoughtTokenizer, run_dir: Path,
                      export_dir: Path) -> dict[str, Any]:
     """Export the model (with its tokenizer and coconut.json), then score ``num_eval`` records of the eval file by
     exact match, as ``recurrent-lm-coconut-eval`` would; the figures go to ``<run_dir>/coconut_eval.json``."""
@@ -122,7 +130,6 @@ def export_and_score(cfg: TrainConfig, module: CoconutModule, tokenizer: Thought
     from recurrent_lm.train.run_dir import write_text_atomic
 
     coconut = cfg.coconut
-    model = module.model.float().eval()
     summary: dict[str, Any] = {}
     if cfg.export:
         summary["export"] = save_coconut_model(model, tokenizer, coconut, export_dir)

@@ -56,7 +56,9 @@ class CoconutDataModule(L.LightningDataModule):
     """Records from ``config.train_file``/``val_file``, tokenized once; ``tokenizer`` carries the markers."""
 
     def __init__(self, config: CoconutConfig, tokenizer: ThoughtTokenizer, micro_batch_size: int, val_batches: int,
-                 seed: int, block_size: Optional[int] = None) -> None:
+                 seed: int, block_size: Optional[int] = None, world_size: int = 1) -> None:
+        """``world_size``: the processes the run will have, known before the trainer, so that
+        ``batches_per_epoch`` (which the module's stage schedule reads at build time) is right from the start."""
         super().__init__()
         self.config, self.tokenizer, self.seed = config, tokenizer, seed
         self.micro_batch_size, self.val_batches = micro_batch_size, val_batches
@@ -71,7 +73,7 @@ class CoconutDataModule(L.LightningDataModule):
                              f"positions (question, markers, thoughts, steps, answer) but model.block_size={block_size}; "
                              "raise model.block_size or drop the longest records")
         self.start = 0
-        self.rank, self.world = 0, 1
+        self.rank, self.world = 0, world_size
 
     @property
     def batches_per_epoch(self) -> int:

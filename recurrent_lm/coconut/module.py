@@ -28,14 +28,16 @@ from recurrent_lm.coconut.thoughts import ContinuousThoughtLM
 from recurrent_lm.loop import SamplerConfig
 from recurrent_lm.model import ModelConfig, RecurrentDepthLM
 from recurrent_lm.train.module import RecurrentLMModule, step_seed
+from recurrent_lm.train.parallel import ParallelConfig
 from recurrent_lm.train.schema import OptimConfig
 
 
 class CoconutModule(RecurrentLMModule):
     def __init__(self, model: ModelConfig, sampler: SamplerConfig, optim: OptimConfig, coconut: CoconutConfig,
                  eval_depths: list[int], ids: SpecialIds, batches_per_epoch: int, lm: Optional[nn.Module] = None,
-                 seed: int = 0, max_nonfinite_steps: int = 0) -> None:
-        super().__init__(model, sampler, optim, eval_depths, seed=seed, max_nonfinite_steps=max_nonfinite_steps, lm=lm)
+                 seed: int = 0, max_nonfinite_steps: int = 0, parallel: Optional[ParallelConfig] = None) -> None:
+        super().__init__(model, sampler, optim, eval_depths, seed=seed, max_nonfinite_steps=max_nonfinite_steps, lm=lm,
+                         parallel=parallel)
         self.coconut, self.ids, self.batches_per_epoch = coconut, ids, batches_per_epoch
         self.recurrent = isinstance(self.model, RecurrentDepthLM)
         self.thinker = ContinuousThoughtLM(backend_for(self.model))

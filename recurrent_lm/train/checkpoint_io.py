@@ -74,8 +74,8 @@ def first_nonfinite(checkpoint: dict[str, Any]) -> Optional[str]:
 
 def _float_tensors(tree: Any, prefix: str) -> Iterator[tuple[str, torch.Tensor]]:
     if isinstance(tree, torch.Tensor):
-        if tree.is_floating_point():
-            yield prefix, tree
+        if tree.is_floating_point():  # a DTensor (FSDP2 shard): this rank's part
+            yield prefix, tree.to_local() if hasattr(tree, "to_local") else tree
     elif isinstance(tree, dict):
         for key, value in tree.items():
             yield from _float_tensors(value, f"{prefix}.{key}")

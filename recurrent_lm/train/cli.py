@@ -3,13 +3,15 @@
     recurrent-lm-train experiment=demo                     # the README's main job
     recurrent-lm-train model=small trainer.max_steps=5000  # any group or key, typed and checked
     recurrent-lm-train -m model.mean_recurrence=4,8,16     # hydra multirun sweep
+    recurrent-lm-train parallel=fsdp trainer.devices=2     # several processes (train/parallel.py)
 
 Run directory (``run_dir``, default ``runs/<name>``)::
 
     config.yaml        resolved config of the latest session
     tokenizer.json     the tokenizer the data was packed with
     .lock              held by the live run (host, pid, SLURM job id); a second launch is refused
-    checkpoints/       last.ckpt (+ step-N.ckpt); ``resume=auto`` continues from the newest complete one
+    checkpoints/       last.ckpt (+ step-N.ckpt), files or shard directories; ``resume=auto`` continues from
+                       the newest complete one
     logs/              metrics.csv and tensorboard/, continued (not restarted) by every resume
     export/            model.safetensors + config.json + tokenizer.json (RecurrentDepthLM.from_pretrained)
 
@@ -29,13 +31,13 @@ import lightning as L
 from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 import torch
-from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint, RichProgressBar
+from lightning.pytorch.callbacks import LearningRateMonitor, RichProgressBar
+from lightning.pytorch.plugins.environments import SLURMEnvironment
 from lightning.pytorch.loggers import Logger, TensorBoardLogger
-from lightning.pytorch.utilities import rank_zero_only
 from omegaconf import DictConfig, OmegaConf
 
-from recurrent_lm.model.io import TOKENIZER_FILE, make_writable_dir
-from recurrent_lm.train.callbacks import DepthThroughputMonitor
+from recurrent_lm.model.io import TOKENIZER_FILE, atomic_write, make_writable_dir
+from recurrent_lm.train.callbacks import DepthThroughputMonitor, Preemption, RunCheckpoint
 from recurrent_lm.train.checkpoint_io import SafeCheckpointIO
 from recurrent_lm.train.datamodule import TextDataModule
 from recurrent_lm.train.hardware import resolve_precision
@@ -43,8 +45,9 @@ from recurrent_lm.train.export import export_model
 from recurrent_lm.train.metrics_log import RunCSVLogger
 from recurrent_lm.train.module import RecurrentLMModule
 from recurrent_lm.train.report import print_report
+from recurrent_lm.train.parallel import build_strategy, check_launch, is_rank_zero, planned_world_size, wait_for_file
 from recurrent_lm.train.run_dir import (CHECKPOINT_DIR, EXPORT_DIR, LOG_DIR, Resume, RunDirInUse, RunDirLock,
-                                        check_compatible, clear_run, remove_partial_writes,
+                                        check_compatible, check_parallel, clear_run, remove_partial_writes,
                                         resolve_resume, write_text_atomic)
 from recurrent_lm.train.schema import TrainConfig, register_configs
 
@@ -106,16 +109,6 @@ def build_loggers(cfg: TrainConfig, run_dir: Path, resume: Resume) -> list[Logge
     return loggers
 
 
-class RunCheckpoint(ModelCheckpoint):
-    """step-N.ckpt every n steps plus last.ckpt, and last.ckpt again at the end of training when the
-    final step is not a multiple of n (Lightning's own end-of-training save skips a session that
-    saved before), so a finished run resumes as finished."""
-
-    def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        if self._last_global_step_saved != trainer.global_step:
-            self._save_last_checkpoint(trainer, self._monitor_candidates(trainer))
-
-
 def batch_rows(batch: Any) -> int:
     return len(batch) if isinstance(batch, list) else next(iter(batch.values())).shape[0]
 
@@ -131,10 +124,11 @@ def batch_positions(batch: Any) -> int:
 def build_trainer(cfg: TrainConfig, run_dir: Path, resume: Resume) -> L.Trainer:
     t = cfg.trainer
     loggers = build_loggers(cfg, run_dir, resume)
+    checkpoint = RunCheckpoint(dirpath=run_dir / CHECKPOINT_DIR, filename="step-{step}", auto_insert_metric_name=False,
+                               every_n_train_steps=t.checkpoint_every_n_steps or 0, every_n_epochs=0, save_last=True,
+                               save_top_k=1, enable_version_counter=False)
     callbacks: list[Any] = [
-        RunCheckpoint(dirpath=run_dir / CHECKPOINT_DIR, filename="step-{step}", auto_insert_metric_name=False,
-                      every_n_train_steps=t.checkpoint_every_n_steps or 0, every_n_epochs=0, save_last=True,
-                      save_top_k=1, enable_version_counter=False),
+        checkpoint, Preemption(checkpoint),
         DepthThroughputMonitor(batch_size_fn=batch_rows, length_fn=batch_positions, window_size=t.throughput_window),
     ]
     if cfg.coconut is not None:
@@ -146,15 +140,19 @@ def build_trainer(cfg: TrainConfig, run_dir: Path, resume: Resume) -> L.Trainer:
     if t.enable_progress_bar:
         callbacks.append(RichProgressBar())
     devices: Any = int(t.devices) if str(t.devices).isdigit() else t.devices
+    plugins: list[Any] = [SafeCheckpointIO(preloaded=(resume.path, resume.checkpoint)
+                                           if resume.path is not None and resume.path.is_file() else None)]
+    if SLURMEnvironment.detect():  # Preemption owns the signals: no second, silent requeue path
+        plugins.append(SLURMEnvironment(auto_requeue=False))
     return L.Trainer(
-        accelerator=t.accelerator, devices=devices, num_nodes=t.num_nodes, strategy=t.strategy,
+        accelerator=t.accelerator, devices=devices, num_nodes=t.num_nodes, strategy=build_strategy(cfg.parallel),
         precision=resolve_precision(t.precision, t.accelerator), max_steps=t.max_steps,
         accumulate_grad_batches=t.accumulate_grad_batches,
         gradient_clip_val=t.gradient_clip_val, val_check_interval=t.val_check_interval or t.max_steps,
         check_val_every_n_epoch=None, limit_val_batches=t.val_batches if t.val_check_interval else 0,
         num_sanity_val_steps=0, log_every_n_steps=t.log_every_n_steps, deterministic=t.deterministic,
         callbacks=callbacks, logger=loggers or False, default_root_dir=run_dir,
-        plugins=[SafeCheckpointIO(preloaded=(resume.path, resume.checkpoint) if resume.path else None)],
+        plugins=plugins,
         enable_progress_bar=t.enable_progress_bar, enable_model_summary=False, use_distributed_sampler=False,
     )
 
@@ -162,11 +160,13 @@ def build_trainer(cfg: TrainConfig, run_dir: Path, resume: Resume) -> L.Trainer:
 def build_run(cfg: TrainConfig, run_dir: Path) -> tuple[L.LightningDataModule, L.LightningModule, Any]:
     """(datamodule, module, tokenizer) of a pretraining, reasoning-task or Coconut run; the tokenizer is saved
     into the run directory, where a resume and the export find it."""
+    if not is_rank_zero() and cfg.task is None:
+        wait_for_file(run_dir / TOKENIZER_FILE, "rank 0 to prepare the data")  # prepared once, by rank 0
     if cfg.coconut is not None:
         from recurrent_lm.coconut.app import build
 
         datamodule, module = build(cfg, run_dir)
-        datamodule.tokenizer.save(run_dir / TOKENIZER_FILE)
+        atomic_write(run_dir / TOKENIZER_FILE, datamodule.tokenizer.save)  # whole or absent: other ranks wait on it
         return datamodule, module, datamodule.tokenizer
     datamodule = build_datamodule(cfg)
     datamodule.prepare_data()
@@ -176,10 +176,11 @@ def build_run(cfg: TrainConfig, run_dir: Path) -> tuple[L.LightningDataModule, L
         if tokenizer.vocab_size > cfg.model.vocab_size:
             raise ValueError(f"tokenizer has {tokenizer.vocab_size} tokens but model.vocab_size="
                              f"{cfg.model.vocab_size}; raise model.vocab_size or use a smaller tokenizer")
-        tokenizer.save(run_dir / TOKENIZER_FILE)
+        atomic_write(run_dir / TOKENIZER_FILE, tokenizer.save)
     module = RecurrentLMModule(cfg.model, cfg.sampler, cfg.optim, cfg.trainer.eval_depths,
                                compile_blocks=cfg.trainer.compile, telemetry_every=cfg.trainer.log_every_n_steps,
-                               seed=cfg.seed, max_nonfinite_steps=cfg.trainer.max_nonfinite_steps)
+                               seed=cfg.seed, max_nonfinite_steps=cfg.trainer.max_nonfinite_steps,
+                               parallel=cfg.parallel)
     return datamodule, module, tokenizer
 
 
@@ -189,9 +190,12 @@ def train(cfg: TrainConfig, resume: Resume) -> dict[str, Any]:
     L.seed_everything(cfg.seed, workers=True, verbose=False)
     datamodule, module, tokenizer = build_run(cfg, run_dir)
     trainer = build_trainer(cfg, run_dir, resume)
-    if resume.path is not None:
+    if resume.path is not None and is_rank_zero():
         print(f"resuming from {resume.path} (step {resume.step})")
     trainer.fit(module, datamodule=datamodule, ckpt_path=resume.path, weights_only=True)
+    preempted = next(c.preempted_at for c in trainer.callbacks if isinstance(c, Preemption))
+    if preempted is not None:  # no validation or export: the requeued job continues from the checkpoint
+        return {"run_dir": run_dir, "val": {}, "tokenizer": None, "model": None, "step": preempted}
     # Lightning already validated at the last step when val_check_interval divides it: reuse that.
     val = {k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith("val")}
     interval = cfg.trainer.val_check_interval
@@ -200,22 +204,24 @@ def train(cfg: TrainConfig, resume: Resume) -> dict[str, Any]:
     if interval is not None and (trainer.global_step % interval != 0 or not val):
         val = {k: v for results in trainer.validate(module, datamodule=datamodule, verbose=False)
                for k, v in results.items()}
-    summary: dict[str, Any] = {"run_dir": run_dir, "val": val, "tokenizer": tokenizer, "model": module.model,
+    model = module.full_model()  # unsharded on rank 0 (collective under FSDP2); None on the other ranks
+    summary: dict[str, Any] = {"run_dir": run_dir, "val": val, "tokenizer": tokenizer, "model": model,
                                "step": trainer.global_step}
+    if not trainer.is_global_zero:
+        return summary
+    model = model.float().eval()
     if cfg.coconut is not None:
         from recurrent_lm.coconut.app import export_and_score
 
         summary["tokenizer"] = None  # no free-text sample: the report shows the Coconut evaluation instead
-        if trainer.is_global_zero:
-            summary.update(export_and_score(cfg, module, tokenizer, run_dir, run_dir / EXPORT_DIR))
+        summary.update(export_and_score(cfg, model, tokenizer, run_dir, run_dir / EXPORT_DIR))
         return summary
-    if cfg.export and trainer.is_global_zero:
+    if cfg.export:
         tokenizer_file = run_dir / TOKENIZER_FILE
-        summary["export"] = export_model(module.model.float().eval(), tokenizer_file if tokenizer_file.is_file()
-                                         else None, run_dir / EXPORT_DIR)
-    if cfg.task is not None and trainer.is_global_zero:
-        summary["reasoning"] = evaluate_task(cfg.task, module.model.float().eval(), run_dir, summary.get("export"),
-                                             cfg.seed)
+        summary["export"] = export_model(model, tokenizer_file if tokenizer_file.is_file() else None,
+                                         run_dir / EXPORT_DIR)
+    if cfg.task is not None:
+        summary["reasoning"] = evaluate_task(cfg.task, model, run_dir, summary.get("export"), cfg.seed)
     return summary
 
 
@@ -244,13 +250,16 @@ def run(cfg: DictConfig) -> dict[str, Any]:
         print(f"parameters: {counts.total:,} ({counts})")
         return {}
     run_dir = Path(typed.run_dir)
+    t = typed.trainer
+    check_launch(typed.parallel, t.devices, t.accelerator, t.num_nodes)
     make_writable_dir(run_dir, "run_dir")
-    if rank_zero_only.rank != 0:  # rank 0 guards the directory; the others follow its resume choice
+    if not is_rank_zero():  # rank 0 guards the directory; the others follow its resume choice
         return train(typed, resolve_resume(typed.resume, run_dir, overwrite=True))
     with RunDirLock(run_dir):
         remove_partial_writes(run_dir)
         resume = resolve_resume(typed.resume, run_dir, typed.overwrite)
         check_compatible(resume, typed.model)
+        check_parallel(resume, typed.parallel.strategy, planned_world_size(t.devices, t.accelerator, t.num_nodes))
         if typed.resume == "none" and typed.overwrite:
             clear_run(run_dir)
         write_text_atomic(run_dir / "config.yaml", OmegaConf.to_yaml(cfg, resolve=True))

@@ -14,8 +14,8 @@ from typing import Optional
 
 from recurrent_lm.model import ModelConfig, RecurrentDepthLM
 from recurrent_lm.model.io import TOKENIZER_FILE, atomic_write
-from recurrent_lm.train.checkpoint_io import load_checkpoint
-from recurrent_lm.train.run_dir import CHECKPOINT_DIR, EXPORT_DIR, LAST_CHECKPOINT, newest_checkpoint
+from recurrent_lm.train.run_dir import CHECKPOINT_DIR, EXPORT_DIR, LAST_CHECKPOINT, newest_checkpoint, read_checkpoint
+from recurrent_lm.train.sharded import load_full_state
 
 
 def export_model(model: RecurrentDepthLM, tokenizer_file: Optional[Path], out_dir: Path) -> Path:
@@ -26,14 +26,16 @@ def export_model(model: RecurrentDepthLM, tokenizer_file: Optional[Path], out_di
 
 
 def model_from_checkpoint(path: Path) -> RecurrentDepthLM:
-    checkpoint = load_checkpoint(path, check_finite=True)
+    """The model of a checkpoint file, or of a directory of shards (merged here, in one process)."""
+    checkpoint = read_checkpoint(path)
     try:
-        config = ModelConfig.from_dict(checkpoint["hyper_parameters"]["model"])
-        state = {k.removeprefix("model."): v for k, v in checkpoint["state_dict"].items()}
+        model = RecurrentDepthLM(ModelConfig.from_dict(checkpoint["hyper_parameters"]["model"]))
+        if path.is_dir():
+            load_full_state(path, model)
+        else:
+            model.load_state_dict({k.removeprefix("model."): v for k, v in checkpoint["state_dict"].items()})
     except KeyError as err:
         raise ValueError(f"checkpoint {path} lacks {err}; it was not written by recurrent-lm-train") from err
-    model = RecurrentDepthLM(config)
-    model.load_state_dict(state)
     return model.eval()
 
 
@@ -41,7 +43,7 @@ def export_run(source: Path, out_dir: Optional[Path] = None) -> Path:
     """Export from a run directory (its newest complete checkpoint) or from a checkpoint file."""
     if not source.exists():
         raise FileNotFoundError(f"{source} does not exist; pass a run directory (runs/<name>) or a .ckpt file")
-    if source.is_dir():
+    if source.is_dir() and not source.name.endswith(".ckpt"):
         run_dir, ckpt = source, newest_checkpoint(source).path
         if ckpt is None:
             raise FileNotFoundError(f"{source} has no checkpoint under {CHECKPOINT_DIR}/; pass a run directory that "
@@ -56,7 +58,8 @@ def export_run(source: Path, out_dir: Optional[Path] = None) -> Path:
 def main(argv: Optional[list[str]] = None) -> int:
     parser = argparse.ArgumentParser(prog="recurrent-lm-export", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("source", type=Path, help="run directory or Lightning .ckpt file")
+    parser.add_argument("source", type=Path,
+                        help="run directory, Lightning .ckpt file, or checkpoint directory (FSDP2/DeepSpeed shards)")
     parser.add_argument("--out", type=Path, default=None, help="output directory (default: RUN_DIR/export)")
     args = parser.parse_args(argv)
     try:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from pathlib import Path
 from typing import Any, Optional
 
 import lightning as L
@@ -12,17 +13,19 @@ from torch import Tensor
 
 from recurrent_lm.loop import DepthSampler, SamplerConfig, token_correlation
 from recurrent_lm.model import ModelConfig, RecurrentDepthLM, train_flops_per_token
+from recurrent_lm.train.parallel import ParallelConfig, apply_activation_checkpointing, shard_model
 from recurrent_lm.train.schema import OptimConfig
+from recurrent_lm.train.sharded import full_state_dict
 
 
 class RecurrentLMModule(L.LightningModule):
     """Owns the model, the depth sampler, the optimizer recipe and the depth telemetry.
 
-    Every random draw of a step is a pure function of (seed, step, rank): the depth is
-    ``sampler(global_step)`` and the initial state s_0 comes from a generator seeded by
-    :func:`step_seed`. Nothing reads the global RNG, whose position depends on how often anything
-    (a DataLoader iterator, validation) touched it before, so a resumed run replays the uninterrupted
-    one bit for bit and ranks draw independent noise without communicating.
+    Every random draw of a step is a pure function of (seed, step): the depth is ``sampler(global_step)``
+    (the same on every rank without communicating) and the initial state s_0 comes from a generator seeded
+    by :func:`step_seed`, drawn for the global batch (:meth:`initial_state`). Nothing reads the global RNG,
+    whose position depends on how often anything (a DataLoader iterator, validation) touched it before, so
+    a resumed run replays the uninterrupted one bit for bit.
 
     Non-finite gradients (a NaN/inf loss makes them so) skip the optimizer step; after
     ``max_nonfinite_steps`` skips the run stops with an error, before a checkpoint can store it.
@@ -30,8 +33,11 @@ class RecurrentLMModule(L.LightningModule):
 
     def __init__(self, model: ModelConfig, sampler: SamplerConfig, optim: OptimConfig,
                  eval_depths: list[int], compile_blocks: bool = False, telemetry_every: int = 10,
-                 seed: int = 0, max_nonfinite_steps: int = 0, lm: Optional[torch.nn.Module] = None) -> None:
-        """``lm`` is a model built elsewhere (a Hugging Face causal LM for Coconut); default: ``RecurrentDepthLM(model)``."""
+                 seed: int = 0, max_nonfinite_steps: int = 0, lm: Optional[torch.nn.Module] = None,
+                 parallel: Optional[ParallelConfig] = None) -> None:
+        """``lm`` is a model built elsewhere (a Hugging Face causal LM for Coconut); default:
+        ``RecurrentDepthLM(model)``. ``parallel`` is applied in :meth:`configure_model` (activation
+        checkpointing, FSDP2 sharding)."""
         super().__init__()
         self.model_config, self.optim_config = model, optim
         self.sampler = DepthSampler(sampler)
@@ -40,6 +46,8 @@ class RecurrentLMModule(L.LightningModule):
         self.telemetry_every = telemetry_every
         self.seed = seed
         self.max_nonfinite_steps = max_nonfinite_steps
+        self.parallel = parallel or ParallelConfig()
+        self._configured = False
         self.nonfinite_steps = 0  # checkpointed: the budget survives a resume
         self._micro = (-1, 0)  # (global step, micro-batch index within it) under gradient accumulation
         self._step_log: dict[str, Any] = {}  # this step's logged values: see _log_step
@@ -50,8 +58,36 @@ class RecurrentLMModule(L.LightningModule):
                                    "optim": _plain(vars(optim)), "eval_depths": self.eval_depths})
 
     def configure_model(self) -> None:
+        """Parallel-side changes to the built model, in torchtitan's order: activation checkpointing, compile,
+        then FSDP2 sharding on the mesh Lightning set up. Lightning calls this again for ``trainer.validate``:
+        each step is applied once."""
+        if self._configured:
+            return
+        self._configured = True
+        if self.parallel.activation_checkpointing:
+            apply_activation_checkpointing(self.model)
         if self.compile_blocks:
             self.model.compile_blocks()
+        if self.parallel.strategy == "fsdp":
+            shard_model(self.model, self.device_mesh["data_parallel"], self.parallel.reshard_after_forward)
+
+    def full_model(self) -> Optional[torch.nn.Module]:
+        """The trained model, unsharded, on rank 0 (for export and evaluation); None on the other ranks.
+        Collective under FSDP2: every rank must call it."""
+        if self.parallel.strategy == "deepspeed" and self.parallel.zero_stage == 3:
+            self.trainer.strategy.barrier("last-checkpoint")  # ZeRO-3 partitions weights: merge the saved ones
+            from recurrent_lm.train.export import model_from_checkpoint
+
+            return model_from_checkpoint(Path(self.trainer.checkpoint_callback.last_model_path)) \
+                if self.global_rank == 0 else None
+        if self.parallel.strategy != "fsdp":
+            return self.model
+        state = full_state_dict(self.model)
+        if self.global_rank != 0:
+            return None
+        model = RecurrentDepthLM(self.model_config)
+        model.load_state_dict(state)
+        return model
 
     # ------------------------------------------------------------------ train
     def training_step(self, batch: dict[str, Tensor], batch_idx: int) -> Tensor:
@@ -59,7 +95,8 @@ class RecurrentLMModule(L.LightningModule):
         record = self.global_step % self.telemetry_every == 0
         out = self.model(batch["input_ids"], num_steps=(n_no_grad, n_grad), labels=batch["labels"],
                          position_ids=batch.get("position_ids"), record_stats=record,
-                         generator=self.generator("train", self.global_step, self._micro_batch()))
+                         init_state=self.initial_state(batch["input_ids"], "train", self.global_step,
+                                                       self._micro_batch()))
         tokens = batch["input_ids"].numel()
         self.flops_per_batch = tokens * train_flops_per_token(self.model_config, n_no_grad + n_grad, n_grad,
                                                               context=batch["input_ids"].shape[1])
@@ -74,6 +111,14 @@ class RecurrentLMModule(L.LightningModule):
             })
         return out.loss
 
+    def initial_state(self, input_ids: Tensor, *stream: int | str) -> Tensor:
+        """This rank's s_0: drawn for the whole global batch from a generator keyed by ``stream`` alone, then
+        sliced to this rank's rows. A sample's noise depends on its place in the global batch, not on how many
+        processes share the batch, so W processes train exactly as one process with the same global batch."""
+        world, rank, rows = self.trainer.world_size, self.global_rank, input_ids.shape[0]
+        like = torch.empty(rows * world, input_ids.shape[1], self.model_config.d_model, device=self.device)
+        return self.model.initial_state(like, self.generator(*stream, rank=False))[rank * rows:(rank + 1) * rows]
+
     def _log_step(self, metrics: dict[str, Tensor | float], prog_bar: bool = False) -> None:
         """``self.log_dict``, plus a copy of the step's values for :meth:`on_save_checkpoint`.
 
@@ -81,6 +126,10 @@ class RecurrentLMModule(L.LightningModule):
         step ran, so a kill between the two would lose the row of the step a resume starts after.
         The checkpoint carries the row instead, and the CSV logger restores it (see metrics_log).
         """
+        if self._trainer is not None and self.trainer.world_size > 1:  # the global batch's values, as on one process
+            reduce = self.trainer.strategy.reduce
+            metrics = {k: reduce(torch.as_tensor(v, device=self.device).detach().float(), reduce_op="mean")
+                       for k, v in metrics.items()}
         self.log_dict(metrics, prog_bar=prog_bar)
         if self._step_log.get("step") != self.global_step:
             self._step_log = {"step": self.global_step}
@@ -128,6 +177,7 @@ class RecurrentLMModule(L.LightningModule):
         """
         params = [p for p in self.parameters() if p.grad is not None]
         norm = torch.nn.utils.clip_grad_norm_(params, max_norm=gradient_clip_val or math.inf)
+        norm = norm.full_tensor() if hasattr(norm, "full_tensor") else norm  # FSDP2: a replicated DTensor
         self._log_step({"train/grad_norm": norm})
         if torch.isfinite(norm):
             return
@@ -159,6 +209,8 @@ class RecurrentLMModule(L.LightningModule):
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         checkpoint["nonfinite_steps"] = self.nonfinite_steps
+        # What a resume checks before loading (run_dir.check_parallel): shards and data order depend on it.
+        checkpoint["parallel"] = {"strategy": self.parallel.strategy, "world_size": self.trainer.world_size}
         if self._step_log:  # plain floats: the checkpoint stays weights_only-loadable
             checkpoint["step_log"] = {"step": self._step_log["step"], **{
                 k: float(v[0]) / v[1] for k, v in self._step_log.items() if k != "step"}}

@@ -6,7 +6,7 @@ run, an incompatible resume, ``resume=none`` over an existing run) leaves the di
 Layout (see :mod:`recurrent_lm.train.cli`)::
 
     .lock              {"host", "pid", "slurm_job_id", "started"} of the live run, removed at exit
-    checkpoints/       last.ckpt, step-N.ckpt
+    checkpoints/       last.ckpt, step-N.ckpt: files, or directories of shards (parallel=fsdp, deepspeed)
     logs/              metrics.csv, tensorboard/
     export/            the exported model
 """
@@ -28,6 +28,7 @@ import torch
 from recurrent_lm.model import ModelConfig, RecurrentDepthLM
 from recurrent_lm.model.io import atomic_write
 from recurrent_lm.train.checkpoint_io import load_checkpoint
+from recurrent_lm.train.sharded import read_resume_record
 
 CHECKPOINT_DIR = "checkpoints"
 LAST_CHECKPOINT = "last.ckpt"
@@ -35,7 +36,8 @@ EXPORT_DIR = "export"
 LOG_DIR = "logs"
 LOCK_FILE = ".lock"
 PARTIAL_WRITE = re.compile(r"^\..+\.tmp$")
-"""Temp files of :func:`recurrent_lm.model.io.atomic_write` (``.<name>.<random>.tmp``)."""
+"""Temp files of :func:`recurrent_lm.model.io.atomic_write` (``.<name>.<random>.tmp``) and temp directories of
+:class:`recurrent_lm.train.sharded.AtomicDirectorySave`."""
 STEP_CHECKPOINT = re.compile(r"^step-(\d+)\.ckpt$")
 
 
@@ -131,9 +133,10 @@ def remove_partial_writes(run_dir: Path) -> list[Path]:
     for folder in (run_dir, run_dir / CHECKPOINT_DIR, run_dir / EXPORT_DIR, run_dir / LOG_DIR):
         if folder.is_dir():
             for path in folder.iterdir():
-                if path.is_file() and PARTIAL_WRITE.match(path.name):
-                    size += path.stat().st_size
-                    path.unlink()
+                if PARTIAL_WRITE.match(path.name):
+                    files = [path] if path.is_file() else [p for p in path.rglob("*") if p.is_file()]
+                    size += sum(p.stat().st_size for p in files)
+                    shutil.rmtree(path) if path.is_dir() else path.unlink()
                     removed.append(path)
     if removed:
         print(f"removed {len(removed)} partial write(s) ({size / 2**20:.1f} MiB) left by an interrupted run: "
@@ -155,7 +158,8 @@ def clear_run(run_dir: Path) -> None:
 # ---------------------------------------------------------------------------------------------- resume
 @dataclass
 class Resume:
-    """The checkpoint a run continues from (None for a fresh start), already loaded and checked."""
+    """The checkpoint a run continues from (None for a fresh start), already loaded and checked. For a
+    directory checkpoint ``checkpoint`` is its ``resume.json`` record: the shards are read by the strategy."""
 
     path: Optional[Path]
     checkpoint: Optional[dict[str, Any]]
@@ -178,13 +182,13 @@ def newest_checkpoint(run_dir: Path) -> Resume:
     steps = sorted(((int(m.group(1)), p) for p in folder.iterdir() if (m := STEP_CHECKPOINT.match(p.name))),
                    reverse=True)
     best: Resume = Resume(None, None)
-    candidates = ([folder / LAST_CHECKPOINT] if (folder / LAST_CHECKPOINT).is_file() else []) + [p for _, p in steps]
+    candidates = ([folder / LAST_CHECKPOINT] if (folder / LAST_CHECKPOINT).exists() else []) + [p for _, p in steps]
     for path in candidates:
         named = STEP_CHECKPOINT.match(path.name)
         if named and best.checkpoint is not None and int(named.group(1)) <= best.step:
             break  # step files are sorted newest first: nothing after this one is newer
         try:
-            checkpoint = load_checkpoint(path, check_finite=True)
+            checkpoint = read_checkpoint(path)
         except ValueError as err:
             if "non-finite" in str(err):
                 raise
@@ -206,10 +210,40 @@ def resolve_resume(resume: str, run_dir: Path, overwrite: bool = False) -> Resum
                                   "(deletes them), or choose another name= or run_dir=")
         return Resume(None, None)
     path = Path(resume)
-    if not path.is_file():
+    if not path.exists():
         raise FileNotFoundError(f"resume={resume}: no such checkpoint; use resume=auto, resume=none, or the path "
                                 f"of an existing .ckpt (e.g. {run_dir / CHECKPOINT_DIR / LAST_CHECKPOINT})")
-    return Resume(path, load_checkpoint(path, check_finite=True))
+    return Resume(path, read_checkpoint(path))
+
+
+def read_checkpoint(path: Path) -> dict[str, Any]:
+    """A checkpoint file loaded and checked, or a checkpoint directory's resume record (an incomplete
+    directory, without ``resume.json``, is refused)."""
+    if path.is_dir():
+        return read_resume_record(path)
+    return load_checkpoint(path, check_finite=True)
+
+
+def check_parallel(resume: Resume, strategy: str, world_size: int) -> None:
+    """Refuse a resume that the planned processes cannot continue exactly, naming both layouts.
+
+    Every rank reads its own slice of each global batch, so the data order needs the same process count;
+    a directory of shards loads only under the strategy that wrote it. Checkpoints from before the
+    ``parallel`` record were written by one process.
+    """
+    if resume.checkpoint is None:
+        return
+    stored = resume.checkpoint.get("parallel") or {"strategy": "single", "world_size": 1}
+    sharded = resume.path is not None and resume.path.is_dir()
+    if stored["world_size"] == world_size and (not sharded or stored["strategy"] == strategy):
+        return
+    why = ("its shards load only under the strategy that wrote them" if stored["world_size"] == world_size else
+           "each process reads its own slice of every global batch, so an exact resume needs the same process count")
+    raise ValueError(f"resume refused: {resume.path} was written by parallel.strategy={stored['strategy']} on "
+                     f"{stored['world_size']} process(es), but this run is parallel.strategy={strategy} on "
+                     f"{world_size}; {why}. Resume with parallel={stored['strategy']} and trainer.devices × "
+                     f"trainer.num_nodes = {stored['world_size']}, or start a new run under another name= "
+                     f"(recurrent-lm-export {resume.path} exports its weights)")
 
 
 def check_compatible(resume: Resume, model: ModelConfig) -> None:

@@ -12,13 +12,13 @@ from typing import Optional, get_args
 
 from hydra.core.config_store import ConfigStore
 from lightning.fabric.connector import _PRECISION_INPUT_STR, _PRECISION_INPUT_STR_ALIAS
-from lightning.pytorch.strategies import StrategyRegistry
 
 from recurrent_lm.coconut.config import CoconutConfig
 from recurrent_lm.data.config import DataConfig
 from recurrent_lm.loop.samplers import SamplerConfig
 from recurrent_lm.model.config import ModelConfig
 from recurrent_lm.reasoning.config import TaskConfig
+from recurrent_lm.train.parallel import ParallelConfig
 
 SCHEDULES = ("wsd", "cosine", "constant")
 PRECISIONS = ("auto", *get_args(_PRECISION_INPUT_STR), *get_args(_PRECISION_INPUT_STR_ALIAS))
@@ -60,9 +60,9 @@ class TrainerConfig:
 
     accelerator: str = "auto"
     devices: str = "auto"
+    """Processes per node, one per device (a CPU run: processes that share the cores); under SLURM it must
+    equal --ntasks-per-node. More than one process needs a distributed ``parallel`` strategy."""
     num_nodes: int = 1
-    strategy: str = "auto"
-    """auto | ddp | fsdp | deepspeed_stage_2 | ... (Lightning strategy names)."""
     precision: str = "auto"
     """auto = bf16-mixed wherever bf16 is native (CUDA, CPUs with AVX512-BF16/AMX), else 32-true; or any
     Lightning precision string (bf16-mixed, 32-true, 16-mixed, ...)."""
@@ -110,9 +110,6 @@ class TrainerConfig:
             raise ValueError(f"trainer.gradient_clip_val={self.gradient_clip_val}: must be > 0, or null for none")
         if self.precision not in PRECISIONS:
             raise ValueError(f"trainer.precision={self.precision!r} is unknown; choose one of {list(PRECISIONS)}")
-        strategies = ("auto", *StrategyRegistry.available_strategies())
-        if self.strategy not in strategies:
-            raise ValueError(f"trainer.strategy={self.strategy!r} is unknown; choose one of {list(strategies)}")
         count = self.devices.isdigit() and int(self.devices) >= 1
         indices = "," in self.devices and all(part.strip().isdigit() for part in self.devices.split(",") if part)
         if not (self.devices in ("auto", "-1") or count or indices):
@@ -143,6 +140,8 @@ class TrainConfig:
     sampler: SamplerConfig = field(default_factory=SamplerConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
     trainer: TrainerConfig = field(default_factory=TrainerConfig)
+    parallel: ParallelConfig = field(default_factory=ParallelConfig)
+    """How the run is spread over processes (conf/parallel/: single, ddp, fsdp, deepspeed)."""
     logger: LoggerConfig = field(default_factory=LoggerConfig)
     task: Optional[TaskConfig] = None
     """A synthetic reasoning task (conf/task/) instead of the text corpus."""

@@ -1,0 +1,170 @@
+"""Strategies by config on a CPU gloo mesh: 2 processes train exactly as 1 with the same global batch, FSDP2
+resumes bit-exactly after a SIGKILL from its sharded checkpoint directories, and bad layouts are refused.
+
+Multi-process runs are real ``recurrent-lm-train`` subprocesses (Lightning starts the second rank by
+re-running the command line) with ``trainer.accelerator=cpu trainer.devices=2``. Tolerance: the 2-process
+losses equal the 1-process ones within 1e-4 (measured ≤ 5e-5: only the order of the gradient sums differs).
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import time
+
+import pytest
+import torch
+from train_support import compose_cfg, launch, overrides, step_losses
+
+from recurrent_lm.model import RecurrentDepthLM
+from recurrent_lm.train.cli import run
+from recurrent_lm.train.parallel import (ParallelConfig, apply_activation_checkpointing, check_launch,
+                                         transformer_blocks)
+from recurrent_lm.train.run_dir import Resume, check_parallel, newest_checkpoint, remove_partial_writes
+from recurrent_lm.train.sharded import RESUME_FILE
+
+STEPS = 6
+ARGS = {"trainer.max_steps": STEPS, "trainer.checkpoint_every_n_steps": 3, "trainer.val_check_interval": STEPS,
+        "sample_tokens": 0}
+TOLERANCE = 1e-4
+TWO = {"trainer.devices": 2, "trainer.micro_batch_size": 2}  # the global batch of 4 rows, on two processes
+
+
+@pytest.fixture(scope="module")
+def one_process(corpus_dir, tmp_path_factory) -> dict[int, float]:
+    run_dir = tmp_path_factory.mktemp("one")
+    result = launch(overrides(corpus_dir, run_dir, **ARGS, **{"trainer.micro_batch_size": 4}))
+    assert result.returncode == 0, result.stdout[-3000:]
+    return step_losses(run_dir)
+
+
+def assert_close(a: dict[int, float], b: dict[int, float], tolerance: float = TOLERANCE) -> None:
+    assert sorted(a) == sorted(b) == list(range(STEPS))
+    assert max(abs(a[k] - b[k]) for k in a) < tolerance, (a, b)
+
+
+def test_ddp_two_processes_train_as_one(one_process, corpus_dir, tmp_path):
+    result = launch(overrides(corpus_dir, tmp_path, **ARGS, **TWO, parallel="ddp", export=False))
+    assert result.returncode == 0, result.stdout[-3000:]
+    assert_close(one_process, step_losses(tmp_path))
+
+
+def test_fsdp2_trains_as_one_resumes_exactly_and_exports_full_weights(one_process, corpus_dir, tmp_path):
+    """With activation checkpointing on. Killed (both ranks) as step 4 starts: step-3.ckpt and last.ckpt are shard directories; the restart
+    resumes from them and the stitched losses equal both the 1-process run and an exact replay."""
+    args = overrides(corpus_dir, tmp_path, **ARGS, **TWO, parallel="fsdp",
+                     **{"parallel.activation_checkpointing": True})  # recomputed blocks: the same numbers
+    killed = launch(args, fault="step:4")
+    assert killed.returncode == -9, killed.stdout[-3000:]
+    last = tmp_path / "checkpoints" / "last.ckpt"
+    assert last.is_dir() and (last / RESUME_FILE).is_file() and len(list(last.glob("*.distcp"))) == 2
+    final = launch(args)
+    assert final.returncode == 0, final.stdout[-3000:]
+    assert f"resuming from {last} (step 3)" in final.stdout
+    assert_close(one_process, step_losses(tmp_path))
+    exported = RecurrentDepthLM.from_pretrained(tmp_path / "export")  # gathered from the shards on rank 0
+    from recurrent_lm.train.export import model_from_checkpoint
+
+    merged = model_from_checkpoint(last)  # the same weights, merged from the directory in one process
+    assert all(torch.equal(v, merged.state_dict()[k]) for k, v in exported.state_dict().items())
+
+
+def test_coconut_runs_several_forwards_per_step_under_ddp(tmp_path):
+    from test_coconut_train import coconut_overrides
+
+    args = coconut_overrides(tmp_path, **{"trainer.max_steps": 2, "trainer.val_check_interval": 2,
+                                          "trainer.checkpoint_every_n_steps": 2, "coconut.num_eval": 2,
+                                          "trainer.micro_batch_size": 2, "trainer.devices": 2, "parallel": "ddp"})
+    result = launch(args)
+    assert result.returncode == 0, result.stdout[-3000:]
+    assert "exact match" in result.stdout
+    with pytest.raises(ValueError, match="parallel=fsdp cannot train Coconut.*use parallel=ddp"):
+        run(compose_cfg(coconut_overrides(tmp_path / "fsdp", **{"parallel": "fsdp"})))
+
+
+def test_usr1_saves_at_the_next_step_boundary_and_stops(corpus_dir, tmp_path):
+    """The preemption warning outside SLURM: last.ckpt at the step the run stopped, no validation or export."""
+    run = launch(overrides(corpus_dir, tmp_path, **{**ARGS, "trainer.max_steps": 100_000}), wait=False)
+    try:
+        while not (tmp_path / "logs" / "metrics.csv").exists() or len(step_losses(tmp_path)) < 2:
+            assert run.poll() is None, run.stdout.read()[-3000:]
+            time.sleep(0.1)
+        os.kill(run.pid, signal.SIGUSR1)
+        out, _ = run.communicate(timeout=120)
+    finally:
+        run.kill()
+    assert run.returncode == 0, out[-3000:]
+    step = int(re.search(r"preemption: SIGUSR1 -> last.ckpt saved at step (\d+) [\d.]+ s after the signal; "
+                         r"stopping", out).group(1))
+    assert torch.load(tmp_path / "checkpoints" / "last.ckpt", weights_only=True)["global_step"] == step
+    assert sorted(step_losses(tmp_path)) == list(range(step)) and not (tmp_path / "export").exists()
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("parallel", ["fsdp", "deepspeed"])
+def test_gpu_strategies_train_as_one_and_resume(parallel, one_process, corpus_dir, tmp_path):
+    """The CUDA paths (NCCL, DeepSpeed ZeRO-2): written, run only where 2 GPUs exist (`pytest -m gpu`)."""
+    if torch.cuda.device_count() < 2:
+        pytest.skip("needs 2 CUDA devices")
+    args = overrides(corpus_dir, tmp_path, **ARGS, **TWO, parallel=parallel, **{"trainer.accelerator": "gpu"})
+    assert launch(args, fault="step:4").returncode == -9
+    final = launch(args)
+    assert final.returncode == 0, final.stdout[-3000:]
+    assert "resuming from" in final.stdout
+    assert_close(one_process, step_losses(tmp_path), tolerance=1e-3)  # CUDA vs CPU kernels: looser, unmeasured
+
+
+def test_activation_checkpointing_keeps_parameter_names(tiny_model):
+    model = tiny_model()
+    names = list(model.state_dict())
+    apply_activation_checkpointing(model)
+    assert list(model.state_dict()) == names and len(transformer_blocks(model)) == 4  # prelude 1, core 2, coda 1
+
+
+# ---------------------------------------------------------------------------------------------- refusals
+def test_an_unknown_strategy_and_a_missing_extra_are_named(corpus_dir, tmp_path):
+    with pytest.raises(ValueError, match=r"parallel.strategy='zero' is unknown; choose one of \['single', 'ddp'"):
+        ParallelConfig(strategy="zero")
+    with pytest.raises(ValueError, match=r"trainer.devices=2 × trainer.num_nodes=1 is 2 processes but "
+                                         r"parallel.strategy=single; choose parallel=ddp"):
+        run(compose_cfg(overrides(corpus_dir, tmp_path, **{"trainer.devices": 2})))
+    with pytest.raises(ValueError, match=r"parallel.strategy=deepspeed needs DeepSpeed.*recurrent_lm\[gpu\]"
+                                         r"|parallel.strategy=deepspeed runs on CUDA only"):
+        check_launch(ParallelConfig(strategy="deepspeed"), "1", "cpu", 1, env={})
+
+
+def test_devices_must_match_slurm_tasks_per_node():
+    env = {"SLURM_JOB_ID": "7", "SLURM_NTASKS_PER_NODE": "2", "SLURM_JOB_NUM_NODES": "1", "SLURM_JOB_NAME": "t"}
+    check_launch(ParallelConfig(strategy="ddp"), "2", "cpu", 1, env=env)
+    with pytest.raises(ValueError, match=r"trainer.devices=4 \(4 per node\) but SLURM starts 2 task\(s\) per node "
+                                         r"\(--ntasks-per-node=2\).*set trainer.devices=2"):
+        check_launch(ParallelConfig(strategy="ddp"), "4", "cpu", 1, env=env)
+    with pytest.raises(ValueError, match="trainer.num_nodes=2 but the SLURM job has 1 node"):
+        check_launch(ParallelConfig(strategy="ddp"), "2", "cpu", 2, env=env)
+
+
+def test_a_checkpoint_from_another_layout_is_refused_naming_both(tmp_path):
+    sharded = tmp_path / "last.ckpt"
+    sharded.mkdir()
+    record = {"global_step": 3, "parallel": {"strategy": "fsdp", "world_size": 2}}
+    check_parallel(Resume(sharded, record), "fsdp", 2)
+    with pytest.raises(ValueError, match=r"written by parallel.strategy=fsdp on 2 process\(es\), but this run is "
+                                         r"parallel.strategy=ddp on 2; its shards load only under"):
+        check_parallel(Resume(sharded, record), "ddp", 2)
+    with pytest.raises(ValueError, match=r"parallel.strategy=single on 1 process\(es\), but this run is "
+                                         r"parallel.strategy=ddp on 2; each process reads its own slice"):
+        check_parallel(Resume(tmp_path / "old.ckpt", {"global_step": 3}), "ddp", 2)
+
+
+def test_a_half_written_directory_is_never_taken_and_is_removed(tmp_path):
+    """A directory write dies before its rename (no resume.json, hidden temp name): resume=auto passes over it
+    and the next start deletes it; a complete directory without resume.json cannot exist under a real name."""
+    folder = tmp_path / "checkpoints"
+    partial = folder / ".last.ckpt.1a2b3c4d.tmp"
+    partial.mkdir(parents=True)
+    (partial / "__0_0.distcp").write_bytes(b"x" * 100)
+    incomplete = folder / "step-9.ckpt"
+    incomplete.mkdir()
+    assert newest_checkpoint(tmp_path).path is None
+    assert remove_partial_writes(tmp_path) == [partial] and not partial.exists()
