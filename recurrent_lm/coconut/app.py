@@ -99,12 +99,6 @@ def generate_data(coconut: CoconutConfig, seed: int) -> None:
 
 
 def build(cfg: TrainConfig, run_dir: Path) -> tuple[CoconutDataModule, CoconutModule]:
-    if cfg.parallel.strategy == "fsdp":
-        # Checked on a CPU gloo mesh: the answer attends to K/V cached by the question's and the thoughts'
-        # forwards, so gradients reach a block's weights after FSDP2 has already reduce-scattered and freed
-        # them ("setStorage ... storage of size 0"), with units per block or one for the whole model.
-        raise ValueError("parallel=fsdp cannot train Coconut: its forwards share a KV cache that carries gradients "
-                         "across FSDP2's per-forward gather/free; use parallel=ddp")
     generate_data(cfg.coconut, cfg.seed)
     tokenizer = build_tokenizer(cfg, run_dir)
     lm = build_model(cfg.coconut, tokenizer)

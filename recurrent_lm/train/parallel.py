@@ -177,13 +177,19 @@ def transformer_blocks(model: nn.Module) -> list[nn.Module]:
     return blocks
 
 
-def shard_model(model: nn.Module, mesh: Any, reshard_after_forward: bool = True) -> None:
+def shard_model(model: nn.Module, mesh: Any, reshard_after_forward: bool = True,
+                gathered_through_backward: bool = False) -> None:
     """FSDP2 on a RecurrentDepthLM: one unit per block, one for the (possibly tied) embedding + LM head, and
     the root for the rest (adapter, final norm).
 
     Coconut calls the embedding and the head outside the root's forward, so they get a unit of their own
     (tied weights must share one unit), and the root is initialised eagerly: FSDP2 otherwise makes the
     first unit that runs the root, and the real root's forward then fails.
+
+    ``gathered_through_backward`` is for steps whose forwards share a graph (Coconut: the answer attends to
+    K/V cached by earlier forwards, so a block's backward runs for calls whose outputs FSDP2 never hooked).
+    Weights then stay gathered from the first forward to the end of backward, and :func:`reshard` frees
+    them after it; gradients and optimizer state stay sharded (ZeRO-2-like memory for the weights).
     """
     from torch.distributed.fsdp import FSDPModule, fully_shard
 
@@ -193,4 +199,20 @@ def shard_model(model: nn.Module, mesh: Any, reshard_after_forward: bool = True)
         fully_shard(block, mesh=mesh, reshard_after_forward=reshard_after_forward)
     fully_shard([model.embed, model.lm_head], mesh=mesh, reshard_after_forward=reshard_after_forward)
     fully_shard(model, mesh=mesh, reshard_after_forward=reshard_after_forward)
+    if gathered_through_backward:
+        for module in fsdp_units(model):
+            module.set_reshard_after_forward(False)
+            module.set_reshard_after_backward(False)
     model._get_fsdp_state()._lazy_init()  # see the docstring; no public API does this in torch 2.13
+
+
+def fsdp_units(model: nn.Module) -> list[nn.Module]:
+    from torch.distributed.fsdp import FSDPModule
+
+    return [m for m in model.modules() if isinstance(m, FSDPModule)]
+
+
+def reshard(model: nn.Module) -> None:
+    """Free the gathered weights of every FSDP2 unit (after a backward of ``gathered_through_backward``)."""
+    for module in fsdp_units(model):
+        module.reshard()
