@@ -24,13 +24,13 @@ from __future__ import annotations
 import argparse
 import os
 import statistics
-import time
 from dataclasses import dataclass
-from typing import Callable
 
 import torch
 import torch.nn.functional as F
 import transformers
+
+from timing import timed
 
 from recurrent_lm.coconut.backends import FIXED, CausalBackend, Depth, HFBackend, RecurrentBackend
 from recurrent_lm.coconut.generate import generate
@@ -109,17 +109,6 @@ def naive_generate(lm: ContinuousThoughtLM, example: ThoughtExample, depth: Dept
     return tokens
 
 
-def timed(run: Callable[[], object], repeats: int) -> list[float]:
-    """Seconds of ``repeats`` runs after one warm-up run."""
-    run()
-    seconds = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        run()
-        seconds.append(time.perf_counter() - start)
-    return seconds
-
-
 def spread(seconds: list[float], scale: float = 1.0) -> str:
     values = [scale * s for s in seconds]
     return f"{statistics.median(values):.1f} ({min(values):.1f}..{max(values):.1f})"
@@ -140,7 +129,7 @@ def train_row(name: str, make, shapes: Shapes, repeats: int) -> list[str]:
         lm.backend.model.eval()
         same = torch.allclose(lm(batch, depth=depth).loss, naive_loss(lm.backend, batch, depth), atol=1e-4)
         lm.backend.model.train()
-    fast, slow = timed(cached, repeats), timed(naive, repeats)
+    fast, slow = timed(cached, repeats, warmup=1), timed(naive, repeats, warmup=1)
     shape = f"{shapes.train_batch} x ({QUESTION + 1} + {THOUGHTS} + {SUFFIX})"
     ratio = statistics.median(slow) / statistics.median(fast)
     return [name, shape, spread(slow, 1e3), spread(fast, 1e3), f"{ratio:.1f}x", "yes" if same else "NO"]
@@ -160,7 +149,7 @@ def generation_row(name: str, make, shapes: Shapes, repeats: int) -> list[str]:
         return [naive_generate(lm, e, depth) for e in batch[:shapes.naive_gen_examples]]
 
     same = cached()[0] == naive()[0]
-    fast, slow = timed(cached, repeats), timed(naive, repeats)
+    fast, slow = timed(cached, repeats, warmup=1), timed(naive, repeats, warmup=1)
     fast_rate = [shapes.gen_batch * tokens_each / s for s in fast]
     slow_rate = [shapes.naive_gen_examples * tokens_each / s for s in slow]
     shape = f"{shapes.gen_batch} (naive {shapes.naive_gen_examples}) x ({QUESTION + 1} -> {THOUGHTS} + {SUFFIX})"

@@ -14,21 +14,12 @@ import argparse
 import os
 import statistics
 import tempfile
-import time
-from collections.abc import Callable
 from functools import partial
 from pathlib import Path
 
+from timing import timed
+
 from recurrent_lm.data import TextTokenizer, iter_texts, pack_split, shakespeare
-
-
-def timed(run: Callable[[], object], repeats: int) -> list[float]:
-    seconds = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        run()
-        seconds.append(time.perf_counter() - start)
-    return seconds
 
 
 def main() -> None:
