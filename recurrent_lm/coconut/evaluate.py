@@ -241,3 +241,7 @@ def markdown(rows: Sequence[dict[str, Any]]) -> str:
         lines.append(f"| {r['label']} | {100 * r['accuracy']:.1f} | {r['mean_tokens']:.1f} | "
                      f"{r['mean_thoughts']:.1f} | {core} |")
     return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
