@@ -97,7 +97,7 @@ def test_coconut_trains_through_the_app_under_ddp_and_fsdp2(tmp_path):
         assert result.returncode == 0, result.stdout[-3000:]
         assert "exact match" in result.stdout
         first[strategy] = step_losses(tmp_path / strategy)[0]
-    assert abs(first["ddp"] - first["fsdp"]) < TOLERANCE  # the same first step; later app steps differ by ~2e-2 (unexplained; the worker test shows exact grads)
+    assert abs(first["ddp"] - first["fsdp"]) < TOLERANCE  # the same step-0 loss; the grad norms differ (3.17 vs 2.42): an open bug, see issue 12
 
 
 def test_usr1_saves_at_the_next_step_boundary_and_stops(corpus_dir, tmp_path):
