@@ -86,18 +86,22 @@ def test_fsdp2_coconut_gradients_equal_the_ddp_average():
     assert len(lines) == 2 and all(float(g) < 1e-6 and float(l) < 1e-5 for g, l in lines), result.stdout
 
 
-def test_coconut_trains_through_the_app_under_ddp_and_fsdp2(tmp_path):
+def test_coconut_trains_through_the_app_under_ddp_and_fsdp2_is_refused(tmp_path):
+    """DDP trains Coconut (2 processes, the same step-0 loss as one process within float tolerance). FSDP2 is
+    refused in the app until its gradient gap there is found (the raw mechanism is exact: see above)."""
     from test_coconut_train import coconut_overrides
 
-    common = {"trainer.max_steps": 2, "trainer.val_check_interval": 2, "trainer.checkpoint_every_n_steps": 2,
-              "coconut.num_eval": 2, "trainer.micro_batch_size": 2, "trainer.devices": 2}
-    first = {}
-    for strategy in ("ddp", "fsdp"):
-        result = launch(coconut_overrides(tmp_path / strategy, **common, parallel=strategy))
-        assert result.returncode == 0, result.stdout[-3000:]
-        assert "exact match" in result.stdout
-        first[strategy] = step_losses(tmp_path / strategy)[0]
-    assert abs(first["ddp"] - first["fsdp"]) < TOLERANCE  # the same step-0 loss; the grad norms differ (3.17 vs 2.42): an open bug, see issue 12
+    common = {"trainer.max_steps": 1, "trainer.val_check_interval": 1, "trainer.checkpoint_every_n_steps": 1,
+              "coconut.num_eval": 2, "model.init_scale": 0.0}
+    two = launch(coconut_overrides(tmp_path / "ddp", **common, **{"trainer.micro_batch_size": 2,
+                                                                  "trainer.devices": 2}, parallel="ddp"))
+    assert two.returncode == 0 and "exact match" in two.stdout, two.stdout[-3000:]
+    one = launch(coconut_overrides(tmp_path / "one", **common, **{"trainer.micro_batch_size": 4}))
+    assert one.returncode == 0, one.stdout[-3000:]
+    # Each rank averages over its own supervised tokens, one process over all of them: close, not equal.
+    assert abs(step_losses(tmp_path / "ddp")[0] - step_losses(tmp_path / "one")[0]) < 1e-2
+    with pytest.raises(ValueError, match="parallel=fsdp cannot train Coconut yet.*use parallel=ddp"):
+        run(compose_cfg(coconut_overrides(tmp_path / "fsdp", parallel="fsdp")))
 
 
 def test_usr1_saves_at_the_next_step_boundary_and_stops(corpus_dir, tmp_path):
