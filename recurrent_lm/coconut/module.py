@@ -33,7 +33,6 @@ from recurrent_lm.train.schema import OptimConfig
 
 
 class CoconutModule(RecurrentLMModule):
-    forwards_share_graph = True  # the answer attends to K/V cached by the question's and thoughts' forwards
     def __init__(self, model: ModelConfig, sampler: SamplerConfig, optim: OptimConfig, coconut: CoconutConfig,
                  eval_depths: list[int], ids: SpecialIds, batches_per_epoch: int, lm: Optional[nn.Module] = None,
                  seed: int = 0, max_nonfinite_steps: int = 0, parallel: Optional[ParallelConfig] = None) -> None:

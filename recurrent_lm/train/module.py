@@ -13,7 +13,7 @@ from torch import Tensor
 
 from recurrent_lm.loop import DepthSampler, SamplerConfig, token_correlation
 from recurrent_lm.model import ModelConfig, RecurrentDepthLM, train_flops_per_token
-from recurrent_lm.train.parallel import ParallelConfig, apply_activation_checkpointing, reshard, shard_model
+from recurrent_lm.train.parallel import ParallelConfig, apply_activation_checkpointing, shard_model
 from recurrent_lm.train.schema import OptimConfig
 from recurrent_lm.train.sharded import full_state_dict
 
@@ -69,15 +69,7 @@ class RecurrentLMModule(L.LightningModule):
         if self.compile_blocks:
             self.model.compile_blocks()
         if self.parallel.strategy == "fsdp":
-            shard_model(self.model, self.device_mesh["data_parallel"], self.parallel.reshard_after_forward,
-                        gathered_through_backward=self.forwards_share_graph)
-
-    forwards_share_graph = False
-    """True for a step whose forwards share one autograd graph (Coconut's KV cache): see :func:`shard_model`."""
-
-    def on_after_backward(self) -> None:
-        if self.forwards_share_graph and self.parallel.strategy == "fsdp":
-            reshard(self.model)
+            shard_model(self.model, self.device_mesh["data_parallel"], self.parallel.reshard_after_forward)
 
     def full_model(self) -> Optional[torch.nn.Module]:
         """The trained model, unsharded, on rank 0 (for export and evaluation); None on the other ranks.
