@@ -34,7 +34,8 @@ from datasets import Features, IterableDataset, List, Value
 
 from recurrent_lm.data.config import DataConfig
 from recurrent_lm.data.corpus import AnyDataset, iter_texts, load_corpus, source_signature
-from recurrent_lm.data.tokenizer import TextTokenizer
+from recurrent_lm.data.tokenizer import TextTokenizer, WrappedTokenizer
+from recurrent_lm.interop.tokenizer import load_tokenizer, save_tokenizer_dir
 
 SPLITS = ("train", "validation")
 FORMAT_VERSION = 1
@@ -72,13 +73,15 @@ class PreparedData:
     """A prepared dataset: its tokenizer, read-only memory maps of both splits, and its meta."""
 
     directory: Path
-    tokenizer: TextTokenizer
+    tokenizer: WrappedTokenizer
+    """Ours (:class:`TextTokenizer`) or the foreign one named by data.tokenizer_path (e.g. a Hugging Face
+    model's, kept unchanged when training on from its weights)."""
     meta: PackedMeta
     train: np.memmap
     validation: np.memmap
 
     @classmethod
-    def open(cls, directory: str | Path, tokenizer: TextTokenizer) -> PreparedData:
+    def open(cls, directory: str | Path, tokenizer: WrappedTokenizer) -> PreparedData:
         """Map the packed files of `directory`, refusing them unless they were produced by `tokenizer`."""
         directory = Path(directory)
         if not (directory / META_FILE).is_file():
@@ -104,7 +107,7 @@ def prepare_data(cfg: DataConfig, block_size: int) -> PreparedData:
     """
     if block_size < 1:
         raise ValueError(f"block_size={block_size}: must be a positive number of tokens")
-    given = TextTokenizer.from_file(cfg.tokenizer_path) if cfg.tokenizer_path else None
+    given = _given_tokenizer(cfg.tokenizer_path) if cfg.tokenizer_path else None
     recipe = _recipe(cfg, given)
     directory = Path(cfg.cache_dir).expanduser() / hashlib.sha256(
         json.dumps(recipe, sort_keys=True).encode()).hexdigest()[:16]
@@ -118,10 +121,20 @@ def prepare_data(cfg: DataConfig, block_size: int) -> PreparedData:
                 f"{meta.tokens[split]} tokens ({meta.documents[split]} documents) but one sample needs block_size + 1 "
                 f"= {block_size + 1}. Use a larger corpus"
                 f"{' or a larger data.val_fraction' if split == 'validation' else ''}, or a smaller block_size")
-    return PreparedData.open(directory, given or TextTokenizer.from_file(directory / TOKENIZER_FILE))
+    return PreparedData.open(directory, given or load_tokenizer(directory / TOKENIZER_FILE))
 
 
-def pack_split(ds: AnyDataset, tokenizer: TextTokenizer, path: Path, num_proc: int = 1) -> tuple[int, int]:
+def _given_tokenizer(path: str) -> WrappedTokenizer:
+    """data.tokenizer_path: one of ours (reserved specials at ids 0..5), or a foreign tokenizer.json whose directory
+    names its eos token (a Hugging Face model's tokenizer_config.json), used unchanged."""
+    file = Path(path).expanduser()
+    if not file.is_file():
+        raise FileNotFoundError(f"data.tokenizer_path={path}: no tokenizer file here; point it at a tokenizer.json "
+                                "or leave it unset to train one")
+    return load_tokenizer(file)
+
+
+def pack_split(ds: AnyDataset, tokenizer: WrappedTokenizer, path: Path, num_proc: int = 1) -> tuple[int, int]:
     """Write the tokens of every document of `ds`, each followed by <|eos|>, to `path`; return (tokens, documents).
 
     `num_proc` worker processes tokenize a map-style dataset; a streaming one is tokenized as it is read.
@@ -153,20 +166,19 @@ def token_dtype(vocab_size: int) -> np.dtype:
     return np.dtype(np.uint16) if vocab_size <= 2**16 else np.dtype(np.uint32)
 
 
-def _recipe(cfg: DataConfig, given: TextTokenizer | None) -> dict[str, Any]:
+def _recipe(cfg: DataConfig, given: WrappedTokenizer | None) -> dict[str, Any]:
     """What determines the prepared files (and nothing else, so e.g. num_proc or streaming share an entry)."""
-    tokenizer = ({"fingerprint": given.fingerprint} if given is not None
+    tokenizer = ({"fingerprint": given.fingerprint, "eos_id": given.eos_id} if given is not None
                  else {"vocab_size": cfg.vocab_size, "train_chars": cfg.tokenizer_train_chars})
     return {"format": FORMAT_VERSION, "corpus": source_signature(cfg), "tokenizer": tokenizer}
 
 
-def _build(cfg: DataConfig, recipe: dict[str, Any], directory: Path, given: TextTokenizer | None) -> None:
+def _build(cfg: DataConfig, recipe: dict[str, Any], directory: Path, given: WrappedTokenizer | None) -> None:
     directory.mkdir(parents=True, exist_ok=True)
     corpus = load_corpus(cfg)
     tokenizer = given or TextTokenizer.train(iter_texts(corpus["train"]), cfg.vocab_size,
                                              max_chars=cfg.tokenizer_train_chars)
-    with _replaced(directory / TOKENIZER_FILE) as tmp:
-        tokenizer.save(tmp)
+    save_tokenizer_dir(tokenizer, directory)
     counts = {split: pack_split(corpus[split], tokenizer, directory / f"{split}.bin", cfg.num_proc)
               for split in SPLITS}
     PackedMeta(

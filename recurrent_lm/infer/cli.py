@@ -102,7 +102,7 @@ def _run(args: argparse.Namespace) -> int:
     import torch
     from rich.console import Console
 
-    from recurrent_lm.data.tokenizer import TextTokenizer
+    from recurrent_lm.interop.tokenizer import load_tokenizer
     from recurrent_lm.infer.generate import generate
     from recurrent_lm.model.device import pick_device
     from recurrent_lm.model.lm import RecurrentDepthLM
@@ -119,7 +119,7 @@ def _run(args: argparse.Namespace) -> int:
     prompts = read_prompts(args)
     directory = Path(args.model_dir)
     check_model_dir(directory)
-    tokenizer = TextTokenizer.from_file(directory / "tokenizer.json")
+    tokenizer = load_tokenizer(directory / "tokenizer.json")  # ours, or a foreign one (a retrofitted HF model's)
     try:
         device = pick_device(args.device, "--device")
     except ValueError as err:

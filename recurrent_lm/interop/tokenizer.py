@@ -15,7 +15,7 @@ from typing import Any, Optional, Union
 from tokenizers import Tokenizer
 
 from recurrent_lm.data.tokenizer import SPECIAL_TOKENS, TextTokenizer, WrappedTokenizer
-from recurrent_lm.model.io import TOKENIZER_FILE
+from recurrent_lm.model.io import TOKENIZER_FILE, atomic_write
 
 TOKENIZER_CONFIG_FILE = "tokenizer_config.json"
 SPECIAL_TOKENS_MAP_FILE = "special_tokens_map.json"
@@ -46,6 +46,22 @@ class HFTokenizer(WrappedTokenizer):
                              f"named in {TOKENIZER_CONFIG_FILE}, {SPECIAL_TOKENS_MAP_FILE} or {GENERATION_CONFIG_FILE} "
                              "beside it; add one of them (e.g. {\"eos_token\": \"<|end_text|>\"})")
         return cls(tokenizer, ids["eos"], ids["pad"] if ids.get("pad") is not None else ids["eos"], ids.get("bos"))
+
+    def special_tokens_config(self) -> dict[str, Any]:
+        """tokenizer_config.json naming this tokenizer's specials, which :meth:`from_dir` reads back."""
+        roles = {"bos_token": self.bos_id, "eos_token": self.eos_id, "pad_token": self.pad_id}
+        return {"tokenizer_class": "PreTrainedTokenizerFast",
+                **{role: self.tokenizer.id_to_token(i) for role, i in roles.items() if i is not None}}
+
+
+def save_tokenizer_dir(tokenizer: WrappedTokenizer, directory: Path) -> None:
+    """Write ``tokenizer`` into ``directory`` so that :func:`load_tokenizer` reads back the same one: tokenizer.json,
+    and for a foreign tokenizer a tokenizer_config.json naming its specials. Each file is written atomically, the
+    config first: readers (other ranks, a resume) wait for tokenizer.json and then find everything beside it."""
+    if isinstance(tokenizer, HFTokenizer):
+        config = json.dumps(tokenizer.special_tokens_config(), indent=2) + "\n"
+        atomic_write(directory / TOKENIZER_CONFIG_FILE, lambda tmp: tmp.write_text(config))
+    atomic_write(directory / TOKENIZER_FILE, tokenizer.save)
 
 
 def load_tokenizer(path: Path) -> Union[TextTokenizer, HFTokenizer]:

@@ -36,11 +36,13 @@ from lightning.pytorch.plugins.environments import SLURMEnvironment
 from lightning.pytorch.loggers import Logger, TensorBoardLogger
 from omegaconf import DictConfig, OmegaConf
 
+from recurrent_lm.interop.tokenizer import save_tokenizer_dir
 from recurrent_lm.model.io import TOKENIZER_FILE, atomic_write, make_writable_dir
 from recurrent_lm.train.callbacks import DepthThroughputMonitor, Preemption, RunCheckpoint
 from recurrent_lm.train.checkpoint_io import SafeCheckpointIO
 from recurrent_lm.train.datamodule import TextDataModule
 from recurrent_lm.train.hardware import resolve_precision
+from recurrent_lm.train.init_from import PRETRAINED_GROUP, load_initial_model, model_config_from, tokenizer_of
 from recurrent_lm.train.export import export_model
 from recurrent_lm.train.metrics_log import RunCSVLogger
 from recurrent_lm.train.module import RecurrentLMModule
@@ -157,9 +159,11 @@ def build_trainer(cfg: TrainConfig, run_dir: Path, resume: Resume) -> L.Trainer:
     )
 
 
-def build_run(cfg: TrainConfig, run_dir: Path) -> tuple[L.LightningDataModule, L.LightningModule, Any]:
+def build_run(cfg: TrainConfig, run_dir: Path, resuming: bool = False
+              ) -> tuple[L.LightningDataModule, L.LightningModule, Any]:
     """(datamodule, module, tokenizer) of a pretraining, reasoning-task or Coconut run; the tokenizer is saved
-    into the run directory, where a resume and the export find it."""
+    into the run directory, where a resume and the export find it. ``init_from``'s weights are loaded unless
+    ``resuming`` (the checkpoint then holds newer ones)."""
     if not is_rank_zero() and cfg.task is None:
         wait_for_file(run_dir / TOKENIZER_FILE, "rank 0 to prepare the data")  # prepared once, by rank 0
     if cfg.coconut is not None:
@@ -176,11 +180,12 @@ def build_run(cfg: TrainConfig, run_dir: Path) -> tuple[L.LightningDataModule, L
         if tokenizer.vocab_size > cfg.model.vocab_size:
             raise ValueError(f"tokenizer has {tokenizer.vocab_size} tokens but model.vocab_size="
                              f"{cfg.model.vocab_size}; raise model.vocab_size or use a smaller tokenizer")
-        atomic_write(run_dir / TOKENIZER_FILE, tokenizer.save)
+        save_tokenizer_dir(tokenizer, run_dir)
+    initial = load_initial_model(cfg.init_from, cfg.model) if cfg.init_from and not resuming else None
     module = RecurrentLMModule(cfg.model, cfg.sampler, cfg.optim, cfg.trainer.eval_depths,
                                compile_blocks=cfg.trainer.compile, telemetry_every=cfg.trainer.log_every_n_steps,
                                seed=cfg.seed, max_nonfinite_steps=cfg.trainer.max_nonfinite_steps,
-                               parallel=cfg.parallel)
+                               lm=initial, parallel=cfg.parallel)
     return datamodule, module, tokenizer
 
 
@@ -188,7 +193,7 @@ def train(cfg: TrainConfig, resume: Resume) -> dict[str, Any]:
     """Fit (or resume), validate across depths, export. Returns a summary dict (used by the report)."""
     run_dir = Path(cfg.run_dir)
     L.seed_everything(cfg.seed, workers=True, verbose=False)
-    datamodule, module, tokenizer = build_run(cfg, run_dir)
+    datamodule, module, tokenizer = build_run(cfg, run_dir, resuming=resume.path is not None)
     trainer = build_trainer(cfg, run_dir, resume)
     if resume.path is not None and is_rank_zero():
         print(f"resuming from {resume.path} (step {resume.step})")
@@ -217,9 +222,7 @@ def train(cfg: TrainConfig, resume: Resume) -> dict[str, Any]:
         summary.update(export_and_score(cfg, model, tokenizer, run_dir, run_dir / EXPORT_DIR))
         return summary
     if cfg.export:
-        tokenizer_file = run_dir / TOKENIZER_FILE
-        summary["export"] = export_model(model, tokenizer_file if tokenizer_file.is_file() else None,
-                                         run_dir / EXPORT_DIR)
+        summary["export"] = export_model(model, run_dir, run_dir / EXPORT_DIR)
     if cfg.task is not None:
         summary["reasoning"] = evaluate_task(cfg.task, model, run_dir, summary.get("export"), cfg.seed)
     return summary
@@ -241,6 +244,11 @@ def evaluate_task(task: TaskConfig, model: torch.nn.Module, run_dir: Path, expor
 
 def run(cfg: DictConfig) -> dict[str, Any]:
     typed: TrainConfig = OmegaConf.to_object(cfg)  # runs every dataclass __post_init__ check
+    if typed.init_from is not None:  # architecture and tokenizer are init_from's: resolved before anything is built
+        typed.model = model_config_from(typed.init_from, typed.model)
+        cfg.model = OmegaConf.structured(typed.model)
+        if typed.task is None and typed.data.tokenizer_path is None:
+            typed.data.tokenizer_path = cfg.data.tokenizer_path = tokenizer_of(typed.init_from)
     if typed.dry_run:
         from recurrent_lm.model import RecurrentDepthLM, count_params
 
@@ -287,10 +295,19 @@ def own_run_dir_per_sweep_job(cfg: DictConfig) -> None:
         cfg.run_dir = hydra_cfg.runtime.output_dir
 
 
+def require_init_from(cfg: DictConfig) -> None:
+    """model=pretrained holds no architecture: without init_from it would silently train ModelConfig's defaults."""
+    if HydraConfig.get().runtime.choices.get("model") == PRETRAINED_GROUP and cfg.init_from is None:
+        raise ValueError(f"model={PRETRAINED_GROUP} takes the architecture from init_from=DIR, and none is set; pass "
+                         "init_from=<model directory> (e.g. the output of recurrent-lm-convert --from hf), or choose "
+                         "another model group")
+
+
 @hydra.main(config_path=str(conf_dir()), config_name="config", version_base="1.3")
 def _hydra_main(cfg: DictConfig) -> None:
     own_run_dir_per_sweep_job(cfg)
     try:
+        require_init_from(cfg)
         run(cfg)
     except USER_ERRORS as err:
         if os.environ.get("HYDRA_FULL_ERROR") == "1":

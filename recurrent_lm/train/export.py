@@ -1,4 +1,4 @@
-"""Export a run to a self-contained model directory: model.safetensors + config.json + tokenizer.json.
+"""Export a run to a self-contained model directory: model.safetensors + config.json + the tokenizer files.
 
 ``recurrent-lm-export RUN_DIR`` (or a .ckpt path) writes RUN_DIR/export; the result loads with
 ``RecurrentDepthLM.from_pretrained(dir)`` on a CPU without Lightning.
@@ -13,15 +13,19 @@ from pathlib import Path
 from typing import Optional
 
 from recurrent_lm.model import ModelConfig, RecurrentDepthLM
-from recurrent_lm.model.io import TOKENIZER_FILE, atomic_write
+from recurrent_lm.interop.tokenizer import TOKENIZER_FILES
+from recurrent_lm.model.io import atomic_write
 from recurrent_lm.train.run_dir import CHECKPOINT_DIR, EXPORT_DIR, LAST_CHECKPOINT, newest_checkpoint, read_checkpoint
 from recurrent_lm.train.sharded import load_full_state
 
 
-def export_model(model: RecurrentDepthLM, tokenizer_file: Optional[Path], out_dir: Path) -> Path:
+def export_model(model: RecurrentDepthLM, run_dir: Path, out_dir: Path) -> Path:
+    """Save ``model`` to ``out_dir`` with the tokenizer files of ``run_dir`` (tokenizer.json, and for a foreign
+    tokenizer the tokenizer_config.json naming its specials), so evaluation and generation load it as it is."""
     model.save_pretrained(out_dir)
-    if tokenizer_file is not None:
-        atomic_write(out_dir / TOKENIZER_FILE, lambda tmp: shutil.copyfile(tokenizer_file, tmp))
+    for name in TOKENIZER_FILES:
+        if (run_dir / name).is_file():
+            atomic_write(out_dir / name, lambda tmp, source=run_dir / name: shutil.copyfile(source, tmp))
     return out_dir
 
 
@@ -50,9 +54,7 @@ def export_run(source: Path, out_dir: Optional[Path] = None) -> Path:
                                     f"has trained, or a .ckpt file (e.g. {source / CHECKPOINT_DIR / LAST_CHECKPOINT})")
     else:
         run_dir, ckpt = source.parent.parent, source
-    tokenizer = run_dir / TOKENIZER_FILE
-    return export_model(model_from_checkpoint(ckpt), tokenizer if tokenizer.is_file() else None,
-                        out_dir or run_dir / EXPORT_DIR)
+    return export_model(model_from_checkpoint(ckpt), run_dir, out_dir or run_dir / EXPORT_DIR)
 
 
 def main(argv: Optional[list[str]] = None) -> int:
