@@ -3,9 +3,9 @@
 Import reads the safetensors headers first (names and shapes only: the architecture and layer checks
 need every name before any data), then streams only the kept layers' tensors into fresh memory
 (:mod:`recurrent_lm.interop.stream`), fusing q/k/v and gate/up as their parts arrive; the model is built
-on the meta device and takes them over, with the adapter set to :func:`~recurrent_lm.interop.hf_llama.
-retrofit_adapter`. Every refusal happens before DST is created. Export plans the shards on meta tensors
-and builds each just before it is written.
+on the meta device and takes them over, with the adapter set to [0 | I] (:func:`retrofit_adapter`).
+Every refusal happens before DST is created. Export plans the shards on meta tensors and builds each
+just before it is written.
 """
 
 from __future__ import annotations
