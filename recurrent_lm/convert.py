@@ -2,9 +2,15 @@
 
     recurrent-lm-convert --from huginn --to recurrent_lm SRC DST   # a Huginn-0125 checkpoint -> our model dir
     recurrent-lm-convert --from recurrent_lm --to huginn SRC DST   # our model dir -> a Huginn-0125 checkpoint
+    recurrent-lm-convert --from hf --to recurrent_lm SRC DST --prelude 0:4 --core 8:12 --coda 18:22
+                                                    # retrofit a Hugging Face Llama: its layers 0-3, 8-11, 18-21
+    recurrent-lm-convert --from recurrent_lm --to hf SRC DST       # a plain layer stack at r = 1 -> LlamaForCausalLM
 
-SRC and DST are directories. Weights stream shard by shard (one copy in memory); the tokenizer files come
-along. A model the target format cannot express is refused before anything is written.
+SRC and DST are directories; for --from hf, SRC may also be a Hub name (owner/name), downloaded with
+huggingface_hub. --prelude/--core/--coda are half-open slices of the source's decoder layers (as in Python;
+prelude and coda may be left out, layers in no slice are dropped). Weights stream shard by shard (one copy in
+memory); the tokenizer files come along. A model the target format cannot express is refused before
+anything is written. See docs/interop.md.
 """
 
 from __future__ import annotations
@@ -34,11 +40,32 @@ def _ours_to_huginn(args: argparse.Namespace) -> Path:
     return export_huginn(args.src, args.dst, args.max_shard_size)
 
 
+def _hf_to_ours(args: argparse.Namespace) -> Path:
+    from recurrent_lm.interop import import_hf_llama
+
+    return import_hf_llama(str(args.src), args.dst, args.prelude, args.core, args.coda,
+                           DTYPES[args.dtype] if args.dtype else None, args.block_size, args.max_shard_size)
+
+
+def _ours_to_hf(args: argparse.Namespace) -> Path:
+    from recurrent_lm.interop import export_hf_llama
+
+    if args.dtype:
+        raise ValueError("--dtype applies to imports only; an export keeps the model's dtype")
+    return export_hf_llama(args.src, args.dst, args.max_shard_size)
+
+
 CONVERSIONS: dict[tuple[str, str], Converter] = {
     ("huginn", "recurrent_lm"): _huginn_to_ours,
     ("recurrent_lm", "huginn"): _ours_to_huginn,
+    ("hf", "recurrent_lm"): _hf_to_ours,
+    ("recurrent_lm", "hf"): _ours_to_hf,
 }
-"""(from, to) -> converter; a new source format (e.g. Hugging Face Llama) is one more entry."""
+"""(from, to) -> converter; a new format is one more entry."""
+RETROFIT_FLAGS = ("prelude", "core", "coda", "block_size")
+"""Options of --from hf only."""
+HUB_SOURCES = ("hf",)
+"""Source formats whose SRC may be a Hub name rather than a directory."""
 
 
 def _size(text: str) -> int | str:
@@ -51,18 +78,27 @@ def main(argv: Optional[list[str]] = None) -> int:
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--from", dest="source_format", required=True, choices=formats, help="format of SRC")
     parser.add_argument("--to", dest="target_format", required=True, choices=formats, help="format to write to DST")
-    parser.add_argument("src", type=Path, metavar="SRC", help="source checkpoint directory")
+    parser.add_argument("src", type=Path, metavar="SRC",
+                        help="source checkpoint directory (for --from hf also a Hub name, owner/name)")
     parser.add_argument("dst", type=Path, metavar="DST", help="output directory (created if absent)")
     parser.add_argument("--dtype", choices=sorted(DTYPES), default=None,
                         help="cast the weights while importing (default: keep the stored dtype)")
     parser.add_argument("--max-shard-size", default="5GB", type=_size,
                         help="largest safetensors shard written: bytes, or with a unit as in 500MB (default 5GB)")
+    for flag in ("prelude", "core", "coda"):
+        parser.add_argument(f"--{flag}", default=None, metavar="START:STOP",
+                            help=f"--from hf: the source's decoder layers that become the {flag} (half-open)")
+    parser.add_argument("--block-size", type=int, default=None, metavar="N",
+                        help="--from hf: cap the context (default: the source's max_position_embeddings)")
     args = parser.parse_args(argv)
     convert = CONVERSIONS.get((args.source_format, args.target_format))
     if convert is None:
         pairs = ", ".join(f"--from {a} --to {b}" for a, b in CONVERSIONS)
         parser.error(f"no conversion from {args.source_format} to {args.target_format}; supported: {pairs}")
-    if not args.src.is_dir():
+    given = [f"--{name.replace('_', '-')}" for name in RETROFIT_FLAGS if getattr(args, name) is not None]
+    if given and args.source_format != "hf":
+        parser.error(f"{', '.join(given)}: options of --from hf only")
+    if args.source_format not in HUB_SOURCES and not args.src.is_dir():
         parser.error(f"SRC {args.src} is not a directory")
     if args.dst.resolve() == args.src.resolve():
         parser.error("DST must differ from SRC (the conversion would overwrite its own input)")

@@ -17,8 +17,8 @@ import torch
 import torch.nn.functional as F
 from safetensors import safe_open
 from safetensors.torch import save_file
-from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 
+from interop_support import write_bpe_tokenizer
 from recurrent_lm.convert import main as convert_main
 from recurrent_lm.interop import FormatError, load_huginn, save_huginn
 from recurrent_lm.model import ModelConfig, RecurrentDepthLM
@@ -72,17 +72,10 @@ def huginn_state(cfg: dict, seed: int = 0, dtype: torch.dtype = torch.float32) -
 
 
 def write_tokenizer(directory: Path, template: bool = True) -> None:
-    tok = Tokenizer(models.BPE())
-    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    tok.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(vocab_size=VOCAB, special_tokens=HUGINN_SPECIALS, show_progress=False,
-                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
-    tok.train_from_iterator(["Question: what is 2 + 3? Answer: 5. The cat sat on the mat."] * 10, trainer)
-    tok.save(str(directory / "tokenizer.json"))
     config = {"bos_token": "<|begin_text|>", "eos_token": {"content": "<|end_text|>"}, "pad_token": "<|pad|>"}
     if template:
         config["chat_template"] = CHAT_TEMPLATE
-    (directory / "tokenizer_config.json").write_text(json.dumps(config))
+    write_bpe_tokenizer(directory, VOCAB, HUGINN_SPECIALS, config)
 
 
 def write_checkpoint(directory: Path, cfg: dict, state: dict[str, torch.Tensor], shards: int = 2) -> Path:
@@ -265,6 +258,9 @@ def test_bad_checkpoints_fail_clearly(tmp_path, cfg_changes, drop, state_changes
     ({"attn_window": 8}, "no sliding-window attention"),
     ({"norm_style": "pre"}, "only sandwich blocks"),
     ({"init_scale": 0.5}, "state_init can say 1"),
+    ({"scale_embeddings": False}, "scale_embeddings=False cannot be written"),
+    ({"norm_before_coda": False}, "norm_before_coda=False cannot be written"),
+    ({"rope_scaling": {"rope_type": "linear", "factor": 2.0}}, "rope_scaling=.* no scaling"),
 ])
 def test_export_refuses_what_the_format_cannot_express(tmp_path, change, message):
     config = ModelConfig(vocab_size=VOCAB, block_size=BLOCK, d_model=H, n_heads=HEADS, **change)

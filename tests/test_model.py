@@ -371,6 +371,8 @@ def test_huginn_preset_matches_the_published_shape():
     ({"init_scale": -1.0}, "init_scale"),
     ({"attn_window": -1}, "attn_window"),
     ({"attn_window": 8, "attn_backend": "flash"}, "attn_window"),
+    ({"rope_scaling": {"rope_type": "dynamic", "factor": 2.0}}, "rope_scaling"),
+    ({"rope_scaling": {"rope_type": "linear"}}, "rope_scaling"),
 ])
 def test_invalid_config_names_the_field(tiny_config, overrides, field):
     with pytest.raises(ValueError, match=rf"ModelConfig\.{field}="):
@@ -421,6 +423,22 @@ def test_save_and_load_round_trip(tiny_model, tmp_path: Path):
         assert torch.equal(model(x, num_steps=3).logits, loaded(x, num_steps=3).logits)
     eager = RecurrentDepthLM.from_pretrained(tmp_path / "m", attn_backend="eager")
     assert eager.config.attn_backend == "eager"
+
+
+def test_config_json_from_before_the_later_fields_loads_with_their_defaults(tiny_model, tmp_path: Path):
+    """Exports older than scale_embeddings / norm_before_coda / rope_scaling meant their defaults; any other
+    missing field is still refused."""
+    model = tiny_model(init_scale=0.0)
+    model.save_pretrained(tmp_path)
+    stored = json.loads((tmp_path / "config.json").read_text())
+    for name in ("scale_embeddings", "norm_before_coda", "rope_scaling"):
+        del stored[name]
+    (tmp_path / "config.json").write_text(json.dumps(stored))
+    assert RecurrentDepthLM.from_pretrained(tmp_path).config == model.config
+    del stored["rope_theta"]
+    (tmp_path / "config.json").write_text(json.dumps(stored))
+    with pytest.raises(ValueError, match=r"lacks \['rope_theta'\]"):
+        RecurrentDepthLM.from_pretrained(tmp_path)
 
 
 def test_round_trip_untied(tiny_model, tmp_path: Path):

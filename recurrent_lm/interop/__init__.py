@@ -2,12 +2,19 @@
 
 * :mod:`huginn` — the Huginn-0125 format (config keys, tensor names, the RoPE pairing permutation);
 * :mod:`huginn_io` — streamed directory import/export of that format;
+* :mod:`hf_llama` — Hugging Face ``LlamaForCausalLM`` (config keys, tensor names, layer slices for a retrofit);
+* :mod:`hf_llama_io` — streamed directory (or Hub) import and export of that format;
+* :mod:`stream` — safetensors read tensor by tensor; :mod:`errors` — :class:`FormatError`;
 * :mod:`tokenizer` — Hugging Face tokenizer directories (named special tokens, chat templates).
 """
 
-from recurrent_lm.interop.huginn import FormatError, config_from_huginn, config_to_huginn
+from recurrent_lm.interop.errors import FormatError
+from recurrent_lm.interop.hf_llama import LayerSlices, config_from_llama, config_to_llama, retrofit_adapter
+from recurrent_lm.interop.hf_llama_io import export_hf_llama, import_hf_llama, load_hf_llama, save_hf_llama
+from recurrent_lm.interop.huginn import config_from_huginn, config_to_huginn
 from recurrent_lm.interop.huginn_io import export_huginn, import_huginn, load_huginn, save_huginn
 from recurrent_lm.interop.tokenizer import HFTokenizer, load_tokenizer, read_chat_template
 
-__all__ = ["FormatError", "HFTokenizer", "config_from_huginn", "config_to_huginn", "export_huginn", "import_huginn",
-           "load_huginn", "load_tokenizer", "read_chat_template", "save_huginn"]
+__all__ = ["FormatError", "HFTokenizer", "LayerSlices", "config_from_huginn", "config_from_llama", "config_to_huginn",
+           "config_to_llama", "export_hf_llama", "export_huginn", "import_hf_llama", "import_huginn", "load_hf_llama",
+           "load_huginn", "load_tokenizer", "read_chat_template", "retrofit_adapter", "save_hf_llama", "save_huginn"]

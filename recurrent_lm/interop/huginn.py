@@ -19,6 +19,7 @@ from typing import Any, Mapping
 import torch
 from torch import Tensor
 
+from recurrent_lm.interop.errors import FormatError
 from recurrent_lm.model.config import ModelConfig
 
 MODEL_TYPE = "huginn_raven"
@@ -68,10 +69,6 @@ TOP_RENAMES = {"embed.weight": "transformer.wte.weight", "adapter.weight": "tran
                "norm.weight": "transformer.ln_f.weight", "lm_head.weight": "lm_head.weight"}
 STACKS_INV, BLOCK_RENAMES_INV, TOP_RENAMES_INV = ({v: k for k, v in d.items()} for d in (STACKS, BLOCK_RENAMES,
                                                                                         TOP_RENAMES))
-
-
-class FormatError(ValueError):
-    """A checkpoint or config that does not fit the mapping; the message names the key, file and fix."""
 
 
 # ---------------------------------------------------------------------------------------------- config
@@ -124,6 +121,9 @@ def config_to_huginn(config: ModelConfig) -> dict[str, Any]:
         "norm_style": (config.norm_style == "sandwich", "the format has only sandwich blocks"),
         "init_scale": (config.init_scale in STATE_INIT.values(),
                        "the format's state_init can say 1 ('like-init') or 0 ('zero') only"),
+        "scale_embeddings": (config.scale_embeddings, "the format always scales the input embeddings by √h"),
+        "norm_before_coda": (config.norm_before_coda, "the format applies ln_f to the state before the coda too"),
+        "rope_scaling": (config.rope_scaling is None, "the format's RoPE has rope_base only, no scaling"),
     }
     for name, (ok, why) in refusals.items():
         if not ok:

@@ -10,21 +10,19 @@ from __future__ import annotations
 
 import json
 import logging
-import shutil
 from pathlib import Path
 from typing import Optional
 
 import torch
 
-from recurrent_lm.data.tokenizer import TextTokenizer
-from recurrent_lm.interop.huginn import (ROPE_TABLE, FormatError, config_from_huginn, config_to_huginn,
-                                         export_tensor, huginn_shapes, import_tensor, rope_table, rope_table_problem)
-from recurrent_lm.interop.stream import stored_tensors
-from recurrent_lm.interop.tokenizer import (GENERATION_CONFIG_FILE, TOKENIZER_CONFIG_FILE, TOKENIZER_FILES,
-                                            load_tokenizer, tokenizer_config_for)
+from recurrent_lm.interop.errors import FormatError
+from recurrent_lm.interop.huginn import (ROPE_TABLE, config_from_huginn, config_to_huginn, export_tensor, huginn_shapes,
+                                         import_tensor, rope_table, rope_table_problem)
+from recurrent_lm.interop.stream import checkpoint_tensors
+from recurrent_lm.interop.tokenizer import copy_tokenizer_files
 from recurrent_lm.model import ModelConfig, RecurrentDepthLM
-from recurrent_lm.model.io import (CONFIG_FILE, TOKENIZER_FILE, atomic_write, make_writable_dir, model_from_state,
-                                   save_model_dir, weight_files, write_weights)
+from recurrent_lm.model.io import (CONFIG_FILE, atomic_write, make_writable_dir, model_from_state, save_model_dir,
+                                   write_weights)
 
 log = logging.getLogger(__name__)
 
@@ -51,25 +49,20 @@ def load_huginn(directory: Path, dtype: Optional[torch.dtype] = None) -> Recurre
     config = read_huginn_config(directory)
     expected = huginn_shapes(config)
     state: dict[str, torch.Tensor] = {}
-    origin: dict[str, Path] = {}
-    for path in weight_files(directory):
-        with path.open("rb") as file:
-            for stored in stored_tensors(path, file):
-                name = stored.name
-                _check_known(name, expected, config, path, origin)
-                if name == ROPE_TABLE:
-                    _check_rope(stored.read(), config, path)
-                    continue
-                if name not in expected:  # a tied head's duplicate: the format's loader ties it away too
-                    log.warning("%s: %s ignored, tie_embeddings is true (the head is the embedding)", path, name)
-                    continue
-                if stored.shape != expected[name]:
-                    raise FormatError(f"{path}: tensor {name} has shape {stored.shape}, but {CONFIG_FILE} implies "
-                                      f"{expected[name]}; the config and the weights are from different models")
-                tensor = stored.read()
-                state.update(import_tensor(name, tensor if dtype is None else tensor.to(dtype), config))
-                origin[name] = path
-    missing = sorted(set(expected) - set(origin))
+    found: set[str] = set()
+    for stored in checkpoint_tensors(directory):
+        name, path = stored.name, stored.path
+        _check_known(name, expected, config, path)
+        if name == ROPE_TABLE:
+            _check_rope(stored.read(), config, path)
+            continue
+        if name not in expected:  # a tied head's duplicate: the format's loader ties it away too
+            log.warning("%s: %s ignored, tie_embeddings is true (the head is the embedding)", path, name)
+            continue
+        stored.check_shape(expected[name])
+        state.update(import_tensor(name, stored.read(dtype), config))
+        found.add(name)
+    missing = sorted(set(expected) - found)
     if missing:
         raise FormatError(f"{directory} lacks the tensors {missing[:6]}{' …' if len(missing) > 6 else ''} that its "
                           f"{CONFIG_FILE} implies ({len(missing)} missing); copy every shard, or fix the layer counts "
@@ -77,13 +70,11 @@ def load_huginn(directory: Path, dtype: Optional[torch.dtype] = None) -> Recurre
     return model_from_state(RecurrentDepthLM, config, state, "cpu", f"the converted weights of {directory}")
 
 
-def _check_known(name: str, expected: dict, config: ModelConfig, path: Path, origin: dict[str, Path]) -> None:
+def _check_known(name: str, expected: dict, config: ModelConfig, path: Path) -> None:
     tied_head = name == "lm_head.weight" and config.tie_embeddings
     if name not in expected and name != ROPE_TABLE and not tied_head:
         raise FormatError(f"{path}: unexpected tensor {name!r}; it is not part of a Huginn checkpoint with the "
                           f"layer counts in {CONFIG_FILE} (check n_layers_in_* and qk_bias)")
-    if name in origin:
-        raise FormatError(f"tensor {name} is stored twice, in {origin[name]} and {path}; remove the stale shard")
 
 
 def _check_rope(table: torch.Tensor, config: ModelConfig, path: Path) -> None:
@@ -111,27 +102,6 @@ def save_huginn(model: RecurrentDepthLM, directory: Path, max_shard_size: int | 
     write_weights(directory, plan, max_shard_size, materialize=build)
     atomic_write(directory / CONFIG_FILE, lambda p: p.write_text(json.dumps(raw, indent=2, sort_keys=True)))
     return directory
-
-
-def copy_tokenizer_files(source: Path, target: Path, max_length: int) -> list[str]:
-    """Copy the tokenizer files ``source`` has; give one of our tokenizers the tokenizer_config.json and
-    generation_config.json that name its specials for Hugging Face. Returns the file names written."""
-    written = []
-    for name in TOKENIZER_FILES:
-        if (source / name).is_file():
-            atomic_write(target / name, lambda tmp, name=name: shutil.copyfile(source / name, tmp))
-            written.append(name)
-    if TOKENIZER_FILE in written and TOKENIZER_CONFIG_FILE not in written:
-        tokenizer = load_tokenizer(source / TOKENIZER_FILE)
-        if isinstance(tokenizer, TextTokenizer):
-            extra = {TOKENIZER_CONFIG_FILE: tokenizer_config_for(tokenizer, max_length),
-                     GENERATION_CONFIG_FILE: {"bos_token_id": tokenizer.bos_id, "eos_token_id": tokenizer.eos_id,
-                                              "pad_token_id": tokenizer.pad_id}}
-            for name, data in extra.items():
-                if name not in written:
-                    atomic_write(target / name, lambda p, data=data: p.write_text(json.dumps(data, indent=2)))
-                    written.append(name)
-    return written
 
 
 def import_huginn(source: Path, target: Path, dtype: Optional[torch.dtype] = None,

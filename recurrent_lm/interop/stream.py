@@ -14,9 +14,12 @@ import struct
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import BinaryIO
+from typing import BinaryIO, Optional
 
 import torch
+
+from recurrent_lm.interop.errors import FormatError
+from recurrent_lm.model.io import CONFIG_FILE, weight_files
 
 DTYPES = {"BF16": torch.bfloat16, "F16": torch.float16, "F32": torch.float32, "F64": torch.float64,
           "I64": torch.int64, "I32": torch.int32, "I16": torch.int16, "I8": torch.int8, "U8": torch.uint8,
@@ -34,15 +37,23 @@ class StoredTensor:
     """Absolute byte offset of the data in the file."""
     nbytes: int
     file: BinaryIO
+    path: Path
 
-    def read(self) -> torch.Tensor:
+    def read(self, dtype: Optional[torch.dtype] = None) -> torch.Tensor:
+        """The tensor, cast to ``dtype`` if given (the stored copy is dropped right away)."""
         tensor = torch.empty(self.shape, dtype=self.dtype)
         self.file.seek(self.start)
         got = self.file.readinto(tensor.reshape(-1).view(torch.uint8).numpy()) if self.nbytes else 0
         if got != self.nbytes:
-            raise ValueError(f"{self.file.name}: tensor {self.name} is truncated ({got} of {self.nbytes} bytes); "
+            raise ValueError(f"{self.path}: tensor {self.name} is truncated ({got} of {self.nbytes} bytes); "
                              "the file is incomplete, copy it again")
-        return tensor
+        return tensor if dtype is None else tensor.to(dtype)
+
+    def check_shape(self, expected: tuple[int, ...]) -> None:
+        """Refuse a tensor whose shape is not the one config.json implies."""
+        if self.shape != tuple(expected):
+            raise FormatError(f"{self.path}: tensor {self.name} has shape {self.shape}, but {CONFIG_FILE} implies "
+                              f"{tuple(expected)}; the config and the weights are from different models")
 
 
 def stored_tensors(path: Path, file: BinaryIO) -> Iterator[StoredTensor]:
@@ -57,6 +68,21 @@ def stored_tensors(path: Path, file: BinaryIO) -> Iterator[StoredTensor]:
             if info["dtype"] not in DTYPES:
                 raise ValueError(f"tensor {name} has dtype {info['dtype']}, which recurrent_lm does not read; "
                                  f"convert it to one of {sorted(DTYPES)}")
-            yield StoredTensor(name, tuple(info["shape"]), DTYPES[info["dtype"]], 8 + length + begin, end - begin, file)
+            yield StoredTensor(name, tuple(info["shape"]), DTYPES[info["dtype"]], 8 + length + begin, end - begin, file,
+                               path)
     except (struct.error, json.JSONDecodeError, UnicodeDecodeError, KeyError, TypeError) as err:
         raise ValueError(f"{path} is corrupt or not a safetensors file (bad header: {err!r})") from err
+
+
+def checkpoint_tensors(directory: Path) -> Iterator[StoredTensor]:
+    """Every tensor of a checkpoint directory (model.safetensors, or the shards its index names), file by file
+    in file order, each file open while its tensors are handed out. A tensor stored twice is an error."""
+    seen: dict[str, Path] = {}
+    for path in weight_files(directory):
+        with path.open("rb") as file:
+            for stored in stored_tensors(path, file):
+                if stored.name in seen:
+                    raise FormatError(f"tensor {stored.name} is stored twice, in {seen[stored.name]} and {path}; "
+                                      "remove the stale shard")
+                seen[stored.name] = path
+                yield stored

@@ -9,6 +9,7 @@ template (``chat_template`` in tokenizer_config.json, or ``chat_template.jinja``
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 from typing import Any, Optional, Union
 
@@ -110,6 +111,27 @@ def tokenizer_config_for(tokenizer: TextTokenizer, max_length: int) -> dict[str,
     bos, eos, pad = SPECIAL_TOKENS[tokenizer.bos_id], SPECIAL_TOKENS[tokenizer.eos_id], SPECIAL_TOKENS[tokenizer.pad_id]
     return {"tokenizer_class": "PreTrainedTokenizerFast", "bos_token": bos, "eos_token": eos, "pad_token": pad,
             "model_max_length": max_length, "add_bos_token": False, "add_eos_token": False}
+
+
+def copy_tokenizer_files(source: Path, target: Path, max_length: int) -> list[str]:
+    """Copy the tokenizer files ``source`` has; give one of our tokenizers the tokenizer_config.json and
+    generation_config.json that name its specials for Hugging Face. Returns the file names written."""
+    written = []
+    for name in TOKENIZER_FILES:
+        if (source / name).is_file():
+            atomic_write(target / name, lambda tmp, name=name: shutil.copyfile(source / name, tmp))
+            written.append(name)
+    if TOKENIZER_FILE in written and TOKENIZER_CONFIG_FILE not in written:
+        tokenizer = load_tokenizer(source / TOKENIZER_FILE)
+        if isinstance(tokenizer, TextTokenizer):
+            extra = {TOKENIZER_CONFIG_FILE: tokenizer_config_for(tokenizer, max_length),
+                     GENERATION_CONFIG_FILE: {"bos_token_id": tokenizer.bos_id, "eos_token_id": tokenizer.eos_id,
+                                              "pad_token_id": tokenizer.pad_id}}
+            for name, data in extra.items():
+                if name not in written:
+                    atomic_write(target / name, lambda p, data=data: p.write_text(json.dumps(data, indent=2)))
+                    written.append(name)
+    return written
 
 
 def _read_tokenizer(path: Path) -> Tokenizer:

@@ -10,13 +10,16 @@ from __future__ import annotations
 import dataclasses
 import math
 from dataclasses import dataclass, field
-from typing import Any, Optional
+from typing import Any, Mapping, Optional
 
 from recurrent_lm.config_dict import from_dict
 
 NORM_STYLES = ("sandwich", "pre")
 INJECTIONS = ("linear", "add")
 ATTN_BACKENDS = ("sdpa", "flash", "eager")
+ROPE_SCALINGS = {"linear": ("factor",),
+                 "llama3": ("factor", "low_freq_factor", "high_freq_factor", "original_max_position_embeddings")}
+"""rope_scaling["rope_type"] -> the keys it needs: Hugging Face's names, so a Llama config.json maps 1:1."""
 
 
 @dataclass
@@ -48,12 +51,22 @@ class ModelConfig:
     qk_bias: bool = True
     """Learned per-head bias on q and k, added before RoPE."""
     rope_theta: float = 50_000.0
+    rope_scaling: Optional[dict[str, Any]] = None
+    """Hugging Face's RoPE scaling of the frequencies, e.g. {'rope_type': 'linear', 'factor': 4.0} or
+    {'rope_type': 'llama3', 'factor': 8.0, 'low_freq_factor': 1.0, 'high_freq_factor': 4.0,
+    'original_max_position_embeddings': 8192}; None = plain RoPE. Set by the Llama import, which must
+    reproduce the source's positions exactly."""
     attn_window: int = 0
     """Sliding attention window: a token sees itself and the attn_window − 1 tokens before it, in every layer;
     0 = the whole prefix. A window makes information travel a bounded distance per iteration, so a problem
     over longer inputs *needs* more iterations: the inductive bias of the reasoning-extrapolation recipes."""
     norm_eps: float = 1e-6
     tie_embeddings: bool = True
+    scale_embeddings: bool = True
+    """Multiply the input embeddings by √h (Huginn); False feeds them as they are (Llama)."""
+    norm_before_coda: bool = True
+    """Apply the final norm to the last state before the coda too, y = norm(coda(norm(s))) (Huginn: the
+    state's scale is whatever r iterations left); False gives norm(coda(s)), a plain layer stack (Llama)."""
     attn_backend: str = "sdpa"
     """'sdpa' (torch, any device), 'flash' (flash-attn, CUDA only), 'eager' (plain reference)."""
     init_scale: float = 1.0
@@ -98,6 +111,11 @@ class ModelConfig:
                  "needs attn_backend='sdpa' or 'eager' (the flash path is plain causal only)")
         _require(self.rope_theta > 0 and self.norm_eps > 0, "rope_theta/norm_eps",
                  (self.rope_theta, self.norm_eps), "must be positive")
+        if self.rope_scaling is not None:
+            _require(isinstance(self.rope_scaling, Mapping), "rope_scaling", self.rope_scaling,
+                     "must be a dict such as {'rope_type': 'linear', 'factor': 4.0}; or null for plain RoPE")
+            self.rope_scaling = dict(self.rope_scaling)  # a plain dict, also when hydra hands a DictConfig
+            _require(*_rope_scaling_problem(self.rope_scaling))
 
     @property
     def head_dim(self) -> int:
@@ -129,6 +147,27 @@ class ModelConfig:
     def from_dict(cls, data: dict[str, Any]) -> "ModelConfig":
         """Build from a dict (config.json, a hydra group), refusing unknown keys by name."""
         return from_dict(cls, data)
+
+
+def _rope_scaling_problem(scaling: dict[str, Any]) -> tuple[bool, str, Any, str]:
+    """(ok, field, value, why) for :func:`_require`: the first thing wrong with a rope_scaling dict."""
+    name, kind = "rope_scaling", scaling.get("rope_type")
+    if kind not in ROPE_SCALINGS:
+        return False, name, scaling, (f"has rope_type={kind!r}, which is not supported; use one of "
+                                      f"{sorted(ROPE_SCALINGS)} or null for plain RoPE")
+    needed = ROPE_SCALINGS[kind]
+    missing, unknown = [k for k in needed if k not in scaling], sorted(set(scaling) - {"rope_type", *needed})
+    if missing or unknown:
+        return False, name, scaling, (f"must have exactly the keys {['rope_type', *needed]} for rope_type={kind!r} "
+                                      f"(missing {missing}, unknown {unknown}); copy them from the checkpoint's "
+                                      "config.json")
+    bad = [k for k in needed if isinstance(scaling[k], bool) or not isinstance(scaling[k], (int, float))
+           or not scaling[k] > 0]
+    if bad:
+        return False, name, scaling, f"has non-positive or non-numeric {bad}; give positive numbers"
+    if kind == "llama3" and not scaling["low_freq_factor"] < scaling["high_freq_factor"]:
+        return False, name, scaling, "has low_freq_factor >= high_freq_factor; llama3 scaling needs low < high"
+    return True, name, scaling, ""
 
 
 def _require(ok: bool, name: str, value: Any, why: str) -> None:

@@ -28,6 +28,9 @@ WEIGHTS_FILE = "model.safetensors"
 WEIGHTS_INDEX_FILE = "model.safetensors.index.json"
 CONFIG_FILE = "config.json"
 TOKENIZER_FILE = "tokenizer.json"
+LATER_FIELDS = ("scale_embeddings", "norm_before_coda", "rope_scaling")
+"""ModelConfig fields added after models were already exported: a config.json without them was written when
+their defaults were the only behaviour, so it loads with those defaults."""
 
 
 def _umask() -> int:
@@ -144,7 +147,8 @@ def read_config(directory: Path) -> dict[str, Any]:
 
 def load_model_dir(cls: type, directory: Path, map_location: str, overrides: dict[str, Any]) -> "RecurrentDepthLM":
     stored = read_config(directory)
-    missing = sorted({f.name for f in dataclasses.fields(ModelConfig)} - set(stored) - set(overrides))
+    fields = {f.name for f in dataclasses.fields(ModelConfig)} - set(LATER_FIELDS)
+    missing = sorted(fields - set(stored) - set(overrides))
     if missing:  # a default would silently build another model (a shorter context, another depth)
         raise ValueError(f"{directory / CONFIG_FILE} lacks {missing}; it is incomplete or from another tool. "
                          "Re-export the model with `recurrent-lm-export <run_dir>`")
@@ -183,7 +187,7 @@ def model_from_state(cls: type, config: ModelConfig, state: dict[str, torch.Tens
 def _rope(config: ModelConfig, device: str):
     from recurrent_lm.model.rope import rope_tables
 
-    cos, sin = rope_tables(config.head_dim, config.block_size, config.rope_theta)
+    cos, sin = rope_tables(config.head_dim, config.block_size, config.rope_theta, config.rope_scaling)
     return cos.to(device), sin.to(device)
 
 

@@ -1,9 +1,12 @@
 """The recurrent-depth language model: prelude -> r × recurrent core -> coda -> LM head.
 
-    e   = prelude(embed(x) · √h)
+    e   = prelude(embed(x) · √h)                     (· √h unless scale_embeddings=False)
     s_0 ~ TruncNormal · init_scale · √h              (fresh draw per forward; 0 gives zeros)
     s_i = core(adapter(concat(s_{i-1}, e)))           (i = 1..r, through recurrent_lm.loop.unroll)
-    y   = head(norm(coda(norm(s_r))))
+    y   = head(norm(coda(norm(s_r))))                 (norm(coda(s_r)) when norm_before_coda=False)
+
+The two switches default to Huginn's recipe; a model converted from a Hugging Face Llama turns both off,
+so that at r = 1 it is the source's plain layer stack.
 
 The depth loop lives in :mod:`recurrent_lm.loop`; this module only defines the step it runs.
 """
@@ -70,7 +73,7 @@ class RecurrentDepthLM(nn.Module):
         self.lm_head = nn.Linear(h, config.vocab_size, bias=False)
         if config.tie_embeddings:
             self.lm_head.weight = self.embed.weight
-        cos, sin = rope_tables(config.head_dim, config.block_size, config.rope_theta)
+        cos, sin = rope_tables(config.head_dim, config.block_size, config.rope_theta, config.rope_scaling)
         self.register_buffer("rope_cos", cos, persistent=False)  # (block_size, D/2)
         self.register_buffer("rope_sin", sin, persistent=False)
         self.reset_parameters()
@@ -120,8 +123,10 @@ class RecurrentDepthLM(nn.Module):
 
     # ------------------------------------------------------------------ pieces
     def embed_tokens(self, input_ids: Tensor) -> Tensor:
-        """(B, T) -> (B, T, H) scaled input embeddings (what Coconut splices thoughts into)."""
-        return self.embed(input_ids) * math.sqrt(self.config.d_model)
+        """(B, T) -> (B, T, H) input embeddings, scaled by √h unless scale_embeddings=False (what Coconut
+        splices thoughts into)."""
+        x = self.embed(input_ids)
+        return x * math.sqrt(self.config.d_model) if self.config.scale_embeddings else x
 
     def resolve_steps(self, num_steps: NumSteps) -> tuple[int, int]:
         """(n_no_grad, n_grad) for a forward. A pair is the training split, as given; None in training
@@ -165,9 +170,10 @@ class RecurrentDepthLM(nn.Module):
         return x
 
     def decode_hidden(self, state: Tensor, ctx: AttnContext) -> Tensor:
-        """(B, T, H) final state -> (B, T, H) last hidden state: norm, coda, norm. The LM head's input, and
-        what Coconut feeds back as the next thought's input embedding."""
-        return self.norm(self.run_layers(self.coda, self.norm(state), ctx, "coda"))
+        """(B, T, H) final state -> (B, T, H) last hidden state: norm (if norm_before_coda), coda, norm. The LM
+        head's input, and what Coconut feeds back as the next thought's input embedding."""
+        x = self.norm(state) if self.config.norm_before_coda else state
+        return self.norm(self.run_layers(self.coda, x, ctx, "coda"))
 
     def decode(self, state: Tensor, ctx: AttnContext) -> Tensor:
         """(B, T, H) final state -> (B, T, V) logits."""
