@@ -310,7 +310,7 @@ def test_lm_eval_scores_an_imported_checkpoint_with_exits_and_a_chat_template(tm
 def test_tokenizer_specials_from_generation_config_and_clear_errors(tmp_path):
     from recurrent_lm.evaluation import RecurrentLMEval
     from recurrent_lm.evaluation.errors import EvalError
-    from recurrent_lm.interop import HFTokenizer, load_tokenizer
+    from recurrent_lm.data.tokenizer_dir import HFTokenizer, load_tokenizer
 
     write_tokenizer(tmp_path, template=False)
     (tmp_path / "tokenizer_config.json").unlink()

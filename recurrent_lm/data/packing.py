@@ -35,7 +35,7 @@ from datasets import Features, IterableDataset, List, Value
 from recurrent_lm.data.config import DataConfig
 from recurrent_lm.data.corpus import AnyDataset, iter_texts, load_corpus, source_signature
 from recurrent_lm.data.tokenizer import TextTokenizer, WrappedTokenizer
-from recurrent_lm.interop.tokenizer import load_tokenizer, save_tokenizer_dir
+from recurrent_lm.data.tokenizer_dir import load_tokenizer, save_tokenizer_dir
 
 SPLITS = ("train", "validation")
 FORMAT_VERSION = 1

@@ -25,7 +25,7 @@ SPECIAL_TOKENS = ("<|bos|>", "<|eos|>", "<|pad|>", "<bot>", "<eot>", "<latent>")
 class WrappedTokenizer:
     """A `tokenizers.Tokenizer` with the few operations the pipeline uses. Subclasses say where the special
     tokens are: ours at reserved ids (:class:`TextTokenizer`), a foreign directory's by name
-    (:class:`recurrent_lm.interop.tokenizer.HFTokenizer`), Coconut's markers by name
+    (:class:`recurrent_lm.data.tokenizer_dir.HFTokenizer`), Coconut's markers by name
     (:class:`recurrent_lm.coconut.tokens.ThoughtTokenizer`)."""
 
     def __init__(self, tokenizer: Tokenizer) -> None:

@@ -15,7 +15,7 @@ from jinja2 import TemplateError
 from jinja2.sandbox import ImmutableSandboxedEnvironment
 
 from recurrent_lm.evaluation.errors import EvalError
-from recurrent_lm.interop.tokenizer import read_chat_template
+from recurrent_lm.data.tokenizer_dir import read_chat_template
 
 OFF = (None, False, "", "false", "False", "0", "no", "none")
 ON = (True, "true", "True", "1", "yes")

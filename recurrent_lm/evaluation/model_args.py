@@ -87,7 +87,7 @@ def parse_depth(num_steps: DepthRequest, default: int, spec: ExitSpec) -> int:
 
 def load_tokenizer(path: Path):
     """Ours (reserved specials at 0..5), or a foreign tokenizer.json with the specials its directory names."""
-    from recurrent_lm.interop.tokenizer import load_tokenizer as load_any
+    from recurrent_lm.data.tokenizer_dir import load_tokenizer as load_any
 
     if not path.is_file():
         raise ModelNotFoundError(f"no tokenizer at {path}; export the model with `recurrent-lm-export` (it writes "

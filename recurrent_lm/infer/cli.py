@@ -102,7 +102,7 @@ def _run(args: argparse.Namespace) -> int:
     import torch
     from rich.console import Console
 
-    from recurrent_lm.interop.tokenizer import load_tokenizer
+    from recurrent_lm.data.tokenizer_dir import load_tokenizer
     from recurrent_lm.infer.generate import generate
     from recurrent_lm.model.device import pick_device
     from recurrent_lm.model.lm import RecurrentDepthLM

@@ -4,8 +4,10 @@
 * :mod:`huginn_io` — streamed directory import/export of that format;
 * :mod:`hf_llama` — Hugging Face ``LlamaForCausalLM`` (config keys, tensor names, layer slices for a retrofit);
 * :mod:`hf_llama_io` — streamed directory (or Hub) import and export of that format;
-* :mod:`stream` — safetensors read tensor by tensor; :mod:`errors` — :class:`FormatError`;
-* :mod:`tokenizer` — Hugging Face tokenizer directories (named special tokens, chat templates).
+* :mod:`stream` — safetensors read tensor by tensor; :mod:`errors` — :class:`FormatError`.
+
+Tokenizer directories in the Hugging Face layout (named special tokens, chat templates) are
+:mod:`recurrent_lm.data.tokenizer_dir`: training packs data with them too.
 """
 
 from recurrent_lm.interop.errors import FormatError
@@ -13,8 +15,7 @@ from recurrent_lm.interop.hf_llama import LayerSlices, config_from_llama, config
 from recurrent_lm.interop.hf_llama_io import export_hf_llama, import_hf_llama, load_hf_llama, save_hf_llama
 from recurrent_lm.interop.huginn import config_from_huginn, config_to_huginn
 from recurrent_lm.interop.huginn_io import export_huginn, import_huginn, load_huginn, save_huginn
-from recurrent_lm.interop.tokenizer import HFTokenizer, load_tokenizer, read_chat_template
 
-__all__ = ["FormatError", "HFTokenizer", "LayerSlices", "config_from_huginn", "config_from_llama", "config_to_huginn",
+__all__ = ["FormatError", "LayerSlices", "config_from_huginn", "config_from_llama", "config_to_huginn",
            "config_to_llama", "export_hf_llama", "export_huginn", "import_hf_llama", "import_huginn", "load_hf_llama",
-           "load_huginn", "load_tokenizer", "read_chat_template", "retrofit_adapter", "save_hf_llama", "save_huginn"]
+           "load_huginn", "retrofit_adapter", "save_hf_llama", "save_huginn"]

@@ -23,7 +23,7 @@ from recurrent_lm.interop.hf_llama import (IGNORED, LayerSlices, check_llama, co
                                            export_tensor, import_target, llama_shapes, retrofit_adapter,
                                            source_layers)
 from recurrent_lm.interop.stream import checkpoint_tensors
-from recurrent_lm.interop.tokenizer import TOKENIZER_FILES, copy_tokenizer_files
+from recurrent_lm.data.tokenizer_dir import TOKENIZER_FILES, copy_tokenizer_files
 from recurrent_lm.model import RecurrentDepthLM
 from recurrent_lm.model.io import (CONFIG_FILE, WEIGHTS_INDEX_FILE, atomic_write, make_writable_dir,
                                    model_dir_problem, model_from_state, save_model_dir, write_weights)

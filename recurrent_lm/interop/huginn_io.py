@@ -19,7 +19,7 @@ from recurrent_lm.interop.errors import FormatError
 from recurrent_lm.interop.huginn import (ROPE_TABLE, config_from_huginn, config_to_huginn, export_tensor, huginn_shapes,
                                          import_tensor, rope_table, rope_table_problem)
 from recurrent_lm.interop.stream import checkpoint_tensors
-from recurrent_lm.interop.tokenizer import copy_tokenizer_files
+from recurrent_lm.data.tokenizer_dir import copy_tokenizer_files
 from recurrent_lm.model import ModelConfig, RecurrentDepthLM
 from recurrent_lm.model.io import (CONFIG_FILE, atomic_write, make_writable_dir, model_from_state, save_model_dir,
                                    write_weights)

@@ -36,7 +36,7 @@ from lightning.pytorch.plugins.environments import SLURMEnvironment
 from lightning.pytorch.loggers import Logger, TensorBoardLogger
 from omegaconf import DictConfig, OmegaConf
 
-from recurrent_lm.interop.tokenizer import save_tokenizer_dir
+from recurrent_lm.data.tokenizer_dir import save_tokenizer_dir
 from recurrent_lm.model.io import TOKENIZER_FILE, atomic_write, make_writable_dir
 from recurrent_lm.train.callbacks import DepthThroughputMonitor, Preemption, RunCheckpoint
 from recurrent_lm.train.checkpoint_io import SafeCheckpointIO

@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Optional
 
 from recurrent_lm.model import ModelConfig, RecurrentDepthLM
-from recurrent_lm.interop.tokenizer import TOKENIZER_FILES
+from recurrent_lm.data.tokenizer_dir import TOKENIZER_FILES
 from recurrent_lm.model.io import atomic_write
 from recurrent_lm.train.run_dir import CHECKPOINT_DIR, EXPORT_DIR, LAST_CHECKPOINT, newest_checkpoint, read_checkpoint
 from recurrent_lm.train.sharded import load_full_state

@@ -260,11 +260,12 @@ def check_compatible(resume: Resume, model: ModelConfig) -> None:
     except KeyError:
         raise ValueError(f"checkpoint {resume.path} has no model config (hyper_parameters.model); it was not "
                          "written by recurrent-lm-train") from None
+    stored = ModelConfig.from_dict(stored).to_dict()  # a field added since the checkpoint reads as its default
     new = model.to_dict()
-    changed = sorted(k for k in set(stored) | set(new) if stored.get(k) != new.get(k))
+    changed = sorted(k for k in new if stored[k] != new[k])
     if not changed:
         return
-    listing = ", ".join(f"model.{k}: {stored.get(k)!r} -> {new.get(k)!r}" for k in changed)
+    listing = ", ".join(f"model.{k}: {stored[k]!r} -> {new[k]!r}" for k in changed)
     if _param_shapes(ModelConfig.from_dict(stored)) != _param_shapes(model):
         raise ValueError(f"resume refused: {resume.path} was trained with another model shape ({listing}); "
                          "resume with the stored values, or start a new run under another name= or run_dir=")

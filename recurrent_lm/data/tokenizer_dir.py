@@ -1,5 +1,8 @@
 """Tokenizers in the Hugging Face directory layout: tokenizer.json plus the files that name its special tokens.
 
+Training packs data with either kind (data.tokenizer_path, init_from), export and conversion carry the files along,
+and evaluation and generation read them back: :func:`load_tokenizer` and :func:`save_tokenizer_dir` are the pair.
+
 A recurrent_lm tokenizer holds its reserved specials at ids 0..5 (:class:`TextTokenizer`). A foreign one, such
 as Huginn-0125's, names its own (``<|begin_text|>``, ``<|end_text|>``, ``<|pad|>``) in
 ``tokenizer_config.json`` / ``special_tokens_map.json`` / ``generation_config.json``, and may carry a chat
