@@ -21,6 +21,7 @@ summed over the depths the sampler actually drew.
 from __future__ import annotations
 
 import argparse
+import csv
 import json
 import os
 import platform
@@ -55,7 +56,7 @@ def common(args: argparse.Namespace, run_dir: Path, steps: int) -> dict[str, obj
     return {"run_dir": run_dir, "data": "shakespeare", "data.cache_dir": args.work / "cache",
             "trainer.max_steps": steps, "trainer.micro_batch_size": args.batch, "trainer.val_check_interval": "null",
             "trainer.checkpoint_every_n_steps": "null", "trainer.enable_progress_bar": False,
-            "trainer.log_every_n_steps": 10, "logger.tensorboard": False, "sample_tokens": 0, "resume": "none",
+            "trainer.log_every_n_steps": 1, "logger.tensorboard": False, "sample_tokens": 0, "resume": "none",
             "overwrite": True, "seed": args.seed}
 
 
@@ -76,7 +77,11 @@ def run(*cmd: object) -> float:
 
 
 def train(overrides: dict[str, object]) -> float:
-    return run(sys.executable, "-m", "recurrent_lm.train", *(f"{k}={v}" for k, v in overrides.items()))
+    """Train a run; returns the seconds its training loop took (train/time at the last step: no startup, data
+    preparation or export)."""
+    run(sys.executable, "-m", "recurrent_lm.train", *(f"{k}={v}" for k, v in overrides.items()))
+    with open(Path(str(overrides["run_dir"])) / "logs" / "metrics.csv", newline="") as f:
+        return max(float(row["train/time"]) for row in csv.DictReader(f) if row.get("train/time"))
 
 
 def training_flops(config: ModelConfig, sampler: SamplerConfig, steps: int, tokens_per_step: int) -> float:
@@ -87,13 +92,14 @@ def training_flops(config: ModelConfig, sampler: SamplerConfig, steps: int, toke
 
 
 @torch.no_grad()
-def val_losses(model_dir: Path, data: DataConfig, batches: int, batch: int) -> dict[int, float]:
-    """Mean next-token loss at each depth of DEPTHS on the first ``batches`` validation batches."""
+def val_losses(model_dir: Path, data: DataConfig, batches: int, batch: int, depths: tuple[int, ...]
+               ) -> dict[int, float]:
+    """Mean next-token loss at each of ``depths`` on the first ``batches`` validation batches."""
     model = RecurrentDepthLM.from_pretrained(model_dir)
     tokens = prepare_data(data, model.config.block_size).validation
     loader = validation_loader(tokens, model.config.block_size, batch, max_batches=batches)
     losses = {}
-    for r in DEPTHS:
+    for r in depths:
         total = [model(b["input_ids"], num_steps=r, labels=b["labels"],
                        generator=torch.Generator().manual_seed(i)).loss for i, b in enumerate(loader)]
         losses[r] = float(torch.stack(total).mean())
@@ -130,9 +136,9 @@ def bench(args: argparse.Namespace) -> None:
     work = args.work
     print(f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores, torch "
           f"{torch.__version__}, load average {os.getloadavg()[0]:.2f}")
-    walls: dict[str, float] = {}
+    seconds: dict[str, float] = {}
     source_run, hf_dir, retro_dir = work / "source", work / "source_hf", work / "retrofit_init"
-    walls["source"] = train({**common(args, source_run, args.source_steps), **source_overrides(args),
+    seconds["source"] = train({**common(args, source_run, args.source_steps), **source_overrides(args),
                              "optim.lr": args.source_lr, "optim.warmup_steps": args.source_steps // 10})
     convert = (sys.executable, "-m", "recurrent_lm.convert")
     run(*convert, "--from", "recurrent_lm", "--to", "hf", source_run / "export", hf_dir, "--max-shard-size", "1GB")
@@ -141,7 +147,7 @@ def bench(args: argparse.Namespace) -> None:
 
     retro_sampler = SamplerConfig(name="ramp", mean=args.mean_depth, ramp_start=1, ramp_steps=max(1, args.steps // 2),
                                   backprop_depth=args.backprop_depth, seed=args.seed)
-    walls["retrofit"] = train(continued(args, work / "retrofit", args.steps, retro_dir, **{
+    seconds["retrofit"] = train(continued(args, work / "retrofit", args.steps, retro_dir, **{
         "experiment": "retrofit", "model.mean_recurrence": args.mean_depth,
         "model.mean_backprop_depth": args.backprop_depth, "model.block_size": args.block,
         "sampler.ramp_steps": retro_sampler.ramp_steps}))
@@ -155,25 +161,26 @@ def bench(args: argparse.Namespace) -> None:
     equal_flops_steps = round(retro_flops / per_step)
     baseline = {"model": "pretrained", "model.mean_recurrence": 1, "model.mean_backprop_depth": 1,
                 "model.block_size": args.block, "sampler": "fixed"}
-    walls["baseline_steps"] = train(continued(args, work / "baseline_steps", args.steps, source_run / "export",
+    seconds["baseline_steps"] = train(continued(args, work / "baseline_steps", args.steps, source_run / "export",
                                               **baseline))
-    walls["baseline_flops"] = train(continued(args, work / "baseline_flops", equal_flops_steps,
+    seconds["baseline_flops"] = train(continued(args, work / "baseline_flops", equal_flops_steps,
                                               source_run / "export", **baseline))
 
     data = DataConfig(source="shakespeare", tokenizer_path=str(source_run / "export" / "tokenizer.json"),
                       cache_dir=str(work / "cache"))
-    rows = [("source (before)", source_run / "export", 0, 0.0, walls["source"]),
-            ("retrofit (before)", retro_dir, 0, 0.0, 0.0),
+    # A plain stack has one depth: its loss "at r = 4" would re-run the whole stack, which means nothing.
+    rows = [("source (before)", source_run / "export", 0, 0.0, seconds["source"], (1,)),
+            ("retrofit (before)", retro_dir, 0, 0.0, 0.0, DEPTHS),
             (f"retrofit, r̄ ramp 1→{args.mean_depth}", work / "retrofit" / "export", args.steps, retro_flops,
-             walls["retrofit"]),
+             seconds["retrofit"], DEPTHS),
             ("source trained on, equal steps", work / "baseline_steps" / "export", args.steps, per_step * args.steps,
-             walls["baseline_steps"]),
+             seconds["baseline_steps"], (1,)),
             ("source trained on, equal FLOPs", work / "baseline_flops" / "export", equal_flops_steps,
-             per_step * equal_flops_steps, walls["baseline_flops"])]
+             per_step * equal_flops_steps, seconds["baseline_flops"], (1,))]
     results = []
-    for name, model_dir, steps, flops, wall in rows:
-        losses = val_losses(model_dir, data, args.val_batches, args.batch)
-        results.append({"model": name, "steps": steps, "train_pflops": flops / 1e15, "wall_s": wall,
+    for name, model_dir, steps, flops, seconds, depths in rows:
+        losses = val_losses(model_dir, data, args.val_batches, args.batch, depths)
+        results.append({"model": name, "steps": steps, "train_tflops": flops / 1e12, "train_s": seconds,
                         "val_loss": losses})
     print_table(args, results)
     (work / "retrofit_results.json").write_text(json.dumps(results, indent=2))
@@ -183,11 +190,11 @@ def print_table(args: argparse.Namespace, results: list[dict]) -> None:
     print(f"\nsource: {args.layers} layers × d={args.width}, {args.source_steps} steps; retrofit: prelude "
           f"{args.prelude}, core {args.core}, coda {args.coda}; batch {args.batch} × {args.block} tokens; "
           f"val loss on {args.val_batches} batches\n")
-    header = ["model", "steps", "train PFLOP", "wall s", *(f"val r={r}" for r in DEPTHS)]
+    header = ["model", "steps", "train TFLOP", "train s", *(f"val r={r}" for r in DEPTHS)]
     print("| " + " | ".join(header) + " |\n|" + "---|" * len(header))
     for row in results:
-        cells = [row["model"], str(row["steps"]), f"{row['train_pflops']:.3f}", f"{row['wall_s']:.0f}",
-                 *(f"{row['val_loss'][r]:.3f}" for r in DEPTHS)]
+        cells = [row["model"], str(row["steps"]), f"{row['train_tflops']:.1f}", f"{row['train_s']:.0f}",
+                 *(f"{row['val_loss'][r]:.3f}" if r in row["val_loss"] else "–" for r in DEPTHS)]
         print("| " + " | ".join(cells) + " |")
     retro, steps, flops = (results[i]["val_loss"] for i in (2, 3, 4))
     best = min(retro.values())
