@@ -9,7 +9,9 @@ optimizer recipe. What it adds:
 * the stage follows the optimizer step (``epoch = step · accumulation // batches_per_epoch``), and
   :class:`OptimizerResetOnStage` clears AdamW's moments where the stage changes, as the paper does;
 * dropout (Hugging Face models have it) draws from a generator seeded per micro-batch, so a resumed
-  run replays it exactly.
+  run replays it exactly;
+* under ``parallel=fsdp`` the thought forward is one call of one FSDP2 unit over the whole model
+  (:meth:`shard`), since its forwards share one autograd graph.
 """
 
 from __future__ import annotations
@@ -28,7 +30,7 @@ from recurrent_lm.coconut.thoughts import ContinuousThoughtLM
 from recurrent_lm.loop import SamplerConfig
 from recurrent_lm.model import ModelConfig, RecurrentDepthLM
 from recurrent_lm.train.module import RecurrentLMModule, step_seed
-from recurrent_lm.train.parallel import ParallelConfig
+from recurrent_lm.train.parallel import ParallelConfig, StepUnit, shard_step
 from recurrent_lm.train.schema import OptimConfig
 
 
@@ -40,9 +42,18 @@ class CoconutModule(RecurrentLMModule):
                          parallel=parallel)
         self.coconut, self.ids, self.batches_per_epoch = coconut, ids, batches_per_epoch
         self.recurrent = isinstance(self.model, RecurrentDepthLM)
-        self.thinker = ContinuousThoughtLM(backend_for(self.model))
+        self.thinker: ContinuousThoughtLM | StepUnit = ContinuousThoughtLM(backend_for(self.model))
         self.hparams["coconut"] = coconut.to_dict()
         self._reset_at = -1  # the step whose optimizer reset already happened (several micro-batches per step)
+
+    def shard(self, mesh: Any) -> None:
+        """FSDP2 with the whole thought forward as one call of one unit (see :func:`shard_step` for why).
+
+        The unit is kept outside the module tree (``object.__setattr__``): its only parameters are the
+        model's, which keep their names (``model.*``) in checkpoints and in the optimizer.
+        """
+        unit = shard_step(self.model, self.thinker, mesh, self.parallel.reshard_after_forward)
+        object.__setattr__(self, "thinker", unit)
 
     def stage_at(self, step: int) -> int:
         accumulate = self.trainer.accumulate_grad_batches if self._trainer is not None else 1

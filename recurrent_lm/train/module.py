@@ -69,7 +69,12 @@ class RecurrentLMModule(L.LightningModule):
         if self.compile_blocks:
             self.model.compile_blocks()
         if self.parallel.strategy == "fsdp":
-            shard_model(self.model, self.device_mesh["data_parallel"], self.parallel.reshard_after_forward)
+            self.shard(self.device_mesh["data_parallel"])
+
+    def shard(self, mesh: Any) -> None:
+        """FSDP2 on ``mesh``: one unit per block (:func:`shard_model`). Coconut overrides it: its step is several
+        forwards sharing one graph."""
+        shard_model(self.model, mesh, self.parallel.reshard_after_forward)
 
     def full_model(self) -> Optional[torch.nn.Module]:
         """The trained model, unsharded, on rank 0 (for export and evaluation); None on the other ranks.
@@ -85,7 +90,9 @@ class RecurrentLMModule(L.LightningModule):
         state = full_state_dict(self.model)
         if self.global_rank != 0:
             return None
-        model = RecurrentDepthLM(self.model_config)
+        # A Hugging Face model (Coconut's coconut.hf_model) is rebuilt from its own config.
+        model = RecurrentDepthLM(self.model_config) if isinstance(self.model, RecurrentDepthLM) \
+            else type(self.model)(self.model.config)
         model.load_state_dict(state)
         return model
 

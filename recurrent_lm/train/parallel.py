@@ -2,13 +2,14 @@
 
     parallel=single      one process (default; Lightning's ``auto``)
     parallel=ddp         a full replica per process, gradients all-reduced (gloo on CPU, NCCL on GPU)
-    parallel=fsdp        FSDP2 ``fully_shard``, one unit per block, through Lightning's ModelParallelStrategy
+    parallel=fsdp        FSDP2 ``fully_shard`` through Lightning's ModelParallelStrategy
     parallel=deepspeed   ZeRO stage 1-3 (``parallel.zero_stage``); needs the ``gpu`` extra and CUDA
 
 Why FSDP2 and not Lightning's ``fsdp``: that strategy is FSDP1, which asserts when a training step runs
-more than one forward, and Coconut runs one per thought. FSDP2 hooks each unit's own forward, so any
-number of forwards per step works; the sharding is applied in ``configure_model`` (:func:`shard_model`),
-where Lightning hands over the device mesh.
+more than one forward, and Coconut runs one per thought. FSDP2 hooks each unit's own forward: pretraining
+gets one unit per block (:func:`shard_model`), Coconut one unit whose single call is the whole step of
+forwards (:func:`shard_step`). The sharding is applied in ``configure_model``, where Lightning hands over
+the device mesh.
 
 Every strategy keeps the app's guarantees: the depth sampler and the s_0 noise are pure functions of the
 step (so every rank draws the same depth without communicating), each rank reads its own disjoint slice of
@@ -22,7 +23,7 @@ import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, Callable, Optional
 
 import torch
 from torch import nn
@@ -177,19 +178,14 @@ def transformer_blocks(model: nn.Module) -> list[nn.Module]:
     return blocks
 
 
-def shard_model(model: nn.Module, mesh: Any, reshard_after_forward: bool = True,
-                gathered_through_backward: bool = False) -> None:
+def shard_model(model: nn.Module, mesh: Any, reshard_after_forward: bool = True) -> None:
     """FSDP2 on a RecurrentDepthLM: one unit per block, one for the (possibly tied) embedding + LM head, and
-    the root for the rest (adapter, final norm).
+    the root for the rest (adapter, final norm). For a step of several forwards that share one graph
+    (Coconut) use :func:`shard_step` instead.
 
-    Coconut calls the embedding and the head outside the root's forward, so they get a unit of their own
-    (tied weights must share one unit), and the root is initialised eagerly: FSDP2 otherwise makes the
-    first unit that runs the root, and the real root's forward then fails.
-
-    ``gathered_through_backward`` is for steps whose forwards share a graph (Coconut: the answer attends to
-    K/V cached by earlier forwards, so a block's backward runs for calls whose outputs FSDP2 never hooked).
-    Weights then stay gathered from the first forward to the end of backward, and :func:`reshard` frees
-    them after it; gradients and optimizer state stay sharded (ZeRO-2-like memory for the weights).
+    The embedding and the head get a unit of their own (tied weights must share one unit) so that calling
+    them outside the root's forward still gathers them, and the root is initialised eagerly: FSDP2 otherwise
+    makes the first unit that runs the root, and the real root's forward then fails.
     """
     from torch.distributed.fsdp import FSDPModule, fully_shard
 
@@ -199,20 +195,42 @@ def shard_model(model: nn.Module, mesh: Any, reshard_after_forward: bool = True,
         fully_shard(block, mesh=mesh, reshard_after_forward=reshard_after_forward)
     fully_shard([model.embed, model.lm_head], mesh=mesh, reshard_after_forward=reshard_after_forward)
     fully_shard(model, mesh=mesh, reshard_after_forward=reshard_after_forward)
-    if gathered_through_backward:
-        for module in fsdp_units(model):
-            module.set_reshard_after_forward(False)
-            module.set_reshard_after_backward(False)
     model._get_fsdp_state()._lazy_init()  # see the docstring; no public API does this in torch 2.13
 
 
-def fsdp_units(model: nn.Module) -> list[nn.Module]:
-    from torch.distributed.fsdp import FSDPModule
+class StepUnit(nn.Module):
+    """A module whose forward is one whole training forward ``step`` over ``model``: the FSDP2 unit of
+    :func:`shard_step`. It owns no parameters of its own."""
 
-    return [m for m in model.modules() if isinstance(m, FSDPModule)]
+    def __init__(self, model: nn.Module, step: Callable[..., Any]) -> None:
+        super().__init__()
+        self.model = model
+        self.step = step
+
+    def forward(self, *args: Any, **kwargs: Any) -> Any:
+        return self.step(*args, **kwargs)
 
 
-def reshard(model: nn.Module) -> None:
-    """Free the gathered weights of every FSDP2 unit (after a backward of ``gathered_through_backward``)."""
-    for module in fsdp_units(model):
-        module.reshard()
+def shard_step(model: nn.Module, step: Callable[..., Any], mesh: Any, reshard_after_forward: bool = True) -> StepUnit:
+    """FSDP2 for a training forward made of several model forwards that share one autograd graph (Coconut:
+    the answer attends to K/V cached by the question's and the thoughts' forwards). Returns the unit to call
+    in place of ``step``; ``model``'s parameters become its shards, under their usual names.
+
+    The whole model is one unit and the whole step one call of it, which is the contract FSDP2's hooks
+    assume. Per-block units break it: a unit's post-backward hook fires when the gradient reaches the inputs
+    of one of its calls, while gradients from the other calls (the cached K/V, the tied embedding's lookups)
+    still have to arrive. FSDP2 then reduces only the gradients complete at that moment (lost: the tied
+    embedding's at curriculum stage 0, where the weight still lacks its lookups' share when the head's
+    hook fires) and which ones those are depends on each rank's graph (its thought counts), so the ranks'
+    reduce-scatters disagree. With one unit, the only hook is on the step's output: every gradient is
+    reduced once, after the whole backward, in the same order on every rank.
+
+    Cost: the weights, and then their gradients, are whole on every rank during the step (gathered in one
+    piece, no per-block overlap), as every forward of the step uses every block anyway; between steps they
+    and the optimizer states are sharded.
+    """
+    from torch.distributed.fsdp import fully_shard
+
+    unit = StepUnit(model, step)
+    fully_shard(unit, mesh=mesh, reshard_after_forward=reshard_after_forward)
+    return unit

@@ -132,10 +132,11 @@ def load_full_state(path: Path, model: nn.Module) -> None:
 
 def full_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
     """The unsharded weights of ``model`` on CPU. Collective under FSDP2: every rank must call it; the
-    tensors are complete on rank 0."""
+    tensors are complete on rank 0. Sharded means DTensor parameters, not an FSDP module inside ``model``:
+    Coconut's unit is a wrapper around the model (see parallel.shard_step)."""
     from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
-    from torch.distributed.fsdp import FSDPModule
+    from torch.distributed.tensor import DTensor
 
-    if not any(isinstance(m, FSDPModule) for m in model.modules()):
+    if not any(isinstance(p, DTensor) for p in model.parameters()):
         return model.state_dict()
     return get_model_state_dict(model, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
