@@ -130,6 +130,12 @@ def test_hf_gpt2_trains_then_exports_a_loadable_coconut_model(tmp_path):
     assert torch.isfinite(logits).all()
 
 
+@pytest.mark.parametrize("key", ["parallel.activation_checkpointing", "model.activation_checkpointing"])
+def test_activation_checkpointing_with_coconut_is_refused(tmp_path, key):
+    with pytest.raises(ValueError, match=rf"{key}=true cannot train Coconut.*set {key}=false"):
+        run(compose_cfg(coconut_overrides(tmp_path / "run", **{key: "true"})))
+
+
 def test_task_and_coconut_together_are_refused(tmp_path):
     with pytest.raises(ValueError, match="task= and coconut= are both set"):
         run(compose_cfg(coconut_overrides(tmp_path, **{"task": "parity"})))

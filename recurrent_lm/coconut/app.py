@@ -99,6 +99,11 @@ def generate_data(coconut: CoconutConfig, seed: int) -> None:
 
 
 def build(cfg: TrainConfig, run_dir: Path) -> tuple[CoconutDataModule, CoconutModule]:
+    for key, on in (("parallel.activation_checkpointing", cfg.parallel.activation_checkpointing),
+                    ("model.activation_checkpointing", cfg.model.activation_checkpointing)):
+        if on:  # the recompute would attend over a cache that later thoughts' K/V have already grown
+            raise ValueError(f"{key}=true cannot train Coconut: a recomputed block would re-read the KV cache "
+                             f"after later thoughts extended it; set {key}=false")
     generate_data(cfg.coconut, cfg.seed)
     tokenizer = build_tokenizer(cfg, run_dir)
     lm = build_model(cfg.coconut, tokenizer)
