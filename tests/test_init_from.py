@@ -48,6 +48,11 @@ def test_a_model_setting_that_contradicts_init_from_is_refused(corpus_dir, sourc
                                          "model=pretrained"):
         run(cfg)
     assert not (tmp_path / "run").exists()
+    # the initial state's scale is part of the trained function (s_0 + e under injection=add): not a recipe field
+    cfg = compose_cfg(overrides(corpus_dir, tmp_path / "run", init_from=str(source_export),
+                                **{**RECIPE, "model.init_scale": 0.5}))
+    with pytest.raises(ValueError, match=r"model.init_scale=0.5 \(init_from has 1.0\)"):
+        run(cfg)
 
 
 def test_init_from_that_is_not_a_model_directory_is_refused(corpus_dir, source_export, tmp_path):
