@@ -169,7 +169,7 @@ def bench(args: argparse.Namespace) -> None:
     data = DataConfig(source="shakespeare", tokenizer_path=str(source_run / "export" / "tokenizer.json"),
                       cache_dir=str(work / "cache"))
     # A plain stack has one depth: its loss "at r = 4" would re-run the whole stack, which means nothing.
-    rows = [("source (before)", source_run / "export", 0, 0.0, seconds["source"], (1,)),
+    rows = [("source (before)", source_run / "export", 0, 0.0, 0.0, (1,)),
             ("retrofit (before)", retro_dir, 0, 0.0, 0.0, DEPTHS),
             (f"retrofit, r̄ ramp 1→{args.mean_depth}", work / "retrofit" / "export", args.steps, retro_flops,
              seconds["retrofit"], DEPTHS),
@@ -182,6 +182,7 @@ def bench(args: argparse.Namespace) -> None:
         losses = val_losses(model_dir, data, args.val_batches, args.batch, depths)
         results.append({"model": name, "steps": steps, "train_tflops": flops / 1e12, "train_s": seconds,
                         "val_loss": losses})
+    print(f"\nsource pretraining: {args.source_steps} steps in {seconds['source']:.0f} s of training loop")
     print_table(args, results)
     (work / "retrofit_results.json").write_text(json.dumps(results, indent=2))
 
