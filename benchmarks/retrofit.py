@@ -178,9 +178,9 @@ def bench(args: argparse.Namespace) -> None:
             ("source trained on, equal FLOPs", work / "baseline_flops" / "export", equal_flops_steps,
              per_step * equal_flops_steps, seconds["baseline_flops"], (1,))]
     results = []
-    for name, model_dir, steps, flops, seconds, depths in rows:
+    for name, model_dir, steps, flops, loop_s, depths in rows:
         losses = val_losses(model_dir, data, args.val_batches, args.batch, depths)
-        results.append({"model": name, "steps": steps, "train_tflops": flops / 1e12, "train_s": seconds,
+        results.append({"model": name, "steps": steps, "train_tflops": flops / 1e12, "train_s": loop_s,
                         "val_loss": losses})
     print(f"\nsource pretraining: {args.source_steps} steps in {seconds['source']:.0f} s of training loop")
     print_table(args, results)
