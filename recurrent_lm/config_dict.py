@@ -5,6 +5,8 @@ from __future__ import annotations
 import dataclasses
 from typing import Any, TypeVar
 
+from recurrent_lm.errors import ConfigError
+
 T = TypeVar("T")
 
 
@@ -16,5 +18,5 @@ def from_dict(cls: type[T], data: dict[str, Any]) -> T:
     known = {f.name for f in dataclasses.fields(cls)}
     unknown = sorted(set(data) - known)
     if unknown:
-        raise ValueError(f"{cls.__name__}: unknown field(s) {unknown}; valid fields are {sorted(known)}")
+        raise ConfigError(f"{cls.__name__}: unknown field(s) {unknown}; valid fields are {sorted(known)}")
     return cls(**{k: list(v) if isinstance(v, (list, tuple)) else v for k, v in data.items()})

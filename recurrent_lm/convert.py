@@ -22,21 +22,23 @@ from typing import Callable, Optional
 
 import torch
 
-DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+from recurrent_lm.errors import ConfigError, report_user_errors
+from recurrent_lm.model.precision import DTYPE_CHOICES, resolve_dtype
+
 Converter = Callable[[argparse.Namespace], Path]
 
 
 def _huginn_to_ours(args: argparse.Namespace) -> Path:
     from recurrent_lm.interop import import_huginn
 
-    return import_huginn(args.src, args.dst, DTYPES[args.dtype] if args.dtype else None, args.max_shard_size)
+    return import_huginn(args.src, args.dst, _dtype(args), args.max_shard_size)
 
 
 def _ours_to_huginn(args: argparse.Namespace) -> Path:
     from recurrent_lm.interop import export_huginn
 
     if args.dtype:
-        raise ValueError("--dtype applies to imports only; an export keeps the model's dtype")
+        raise ConfigError("--dtype applies to imports only; an export keeps the model's dtype")
     return export_huginn(args.src, args.dst, args.max_shard_size)
 
 
@@ -44,14 +46,14 @@ def _hf_to_ours(args: argparse.Namespace) -> Path:
     from recurrent_lm.interop import import_hf_llama
 
     return import_hf_llama(str(args.src), args.dst, args.prelude, args.core, args.coda,
-                           DTYPES[args.dtype] if args.dtype else None, args.block_size, args.max_shard_size)
+                           _dtype(args), args.block_size, args.max_shard_size)
 
 
 def _ours_to_hf(args: argparse.Namespace) -> Path:
     from recurrent_lm.interop import export_hf_llama
 
     if args.dtype:
-        raise ValueError("--dtype applies to imports only; an export keeps the model's dtype")
+        raise ConfigError("--dtype applies to imports only; an export keeps the model's dtype")
     return export_hf_llama(args.src, args.dst, args.max_shard_size)
 
 
@@ -68,6 +70,10 @@ HUB_SOURCES = ("hf",)
 """Source formats whose SRC may be a Hub name rather than a directory."""
 
 
+def _dtype(args: argparse.Namespace) -> Optional[torch.dtype]:
+    return resolve_dtype(args.dtype, "cpu", "--dtype") if args.dtype else None
+
+
 def _size(text: str) -> int | str:
     return int(text) if text.isdigit() else text
 
@@ -81,8 +87,9 @@ def main(argv: Optional[list[str]] = None) -> int:
     parser.add_argument("src", type=Path, metavar="SRC",
                         help="source checkpoint directory (for --from hf also a Hub name, owner/name)")
     parser.add_argument("dst", type=Path, metavar="DST", help="output directory (created if absent)")
-    parser.add_argument("--dtype", choices=sorted(DTYPES), default=None,
-                        help="cast the weights while importing (default: keep the stored dtype)")
+    parser.add_argument("--dtype", choices=DTYPE_CHOICES, default=None,
+                        help="cast the weights while importing (default: keep the stored dtype; auto: "
+                             "model/precision.py's choice for this machine's CPU)")
     parser.add_argument("--max-shard-size", default="5GB", type=_size,
                         help="largest safetensors shard written: bytes, or with a unit as in 500MB (default 5GB)")
     for flag in ("prelude", "core", "coda"):
@@ -102,12 +109,7 @@ def main(argv: Optional[list[str]] = None) -> int:
         parser.error(f"SRC {args.src} is not a directory")
     if args.dst.resolve() == args.src.resolve():
         parser.error("DST must differ from SRC (the conversion would overwrite its own input)")
-    try:
-        print(convert(args))
-    except (ValueError, OSError) as err:  # a format mismatch, a missing file, a full disk: one line, exit 2
-        print(f"recurrent-lm-convert: error: {err}", file=sys.stderr)
-        return 2
-    return 0
+    return report_user_errors("recurrent-lm-convert", lambda: print(convert(args)))
 
 
 if __name__ == "__main__":

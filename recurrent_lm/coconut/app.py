@@ -23,6 +23,7 @@ from recurrent_lm.coconut.datamodule import CoconutDataModule
 from recurrent_lm.coconut.module import CoconutModule
 from recurrent_lm.coconut.records import load_records
 from recurrent_lm.coconut.tokens import ThoughtTokenizer, add_thought_tokens
+from recurrent_lm.errors import ConfigError, MissingFileError
 from recurrent_lm.model.io import TOKENIZER_FILE, atomic_write
 from recurrent_lm.train.parallel import planned_world_size
 
@@ -58,7 +59,7 @@ def build_tokenizer(cfg: TrainConfig, run_dir: Path) -> ThoughtTokenizer:
         source = Path(coconut.hf_model)
         if source.is_dir():
             if not (source / TOKENIZER_FILE).is_file():
-                raise FileNotFoundError(f"coconut.hf_model={coconut.hf_model}: no {TOKENIZER_FILE} in that directory; "
+                raise MissingFileError(f"coconut.hf_model={coconut.hf_model}: no {TOKENIZER_FILE} in that directory; "
                                         "Coconut needs a fast (tokenizers) tokenizer saved beside the model")
             return add_thought_tokens(Tokenizer.from_file(str(source / TOKENIZER_FILE)))
         return add_thought_tokens(Tokenizer.from_pretrained(coconut.hf_model))  # a hub name: online users only
@@ -102,13 +103,13 @@ def build(cfg: TrainConfig, run_dir: Path) -> tuple[CoconutDataModule, CoconutMo
     for key, on in (("parallel.activation_checkpointing", cfg.parallel.activation_checkpointing),
                     ("model.activation_checkpointing", cfg.model.activation_checkpointing)):
         if on:  # the recompute would attend over a cache that later thoughts' K/V have already grown
-            raise ValueError(f"{key}=true cannot train Coconut: a recomputed block would re-read the KV cache "
+            raise ConfigError(f"{key}=true cannot train Coconut: a recomputed block would re-read the KV cache "
                              f"after later thoughts extended it; set {key}=false")
     generate_data(cfg.coconut, cfg.seed)
     tokenizer = build_tokenizer(cfg, run_dir)
     lm = build_model(cfg.coconut, tokenizer)
     if lm is None and tokenizer.vocab_size > cfg.model.vocab_size:
-        raise ValueError(f"the tokenizer has {tokenizer.vocab_size} tokens but model.vocab_size={cfg.model.vocab_size}; "
+        raise ConfigError(f"the tokenizer has {tokenizer.vocab_size} tokens but model.vocab_size={cfg.model.vocab_size}; "
                          "raise model.vocab_size")
     t = cfg.trainer
     datamodule = CoconutDataModule(cfg.coconut, tokenizer, t.micro_batch_size, t.val_batches, cfg.seed,

@@ -21,6 +21,7 @@ from typing import Any, Optional, Protocol
 import torch
 from torch import Tensor, nn
 
+from recurrent_lm.errors import ConfigError
 from recurrent_lm.loop import ExitSpec
 from recurrent_lm.model.cache import RecurrentKVCache
 from recurrent_lm.model.lm import NumSteps, RecurrentDepthLM
@@ -132,7 +133,7 @@ class HFBackend:
     def forward(self, embeds: Tensor, attention_mask: Tensor, cache: Any, depth: Depth = FIXED,
                 generator: Optional[torch.Generator] = None) -> BackendOutput:
         if depth != FIXED:
-            raise ValueError(f"depth={depth}: a Hugging Face model has no recurrent core; thoughts × depth needs a "
+            raise ConfigError(f"depth={depth}: a Hugging Face model has no recurrent core; thoughts × depth needs a "
                              "recurrent_lm model (leave the thought depth and depth exit unset)")
         out = self.model.base_model(inputs_embeds=embeds, attention_mask=attention_mask,
                                     position_ids=positions(attention_mask, embeds.shape[1]),
@@ -153,10 +154,10 @@ def check_hf_model(model: nn.Module) -> None:
     name = type(model).__name__
     base = getattr(model, "base_model", None)
     if base is None or model.get_output_embeddings() is None:
-        raise ValueError(f"{name} is not a Hugging Face causal LM with an LM head (AutoModelForCausalLM); "
+        raise ConfigError(f"{name} is not a Hugging Face causal LM with an LM head (AutoModelForCausalLM); "
                          "Coconut feeds hidden states back through the base model and decodes them with the head")
     if "inputs_embeds" not in inspect.signature(base.forward).parameters:
-        raise ValueError(f"{name}'s base model ({type(base).__name__}) takes no inputs_embeds, so a hidden state "
+        raise ConfigError(f"{name}'s base model ({type(base).__name__}) takes no inputs_embeds, so a hidden state "
                          "cannot be fed back as the next input; pick a decoder-only model whose forward accepts "
                          "inputs_embeds")
 

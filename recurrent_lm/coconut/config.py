@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from typing import Any, Optional
 
 from recurrent_lm.config_dict import from_dict
+from recurrent_lm.errors import ConfigError
 
 METHODS = ("coconut", "pause", "cot", "no_cot")
 
@@ -68,21 +69,21 @@ class CoconutConfig:
 
     def __post_init__(self) -> None:
         if self.method not in METHODS:
-            raise ValueError(f"coconut.method={self.method!r} is unknown; choose one of {METHODS}")
+            raise ConfigError(f"coconut.method={self.method!r} is unknown; choose one of {METHODS}")
         for name in ("thoughts_per_step", "epochs_per_stage"):
             if getattr(self, name) < 1:
-                raise ValueError(f"coconut.{name}={getattr(self, name)} must be >= 1")
+                raise ConfigError(f"coconut.{name}={getattr(self, name)} must be >= 1")
         for name in ("max_latent_stage", "no_grad_thoughts", "num_eval", "max_train_records"):
             if getattr(self, name) < 0:
-                raise ValueError(f"coconut.{name}={getattr(self, name)} must be >= 0")
+                raise ConfigError(f"coconut.{name}={getattr(self, name)} must be >= 0")
         if not 0.0 <= self.uniform_prob <= 1.0:
-            raise ValueError(f"coconut.uniform_prob={self.uniform_prob} must be a probability in [0, 1]")
+            raise ConfigError(f"coconut.uniform_prob={self.uniform_prob} must be a probability in [0, 1]")
         if self.generate not in (None, "prosqa"):
-            raise ValueError(f"coconut.generate={self.generate!r} is unknown; use prosqa or null")
+            raise ConfigError(f"coconut.generate={self.generate!r} is unknown; use prosqa or null")
         if len(self.generate_sizes) != 3 or min(self.generate_sizes) < 1:
-            raise ValueError(f"coconut.generate_sizes={self.generate_sizes} must be three counts >= 1 (train, valid, test)")
+            raise ConfigError(f"coconut.generate_sizes={self.generate_sizes} must be three counts >= 1 (train, valid, test)")
         if not self.train_file or not self.val_file:
-            raise ValueError("coconut.train_file and coconut.val_file must name JSON files of {question, steps, "
+            raise ConfigError("coconut.train_file and coconut.val_file must name JSON files of {question, steps, "
                              "answer} records (e.g. `recurrent-lm-coconut-data prosqa --out data/prosqa`)")
 
     @property

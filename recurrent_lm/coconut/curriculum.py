@@ -12,6 +12,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from recurrent_lm.coconut.config import CoconutConfig
+from recurrent_lm.errors import ConfigError
 
 
 def scheduled_stage(config: CoconutConfig, epoch: int) -> int:
@@ -62,7 +63,7 @@ def check_stages(config: CoconutConfig, longest: int, source: str) -> None:
     """Refuse a curriculum whose late stages cannot differ: without padding, a stage past the longest
     record's step count lays every record out as that count does, so those epochs repeat an earlier stage."""
     if config.thinks and config.curriculum and not config.pad_latent_to_max and config.max_latent_stage > longest:
-        raise ValueError(f"coconut.max_latent_stage={config.max_latent_stage} but the longest record of {source} has "
+        raise ConfigError(f"coconut.max_latent_stage={config.max_latent_stage} but the longest record of {source} has "
                          f"{longest} steps; with pad_latent_to_max=false stages {longest + 1}..{config.max_latent_stage} "
                          f"would train exactly like stage {longest}. Set coconut.max_latent_stage<={longest} or "
                          "coconut.pad_latent_to_max=true")

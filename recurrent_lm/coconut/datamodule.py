@@ -24,6 +24,7 @@ from recurrent_lm.coconut.curriculum import check_stages, layout, record_stage
 from recurrent_lm.coconut.records import ReasoningRecord, load_records
 from recurrent_lm.coconut.sequences import EncodedRecord, build_example, collate, encode_record
 from recurrent_lm.coconut.tokens import ThoughtTokenizer
+from recurrent_lm.errors import ConfigError
 
 
 def encode_records(tokenizer: ThoughtTokenizer, records: list[ReasoningRecord]) -> list[EncodedRecord]:
@@ -69,7 +70,7 @@ class CoconutDataModule(L.LightningDataModule):
         check_stages(config, max(len(r.steps) for r in self.train_records), config.train_file)
         longest = longest_layout(self.train_records + self.val_records, config)
         if block_size is not None and longest > block_size:
-            raise ValueError(f"the longest Coconut sequence of {config.train_file} / {config.val_file} takes {longest} "
+            raise ConfigError(f"the longest Coconut sequence of {config.train_file} / {config.val_file} takes {longest} "
                              f"positions (question, markers, thoughts, steps, answer) but model.block_size={block_size}; "
                              "raise model.block_size or drop the longest records")
         self.start = 0

@@ -33,6 +33,7 @@ from recurrent_lm.coconut.records import ReasoningRecord, load_records
 from recurrent_lm.coconut.sequences import ThoughtExample, encode_record, final_example
 from recurrent_lm.coconut.thoughts import ContinuousThoughtLM
 from recurrent_lm.coconut.tokens import ThoughtTokenizer
+from recurrent_lm.errors import ConfigError, report_user_errors
 from recurrent_lm.loop import EXIT_CHOICES, ExitSpec
 from recurrent_lm.model import RecurrentDepthLM
 from recurrent_lm.model.device import pick_device
@@ -43,7 +44,7 @@ SLACK = 16
 COLUMNS = ("method", "accuracy %", "tokens", "thoughts", "core iterations / token")
 
 
-class InputError(ValueError):
+class InputError(ConfigError):
     """Bad input the user can fix: reported in one line naming the flag or file, exit status 2."""
 
 
@@ -127,11 +128,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
     args = build_parser().parse_args(argv)
-    try:
-        return _run(args)
-    except InputError as err:
-        print(f"{PROG}: error: {err}", file=sys.stderr)
-        return 2
+    return report_user_errors(PROG, lambda: _run(args))
 
 
 def parse_models(specs: Sequence[str]) -> list[tuple[str, Path]]:

@@ -16,6 +16,7 @@ from torch import nn
 
 from recurrent_lm.coconut.config import CoconutConfig
 from recurrent_lm.coconut.tokens import ThoughtTokenizer
+from recurrent_lm.errors import MissingFileError
 from recurrent_lm.model import RecurrentDepthLM
 from recurrent_lm.model.io import CONFIG_FILE, TOKENIZER_FILE, atomic_write, model_dir_problem
 
@@ -45,7 +46,7 @@ def load_coconut_model(directory: Path, device: torch.device = torch.device("cpu
     directory = Path(directory)
     for name in (CONFIG_FILE, TOKENIZER_FILE, COCONUT_FILE):
         if not (directory / name).is_file():
-            raise FileNotFoundError(f"{directory} is not a Coconut model directory: {name} is missing; export one "
+            raise MissingFileError(f"{directory} is not a Coconut model directory: {name} is missing; export one "
                                     "with `recurrent-lm-train experiment=coconut_...` (it writes <run_dir>/export) or "
                                     "`recurrent-lm-export <run_dir>`")
     config = CoconutConfig.from_dict(json.loads((directory / COCONUT_FILE).read_text()))
@@ -56,7 +57,7 @@ def load_coconut_model(directory: Path, device: torch.device = torch.device("cpu
     else:
         problem = model_dir_problem(directory)
         if problem:
-            raise FileNotFoundError(f"{directory} {problem}")
+            raise MissingFileError(f"{directory} {problem}")
         model = RecurrentDepthLM.from_pretrained(directory)
     model = model.to(device=device, dtype=dtype).eval()
     return model, ThoughtTokenizer.from_file(directory / TOKENIZER_FILE), config

@@ -28,6 +28,7 @@ import torch
 from recurrent_lm.coconut.backends import FIXED, Depth
 from recurrent_lm.coconut.sequences import ANSWER_MARK, SpecialIds, ThoughtExample, collate
 from recurrent_lm.coconut.thoughts import ContinuousThoughtLM
+from recurrent_lm.errors import ConfigError
 from recurrent_lm.infer.sampling import row_generators, select_tokens
 from recurrent_lm.loop import ExitSpec
 
@@ -148,20 +149,20 @@ def context_length(lm: ContinuousThoughtLM) -> Optional[int]:
 
 def _check_inputs(lm: ContinuousThoughtLM, prefixes: list[list[int]], bounds: list[int], max_new_tokens: int) -> None:
     if not prefixes:
-        raise ValueError("generate: no prefixes given")
+        raise ConfigError("generate: no prefixes given")
     if len(bounds) != len(prefixes):
-        raise ValueError(f"generate: {len(bounds)} thought bounds for {len(prefixes)} prefixes; give one per "
+        raise ConfigError(f"generate: {len(bounds)} thought bounds for {len(prefixes)} prefixes; give one per "
                          "prefix or a single int")
     if max_new_tokens < 1:
-        raise ValueError(f"max_new_tokens={max_new_tokens} must be >= 1")
+        raise ConfigError(f"max_new_tokens={max_new_tokens} must be >= 1")
     limit = context_length(lm)
     for i, (p, n) in enumerate(zip(prefixes, bounds)):
         if not p:
-            raise ValueError(f"prefix {i} is empty; a prefix is the question followed by <bot>")
+            raise ConfigError(f"prefix {i} is empty; a prefix is the question followed by <bot>")
         if n < 0:
-            raise ValueError(f"prefix {i}: thought bound {n} must be >= 0")
+            raise ConfigError(f"prefix {i}: thought bound {n} must be >= 0")
         if limit is not None and len(p) + n + 1 > limit:
-            raise ValueError(f"prefix {i}: {len(p)} tokens + {n} thoughts + <eot> exceed the model's {limit} "
+            raise ConfigError(f"prefix {i}: {len(p)} tokens + {n} thoughts + <eot> exceed the model's {limit} "
                              "positions; shorten the question or lower the thought bound")
 
 

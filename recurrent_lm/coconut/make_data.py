@@ -17,11 +17,12 @@ from typing import NoReturn, Optional, Sequence
 
 from recurrent_lm.coconut.prosqa import SPLITS, ProsQAConfig, generate_splits
 from recurrent_lm.coconut.records import write_records
+from recurrent_lm.errors import ConfigError, report_user_errors
 
 PROG = "python -m recurrent_lm.coconut.make_data"
 
 
-class UsageError(ValueError):
+class UsageError(ConfigError):
     """A bad command line: one line on stderr, exit status 2."""
 
 
@@ -65,17 +66,17 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
+    return report_user_errors(PROG, lambda: _run(argv))
+
+
+def _run(argv: Optional[Sequence[str]]) -> int:
+    args = build_parser().parse_args(argv)
+    if args.out.exists() and not args.out.is_dir():
+        raise UsageError(f"--out {args.out} exists and is not a directory")
     try:
-        args = build_parser().parse_args(argv)
-        if args.out.exists() and not args.out.is_dir():
-            raise UsageError(f"--out {args.out} exists and is not a directory")
-        try:
-            config = ProsQAConfig(nodes=args.nodes, edges=args.edges, hops=args.hops)
-        except ValueError as err:
-            raise UsageError(str(err)) from None
-    except UsageError as err:
-        print(f"{PROG}: error: {err}", file=sys.stderr)
-        return 2
+        config = ProsQAConfig(nodes=args.nodes, edges=args.edges, hops=args.hops)
+    except ValueError as err:
+        raise UsageError(str(err)) from None
     sizes = {split: getattr(args, split) for split in SPLITS}
     for split, problems in generate_splits(sizes, args.seed, config).items():
         path = write_records((p.to_dict() for p in problems), args.out / f"prosqa_{split}.json")

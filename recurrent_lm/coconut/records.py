@@ -24,10 +24,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterable, Mapping, Union
 
+from recurrent_lm.errors import ConfigError
+
 REQUIRED_KEYS = ("question", "steps", "answer")
 
 
-class RecordError(ValueError):
+class RecordError(ConfigError):
     """A records file the user must fix; the message names the file, the record and the fix."""
 
 

@@ -17,6 +17,7 @@ from torch import nn
 
 from recurrent_lm.coconut.sequences import SpecialIds
 from recurrent_lm.data.tokenizer import WrappedTokenizer
+from recurrent_lm.errors import ConfigError, MissingFileError
 
 BOT, EOT, LATENT = "<bot>", "<eot>", "<latent>"
 EOS_NAMES = ("<|eos|>", "<|endoftext|>", "</s>", "<|end_of_text|>", "<|im_end|>", "<eos>")
@@ -39,7 +40,7 @@ class ThoughtTokenizer(WrappedTokenizer):
     def from_file(cls, path: str | Path) -> "ThoughtTokenizer":
         path = Path(path)
         if not path.is_file():
-            raise FileNotFoundError(f"{path}: no tokenizer.json here; a Coconut model directory holds one")
+            raise MissingFileError(f"{path}: no tokenizer.json here; a Coconut model directory holds one")
         return cls(Tokenizer.from_file(str(path)), origin=str(path))
 
     def decode(self, ids: list[int]) -> str:
@@ -53,12 +54,12 @@ def _special_ids(tokenizer: Tokenizer, origin: str) -> SpecialIds:
 
     missing = [name for name in (BOT, EOT, LATENT) if tokenizer.token_to_id(name) is None]
     if missing:
-        raise ValueError(f"{origin} lacks the Coconut tokens {missing}; add them with "
+        raise ConfigError(f"{origin} lacks the Coconut tokens {missing}; add them with "
                          "recurrent_lm.coconut.tokens.add_thought_tokens(tokenizer, model), which also grows the "
                          "model's embeddings")
     eos = find(EOS_NAMES)
     if eos is None:
-        raise ValueError(f"{origin} has no end-of-sequence token (looked for {list(EOS_NAMES)}); add one as a special "
+        raise ConfigError(f"{origin} has no end-of-sequence token (looked for {list(EOS_NAMES)}); add one as a special "
                          "token so generation can stop")
     pad = find(PAD_NAMES)
     return SpecialIds(bot=tokenizer.token_to_id(BOT), eot=tokenizer.token_to_id(EOT),
@@ -72,7 +73,7 @@ def add_thought_tokens(tokenizer: Tokenizer, model: Optional[nn.Module] = None) 
     if missing:
         added = tokenizer.add_special_tokens([AddedToken(name, special=True, normalized=False) for name in missing])
         if added != len(missing):
-            raise ValueError(f"the tokenizer refused some of {missing} ({added} added); use a tokenizer.json that "
+            raise ConfigError(f"the tokenizer refused some of {missing} ({added} added); use a tokenizer.json that "
                              "accepts added special tokens")
     if model is not None:
         size = tokenizer.get_vocab_size(with_added_tokens=True)

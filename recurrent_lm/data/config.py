@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from typing import Any, Optional
 
 from recurrent_lm.data.tokenizer import SPECIAL_TOKENS
+from recurrent_lm.errors import ConfigError
 
 TEXT_UNITS = ("document", "paragraph")
 BYTE_ALPHABET = 256
@@ -72,4 +73,4 @@ class DataConfig:
 
 def _require(ok: bool, name: str, value: Any, problem: str) -> None:
     if not ok:
-        raise ValueError(f"data.{name}={value!r}: {problem}")
+        raise ConfigError(f"data.{name}={value!r}: {problem}")

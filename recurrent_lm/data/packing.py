@@ -36,6 +36,7 @@ from recurrent_lm.data.config import DataConfig
 from recurrent_lm.data.corpus import AnyDataset, iter_texts, load_corpus, source_signature
 from recurrent_lm.data.tokenizer import TextTokenizer, WrappedTokenizer
 from recurrent_lm.data.tokenizer_dir import load_tokenizer, save_tokenizer_dir
+from recurrent_lm.errors import ConfigError, MissingFileError
 
 SPLITS = ("train", "validation")
 FORMAT_VERSION = 1
@@ -85,11 +86,11 @@ class PreparedData:
         """Map the packed files of `directory`, refusing them unless they were produced by `tokenizer`."""
         directory = Path(directory)
         if not (directory / META_FILE).is_file():
-            raise FileNotFoundError(f"{directory}: no {META_FILE}, so no finished packed data here; "
+            raise MissingFileError(f"{directory}: no {META_FILE}, so no finished packed data here; "
                                     "run recurrent_lm.data.prepare_data to build it")
         meta = PackedMeta.load(directory / META_FILE)
         if meta.tokenizer_fingerprint != tokenizer.fingerprint:
-            raise ValueError(
+            raise ConfigError(
                 f"{directory}: the data was packed with tokenizer {meta.tokenizer_fingerprint[:12]}, but the "
                 f"current tokenizer is {tokenizer.fingerprint[:12]}: token ids would mean different things. "
                 f"Delete {directory} to rebuild it, or point data.tokenizer_path at the original tokenizer "
@@ -106,7 +107,7 @@ def prepare_data(cfg: DataConfig, block_size: int) -> PreparedData:
     same directory are safe, as every file is replaced atomically with identical content, but wasteful.
     """
     if block_size < 1:
-        raise ValueError(f"block_size={block_size}: must be a positive number of tokens")
+        raise ConfigError(f"block_size={block_size}: must be a positive number of tokens")
     given = _given_tokenizer(cfg.tokenizer_path) if cfg.tokenizer_path else None
     recipe = _recipe(cfg, given)
     directory = Path(cfg.cache_dir).expanduser() / hashlib.sha256(
@@ -116,7 +117,7 @@ def prepare_data(cfg: DataConfig, block_size: int) -> PreparedData:
     meta = PackedMeta.load(directory / META_FILE)
     for split in SPLITS:
         if meta.tokens[split] < block_size + 1:
-            raise ValueError(
+            raise ConfigError(
                 f"data.source={cfg.source!r}: corpus shorter than one block: the {split} split has "
                 f"{meta.tokens[split]} tokens ({meta.documents[split]} documents) but one sample needs block_size + 1 "
                 f"= {block_size + 1}. Use a larger corpus"
@@ -129,7 +130,7 @@ def _given_tokenizer(path: str) -> WrappedTokenizer:
     names its eos token (a Hugging Face model's tokenizer_config.json), used unchanged."""
     file = Path(path).expanduser()
     if not file.is_file():
-        raise FileNotFoundError(f"data.tokenizer_path={path}: no tokenizer file here; point it at a tokenizer.json "
+        raise MissingFileError(f"data.tokenizer_path={path}: no tokenizer file here; point it at a tokenizer.json "
                                 "or leave it unset to train one")
     return load_tokenizer(file)
 
@@ -195,7 +196,7 @@ def _build(cfg: DataConfig, recipe: dict[str, Any], directory: Path, given: Wrap
 def _map_split(path: Path, dtype: np.dtype, tokens: int) -> np.memmap:
     size = path.stat().st_size if path.is_file() else None
     if size != tokens * dtype.itemsize:
-        raise ValueError(f"{path}: expected {tokens} {dtype.name} tokens ({tokens * dtype.itemsize} bytes) as "
+        raise ConfigError(f"{path}: expected {tokens} {dtype.name} tokens ({tokens * dtype.itemsize} bytes) as "
                          f"recorded in {META_FILE}, found {'no file' if size is None else f'{size} bytes'}; the "
                          f"files were modified after packing. Delete {path.parent} to rebuild it")
     return np.memmap(path, dtype=dtype, mode="r")

@@ -18,6 +18,8 @@ from pathlib import Path
 
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 
+from recurrent_lm.errors import ConfigError, MissingFileError
+
 SPECIAL_TOKENS = ("<|bos|>", "<|eos|>", "<|pad|>", "<bot>", "<eot>", "<latent>")
 """Reserved tokens, in id order: bos, eos, pad, then Coconut's begin-thought, end-thought and thought slot."""
 
@@ -100,12 +102,12 @@ class TextTokenizer(WrappedTokenizer):
         """Load a tokenizer.json; it must hold `SPECIAL_TOKENS` at ids 0..5."""
         path = Path(path)
         if not path.is_file():
-            raise FileNotFoundError(f"{path}: no tokenizer file here; point data.tokenizer_path at a tokenizer.json "
+            raise MissingFileError(f"{path}: no tokenizer file here; point data.tokenizer_path at a tokenizer.json "
                                     "or leave it unset to train one")
         try:
             tokenizer = Tokenizer.from_file(str(path))
         except Exception as err:  # the Rust side raises a bare Exception for any parse error
-            raise ValueError(f"{path} is not a valid tokenizer.json ({err}); point data.tokenizer_path at a file "
+            raise ConfigError(f"{path} is not a valid tokenizer.json ({err}); point data.tokenizer_path at a file "
                              "saved by the `tokenizers` library, or leave it unset to train one") from err
         return cls(tokenizer, origin=str(path))
 
@@ -144,7 +146,7 @@ def _check_specials(tokenizer: Tokenizer, origin: str) -> None:
                  if found[token] is not None and found[token] != expected]
     if missing or misplaced:
         problem = f"lacks the reserved special tokens {missing}" if missing else f"has {', '.join(misplaced)}"
-        raise ValueError(f"{origin} {problem}; recurrent_lm needs {list(SPECIAL_TOKENS)} at ids 0..5. Point "
+        raise ConfigError(f"{origin} {problem}; recurrent_lm needs {list(SPECIAL_TOKENS)} at ids 0..5. Point "
                          "data.tokenizer_path at a tokenizer trained by recurrent_lm, or leave it unset to train one")
 
 

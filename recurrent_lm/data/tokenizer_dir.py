@@ -19,6 +19,7 @@ from typing import Any, Optional, Union
 from tokenizers import Tokenizer
 
 from recurrent_lm.data.tokenizer import SPECIAL_TOKENS, TextTokenizer, WrappedTokenizer
+from recurrent_lm.errors import ConfigError, MissingFileError
 from recurrent_lm.model.io import TOKENIZER_FILE, atomic_write
 
 TOKENIZER_CONFIG_FILE = "tokenizer_config.json"
@@ -46,7 +47,7 @@ class HFTokenizer(WrappedTokenizer):
         tokenizer = tokenizer or _read_tokenizer(directory / TOKENIZER_FILE)
         ids = special_token_ids(directory, tokenizer)
         if ids.get("eos") is None:
-            raise ValueError(f"{directory / TOKENIZER_FILE} is not a recurrent_lm tokenizer and no eos_token is "
+            raise ConfigError(f"{directory / TOKENIZER_FILE} is not a recurrent_lm tokenizer and no eos_token is "
                              f"named in {TOKENIZER_CONFIG_FILE}, {SPECIAL_TOKENS_MAP_FILE} or {GENERATION_CONFIG_FILE} "
                              "beside it; add one of them (e.g. {\"eos_token\": \"<|end_text|>\"})")
         return cls(tokenizer, ids["eos"], ids["pad"] if ids.get("pad") is not None else ids["eos"], ids.get("bos"))
@@ -87,7 +88,7 @@ def special_token_ids(directory: Path, tokenizer: Tokenizer) -> dict[str, Option
             content = token.get("content") if isinstance(token, dict) else token
             if isinstance(content, str):
                 if tokenizer.token_to_id(content) is None:
-                    raise ValueError(f"{directory / name}: {role}_token={content!r} is not in {TOKENIZER_FILE}; "
+                    raise ConfigError(f"{directory / name}: {role}_token={content!r} is not in {TOKENIZER_FILE}; "
                                      "fix the token string or the tokenizer file")
                 found[role] = tokenizer.token_to_id(content)
                 break
@@ -139,12 +140,12 @@ def copy_tokenizer_files(source: Path, target: Path, max_length: int) -> list[st
 
 def _read_tokenizer(path: Path) -> Tokenizer:
     if not path.is_file():
-        raise FileNotFoundError(f"no tokenizer at {path}; copy the model's {TOKENIZER_FILE} there or pass "
+        raise MissingFileError(f"no tokenizer at {path}; copy the model's {TOKENIZER_FILE} there or pass "
                                 "tokenizer=<path to tokenizer.json>")
     try:
         return Tokenizer.from_file(str(path))
     except Exception as err:  # the Rust side raises a bare Exception for any parse error
-        raise ValueError(f"{path} is not a valid tokenizer.json ({err})") from err
+        raise ConfigError(f"{path} is not a valid tokenizer.json ({err})") from err
 
 
 def _read_json(path: Path) -> dict[str, Any]:
@@ -153,5 +154,5 @@ def _read_json(path: Path) -> dict[str, Any]:
     try:
         data = json.loads(path.read_text())
     except json.JSONDecodeError as err:
-        raise ValueError(f"{path} is not valid JSON ({err}); fix or remove it") from err
+        raise ConfigError(f"{path} is not valid JSON ({err}); fix or remove it") from err
     return data if isinstance(data, dict) else {}

@@ -21,6 +21,7 @@ import sys
 from collections.abc import Iterator, Sequence
 from typing import Any, Optional
 
+from recurrent_lm.errors import report_user_errors
 from recurrent_lm.evaluation.errors import EvalError
 
 PROG = "recurrent-lm-eval"
@@ -32,17 +33,10 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if not argv or argv[0] in ("-h", "--help"):
         print(__doc__.strip(), end="\n\nlm-eval's own help follows (`run` options: `recurrent-lm-eval run -h`).\n\n")
-    try:
-        if argv and argv[0] == "sweep":
-            return _sweep(argv[1:])
-        if argv and argv[0] == "aggregate":
-            return _aggregate(argv[1:])
-        if argv and argv[0] == "prepare":
-            return _prepare(argv[1:])
-        return _lm_eval(argv)
-    except EvalError as err:
-        print(f"{PROG}: error: {err}", file=sys.stderr)
-        return 2
+    commands = {"sweep": _sweep, "aggregate": _aggregate, "prepare": _prepare}
+    if argv and argv[0] in commands:
+        return report_user_errors(PROG, lambda: commands[argv[0]](argv[1:]))
+    return report_user_errors(PROG, lambda: _lm_eval(argv))
 
 
 # ---------------------------------------------------------------------- shared options

@@ -13,11 +13,13 @@ from typing import Any, Optional, Union
 
 import torch
 
+from recurrent_lm.errors import ConfigError
 from recurrent_lm.evaluation.errors import EvalError, ModelNotFoundError
 from recurrent_lm.loop.exit_spec import EXIT_CHOICES, DepthRequest, ExitSpec, resolve_depth
 from recurrent_lm.model.cache import CACHE_STRATEGIES, DEFAULT_KV_WINDOW
 from recurrent_lm.model.device import pick_device
 from recurrent_lm.model.io import CONFIG_FILE, TOKENIZER_FILE, WEIGHTS_FILE, model_dir_problem
+from recurrent_lm.model.precision import resolve_dtype
 
 log = logging.getLogger(__name__)
 
@@ -34,7 +36,8 @@ MODEL_ARGS: dict[str, str] = {
     "seed": "seeds the random initial states (models with init_scale > 0) and sampling (default 0)",
     "batch_size": "requests per forward (int; 'auto' uses max_batch_size or 16)",
     "max_batch_size": "upper bound used by batch_size=auto",
-    "dtype": "float32 | bfloat16 | float16 | auto (bfloat16 on a GPU that supports it, else float32)",
+    "dtype": "float32 | bfloat16 | float16 | auto (bfloat16 where the device computes it natively, float16 on an "
+             "older GPU, else float32: model/precision.py)",
     "device": "auto | cpu | cuda | cuda:N (a CUDA device on a machine without one is an error)",
     "max_length": "context window in tokens; default and maximum: the model's block_size",
     "max_gen_toks": "default generation budget when a task sets none (default 256)",
@@ -46,8 +49,6 @@ MODEL_ARGS: dict[str, str] = {
 }
 """Every accepted model arg and its meaning; anything else is refused by name."""
 
-DTYPES = {"float32": torch.float32, "fp32": torch.float32, "bfloat16": torch.bfloat16, "bf16": torch.bfloat16,
-          "float16": torch.float16, "fp16": torch.float16}
 AUTO_BATCH_SIZE = 16
 
 
@@ -102,15 +103,10 @@ def parse_device(device: Optional[str]) -> torch.device:
         raise EvalError(str(err)) from None
 
 def parse_dtype(dtype: Any, device: torch.device) -> torch.dtype:
-    if isinstance(dtype, torch.dtype):
-        return dtype
-    name = str(dtype).lower().removeprefix("torch.")
-    if name == "auto":
-        use_bf16 = device.type == "cuda" and torch.cuda.is_bf16_supported()
-        return torch.bfloat16 if use_bf16 else torch.float32
-    if name not in DTYPES:
-        raise EvalError(f"dtype={dtype!r}: choose one of {sorted(DTYPES)} or auto")
-    return DTYPES[name]
+    try:
+        return resolve_dtype(dtype, device)
+    except ConfigError as err:
+        raise EvalError(str(err)) from None
 
 def parse_cache(kv_cache: Any) -> str:
     if kv_cache in (None, True, ""):

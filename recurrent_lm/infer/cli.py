@@ -16,14 +16,16 @@ import sys
 from pathlib import Path
 from typing import Optional, Sequence
 
+from recurrent_lm.errors import ConfigError, report_user_errors
 from recurrent_lm.infer.config import GenerationConfig
 from recurrent_lm.infer.display import depth_text, legend, sparkline, steps_summary, token_pieces
 from recurrent_lm.loop.exit_spec import EXIT_CHOICES, ExitSpec
 from recurrent_lm.model.cache import CACHE_STRATEGIES, DEFAULT_KV_WINDOW
 from recurrent_lm.model.io import model_dir_problem
+from recurrent_lm.model.precision import DTYPE_CHOICES, resolve_dtype
 
 
-class InputError(ValueError):
+class InputError(ConfigError):
     """Bad input the user can fix: reported in one line, exit status 2."""
 
 
@@ -56,7 +58,8 @@ def build_parser() -> argparse.ArgumentParser:
     r = p.add_argument_group("running")
     r.add_argument("--batch-size", type=int, default=1, help="prompts generated together (1 streams)")
     r.add_argument("--device", default=None, help="auto | cpu | cuda | cuda:N (default auto: cuda when available)")
-    r.add_argument("--dtype", default="float32", choices=("float32", "bfloat16", "float16"))
+    r.add_argument("--dtype", default="float32", choices=DTYPE_CHOICES,
+                   help="weights and activations (default float32; auto: model/precision.py's choice for the device)")
     r.add_argument("--threads", type=int, help="torch CPU threads (1 is often fastest for small models)")
     r.add_argument("--no-doc-start", action="store_true",
                    help="do not put <|eos|> (the document separator the model was trained with) before prompts")
@@ -68,11 +71,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
     args = build_parser().parse_args(argv)
-    try:
-        return _run(args)
-    except (InputError, ValueError, FileNotFoundError) as err:
-        print(f"recurrent-lm-generate: error: {err}", file=sys.stderr)
-        return 2
+    return report_user_errors("recurrent-lm-generate", lambda: _run(args))
 
 
 def check_model_dir(directory: Path) -> None:
@@ -125,7 +124,7 @@ def _run(args: argparse.Namespace) -> int:
     except ValueError as err:
         raise InputError(str(err)) from None
     model = RecurrentDepthLM.from_pretrained(directory, map_location=str(device))
-    model = model.to(getattr(torch, args.dtype))
+    model = model.to(resolve_dtype(args.dtype, device, "--dtype"))
     if tokenizer.vocab_size > model.config.vocab_size:
         raise InputError(f"tokenizer.json has {tokenizer.vocab_size} tokens but the model only "
                          f"{model.config.vocab_size}; the directory mixes files from different exports")

@@ -19,6 +19,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Optional
 
+from recurrent_lm.errors import ConfigError
 from recurrent_lm.loop.exit_spec import DepthRequest, ExitSpec
 from recurrent_lm.model.cache import CACHE_STRATEGIES, DEFAULT_KV_WINDOW
 
@@ -92,4 +93,4 @@ class GenerationConfig:
 
 def _require(ok: bool, name: str, value: object, why: str) -> None:
     if not ok:
-        raise ValueError(f"GenerationConfig.{name}={value!r} {why}")
+        raise ConfigError(f"GenerationConfig.{name}={value!r} {why}")

@@ -30,6 +30,7 @@ from typing import TYPE_CHECKING, Callable, Optional, Sequence
 import torch
 from torch import Tensor
 
+from recurrent_lm.errors import ConfigError
 from recurrent_lm.infer.config import GenerationConfig
 from recurrent_lm.infer.sampling import row_generators, select_tokens
 from recurrent_lm.loop import resolve_depth
@@ -115,20 +116,20 @@ def generate(
     if overrides:
         config = replace(config, **overrides)
     if config.stop and decode is None:
-        raise ValueError("stop strings need decode= (a function from token ids to text, e.g. tokenizer.decode)")
+        raise ConfigError("stop strings need decode= (a function from token ids to text, e.g. tokenizer.decode)")
     mc = model.config
     prompts = [[int(t) for t in p] for p in prompts]
     if not prompts:
-        raise ValueError("generate: no prompts given")
+        raise ConfigError("generate: no prompts given")
     for i, p in enumerate(prompts):
         if not p:
-            raise ValueError(f"prompt {i} is empty; give at least one token (e.g. the eos/bos id as a document start)")
+            raise ConfigError(f"prompt {i} is empty; give at least one token (e.g. the eos/bos id as a document start)")
         if len(p) > mc.block_size:
-            raise ValueError(f"prompt {i} has {len(p)} tokens, longer than the model context "
+            raise ConfigError(f"prompt {i} has {len(p)} tokens, longer than the model context "
                              f"block_size={mc.block_size}; shorten or truncate the prompt")
         bad = [t for t in p if not 0 <= t < mc.vocab_size]
         if bad:
-            raise ValueError(f"prompt {i} has token ids {bad[:5]} outside the vocabulary [0, {mc.vocab_size})")
+            raise ConfigError(f"prompt {i} has token ids {bad[:5]} outside the vocabulary [0, {mc.vocab_size})")
     was_training = model.training
     model.eval()
     try:

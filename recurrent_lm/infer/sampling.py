@@ -11,6 +11,8 @@ from typing import Optional, Sequence
 import torch
 from torch import Tensor
 
+from recurrent_lm.errors import ConfigError
+
 
 def filter_logits(logits: Tensor, temperature: float = 1.0, top_k: Optional[int] = None,
                   top_p: Optional[float] = None) -> Tensor:
@@ -20,7 +22,7 @@ def filter_logits(logits: Tensor, temperature: float = 1.0, top_k: Optional[int]
     prefix of tokens, by descending probability, whose mass reaches top_p (always at least one).
     """
     if temperature <= 0:
-        raise ValueError(f"temperature={temperature} must be > 0 to sample; use greedy selection for 0")
+        raise ConfigError(f"temperature={temperature} must be > 0 to sample; use greedy selection for 0")
     out = logits.float() / temperature
     if top_k:
         k = min(int(top_k), out.shape[-1])

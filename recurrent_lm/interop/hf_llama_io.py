@@ -18,6 +18,7 @@ from typing import Any, Optional, Union
 
 import torch
 
+from recurrent_lm.errors import MissingFileError
 from recurrent_lm.interop.errors import FormatError
 from recurrent_lm.interop.hf_llama import (IGNORED, LayerSlices, check_llama, config_from_llama, config_to_llama,
                                            export_tensor, import_target, llama_shapes, retrofit_adapter,
@@ -46,7 +47,7 @@ def resolve_source(source: Source) -> Path:
     try:
         validate_repo_id(str(source))
     except HFValidationError:
-        raise FileNotFoundError(f"SRC {source} is not a directory, nor a Hugging Face Hub model name (owner/name); "
+        raise MissingFileError(f"SRC {source} is not a directory, nor a Hugging Face Hub model name (owner/name); "
                                 "give a local checkpoint directory (config.json, *.safetensors, tokenizer "
                                 "files)") from None
     from huggingface_hub import snapshot_download
@@ -54,7 +55,7 @@ def resolve_source(source: Source) -> Path:
     try:
         return Path(snapshot_download(str(source), allow_patterns=HUB_PATTERNS))
     except Exception as err:  # offline, unknown, gated or unreachable: huggingface_hub raises a dozen types
-        raise FileNotFoundError(f"SRC {source} is not a local directory, and downloading it from the Hugging Face "
+        raise MissingFileError(f"SRC {source} is not a local directory, and downloading it from the Hugging Face "
                                 f"Hub failed ({type(err).__name__}: {err}); check the name and your access, or "
                                 "download it yourself and pass the directory") from err
 

@@ -15,6 +15,7 @@ from typing import Optional
 
 import torch
 
+from recurrent_lm.errors import MissingFileError
 from recurrent_lm.interop.errors import FormatError
 from recurrent_lm.interop.huginn import (ROPE_TABLE, config_from_huginn, config_to_huginn, export_tensor, huginn_shapes,
                                          import_tensor, rope_table, rope_table_problem)
@@ -30,7 +31,7 @@ log = logging.getLogger(__name__)
 def read_huginn_config(directory: Path) -> ModelConfig:
     path = directory / CONFIG_FILE
     if not path.is_file():
-        raise FileNotFoundError(f"{directory} has no {CONFIG_FILE}; pass a Huginn checkpoint directory "
+        raise MissingFileError(f"{directory} has no {CONFIG_FILE}; pass a Huginn checkpoint directory "
                                 "(config.json, model*.safetensors, tokenizer.json)")
     try:
         raw = json.loads(path.read_text())

@@ -18,6 +18,7 @@ from typing import BinaryIO, Optional
 
 import torch
 
+from recurrent_lm.errors import ConfigError
 from recurrent_lm.interop.errors import FormatError
 from recurrent_lm.model.io import CONFIG_FILE, weight_files
 
@@ -45,7 +46,7 @@ class StoredTensor:
         self.file.seek(self.start)
         got = self.file.readinto(tensor.reshape(-1).view(torch.uint8).numpy()) if self.nbytes else 0
         if got != self.nbytes:
-            raise ValueError(f"{self.path}: tensor {self.name} is truncated ({got} of {self.nbytes} bytes); "
+            raise ConfigError(f"{self.path}: tensor {self.name} is truncated ({got} of {self.nbytes} bytes); "
                              "the file is incomplete, copy it again")
         return tensor if dtype is None else tensor.to(dtype)
 
@@ -66,12 +67,12 @@ def stored_tensors(path: Path, file: BinaryIO) -> Iterator[StoredTensor]:
         for name, info in entries:
             begin, end = info["data_offsets"]
             if info["dtype"] not in DTYPES:
-                raise ValueError(f"tensor {name} has dtype {info['dtype']}, which recurrent_lm does not read; "
+                raise ConfigError(f"tensor {name} has dtype {info['dtype']}, which recurrent_lm does not read; "
                                  f"convert it to one of {sorted(DTYPES)}")
             yield StoredTensor(name, tuple(info["shape"]), DTYPES[info["dtype"]], 8 + length + begin, end - begin, file,
                                path)
     except (struct.error, json.JSONDecodeError, UnicodeDecodeError, KeyError, TypeError) as err:
-        raise ValueError(f"{path} is corrupt or not a safetensors file (bad header: {err!r})") from err
+        raise ConfigError(f"{path} is corrupt or not a safetensors file (bad header: {err!r})") from err
 
 
 def checkpoint_tensors(directory: Path) -> Iterator[StoredTensor]:

@@ -14,6 +14,8 @@ from typing import Callable, Optional
 import torch
 from torch import Tensor
 
+from recurrent_lm.errors import ConfigError
+
 Readout = Callable[[Tensor], Tensor]
 """Maps a state (*elements, H) to next-token logits (*elements, V)."""
 
@@ -50,7 +52,7 @@ class ExitCriterion(ABC):
 
     def _readout(self, readout: Optional[Readout], state: Tensor) -> Tensor:
         if readout is None:
-            raise ValueError(f"exit criterion '{self.name}' decodes the state to logits at each check, "
+            raise ConfigError(f"exit criterion '{self.name}' decodes the state to logits at each check, "
                              "but the loop was given no readout; pass readout= to unroll")
         return readout(state).float()
 
@@ -83,7 +85,7 @@ class Convergence(ExitCriterion):
 
     def bind(self, sequence_axis: Optional[int]) -> None:
         if self.scope != "token" and sequence_axis is None:
-            raise ValueError(f"exit criterion '{self.name}' acts along a sequence, but this loop's state has no "
+            raise ConfigError(f"exit criterion '{self.name}' acts along a sequence, but this loop's state has no "
                              "sequence axis (unroll(sequence_axis=None), e.g. one thought vector per example); "
                              "use 'convergence', which decides per element")
         super().bind(sequence_axis)

@@ -12,6 +12,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from recurrent_lm.errors import ConfigError
+
 SAMPLERS = ("poisson_lognormal", "fixed", "uniform", "ramp")
 
 
@@ -42,17 +44,17 @@ class SamplerConfig:
 
     def __post_init__(self) -> None:
         if self.name not in SAMPLERS:
-            raise ValueError(f"sampler.name={self.name!r} is unknown; choose one of {SAMPLERS}")
+            raise ConfigError(f"sampler.name={self.name!r} is unknown; choose one of {SAMPLERS}")
         if self.mean < 1:
-            raise ValueError(f"sampler.mean={self.mean} must be >= 1 (at least one core iteration)")
+            raise ConfigError(f"sampler.mean={self.mean} must be >= 1 (at least one core iteration)")
         if self.backprop_depth < 1:
-            raise ValueError(f"sampler.backprop_depth={self.backprop_depth} must be >= 1")
+            raise ConfigError(f"sampler.backprop_depth={self.backprop_depth} must be >= 1")
         if self.name == "uniform" and not 1 <= self.low <= self.high:
-            raise ValueError(f"sampler.low={self.low}, high={self.high}: need 1 <= low <= high")
+            raise ConfigError(f"sampler.low={self.low}, high={self.high}: need 1 <= low <= high")
         if self.name == "ramp" and (self.ramp_start < 1 or self.ramp_steps < 1):
-            raise ValueError("sampler.ramp_start must be >= 1 and sampler.ramp_steps >= 1")
+            raise ConfigError("sampler.ramp_start must be >= 1 and sampler.ramp_steps >= 1")
         if self.sigma < 0:
-            raise ValueError(f"sampler.sigma={self.sigma} must be >= 0")
+            raise ConfigError(f"sampler.sigma={self.sigma} must be >= 0")
 
 
 class DepthSampler:

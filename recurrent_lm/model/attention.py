@@ -16,6 +16,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from recurrent_lm.errors import ConfigError
 from recurrent_lm.model.config import ModelConfig
 from recurrent_lm.model.rope import apply_rope
 
@@ -41,10 +42,10 @@ def check_backend(name: str) -> None:
     """Fail at construction, not mid-run, when a backend cannot be used here."""
     if name == "flash":
         if importlib.util.find_spec("flash_attn") is None:
-            raise ValueError("ModelConfig.attn_backend='flash' needs the flash-attn package: "
+            raise ConfigError("ModelConfig.attn_backend='flash' needs the flash-attn package: "
                              "`pip install recurrent_lm[gpu]` on a CUDA machine, or use attn_backend='sdpa'")
         if not torch.cuda.is_available():
-            raise ValueError("ModelConfig.attn_backend='flash' runs on CUDA only and no GPU is visible; "
+            raise ConfigError("ModelConfig.attn_backend='flash' runs on CUDA only and no GPU is visible; "
                              "use attn_backend='sdpa' on this machine")
 
 
@@ -96,10 +97,10 @@ def _eager(q: Tensor, k: Tensor, v: Tensor, mask: Optional[Tensor]) -> Tensor:
 
 def _flash(q: Tensor, k: Tensor, v: Tensor, mask: Optional[Tensor]) -> Tensor:
     if mask is not None:
-        raise ValueError("attn_backend='flash' supports plain causal attention only; padding or document "
+        raise ConfigError("attn_backend='flash' supports plain causal attention only; padding or document "
                          "masks need attn_backend='sdpa'")
     if not q.is_cuda or q.dtype not in (torch.float16, torch.bfloat16):
-        raise ValueError(f"attn_backend='flash' needs CUDA fp16/bf16 tensors, got {q.device} {q.dtype}; "
+        raise ConfigError(f"attn_backend='flash' needs CUDA fp16/bf16 tensors, got {q.device} {q.dtype}; "
                          "train with precision=bf16-mixed on a GPU or use attn_backend='sdpa'")
     from flash_attn import flash_attn_func  # lazy: optional GPU extra
 

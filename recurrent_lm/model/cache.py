@@ -18,6 +18,8 @@ from typing import Optional
 import torch
 from torch import Tensor
 
+from recurrent_lm.errors import ConfigError
+
 CACHE_STRATEGIES = ("full", "compressed", "latest")
 DEFAULT_KV_WINDOW = 4
 """Iterations a compressed cache keeps per core layer unless told otherwise: the one default of ``kv_window``."""
@@ -29,9 +31,9 @@ class RecurrentKVCache:
 
     def __init__(self, strategy: str = "full", kv_window: Optional[int] = None) -> None:
         if strategy not in CACHE_STRATEGIES:
-            raise ValueError(f"unknown kv_cache strategy {strategy!r}; choose one of {CACHE_STRATEGIES}")
+            raise ConfigError(f"unknown kv_cache strategy {strategy!r}; choose one of {CACHE_STRATEGIES}")
         if strategy == "compressed" and (kv_window is None or kv_window < 1):
-            raise ValueError(f"kv_window={kv_window!r}: kv_cache='compressed' needs kv_window >= 1 (iterations kept "
+            raise ConfigError(f"kv_window={kv_window!r}: kv_cache='compressed' needs kv_window >= 1 (iterations kept "
                              "per core layer)")
         self.strategy = strategy
         self.n_slots = {"full": None, "compressed": kv_window, "latest": 1}[strategy]

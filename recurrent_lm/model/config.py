@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from typing import Any, Mapping, Optional
 
 from recurrent_lm.config_dict import from_dict
+from recurrent_lm.errors import ConfigError
 
 NORM_STYLES = ("sandwich", "pre")
 INJECTIONS = ("linear", "add")
@@ -172,4 +173,4 @@ def _rope_scaling_problem(scaling: dict[str, Any]) -> tuple[bool, str, Any, str]
 
 def _require(ok: bool, name: str, value: Any, why: str) -> None:
     if not ok:
-        raise ValueError(f"ModelConfig.{name}={value!r} {why}")
+        raise ConfigError(f"ModelConfig.{name}={value!r} {why}")

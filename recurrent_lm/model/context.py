@@ -11,6 +11,7 @@ from typing import Optional
 import torch
 from torch import Tensor
 
+from recurrent_lm.errors import ConfigError
 from recurrent_lm.model.attention import AttnContext
 from recurrent_lm.model.cache import RecurrentKVCache
 from recurrent_lm.model.config import ModelConfig
@@ -34,7 +35,7 @@ def attention_context(config: ModelConfig, rope_cos: Tensor, rope_sin: Tensor, b
     longest = total if attention_mask is None or position_ids is not None else \
         int(attention_mask.sum(-1).max())
     if longest > config.block_size:
-        raise ValueError(f"sequence of {longest} tokens exceeds the model context block_size="
+        raise ConfigError(f"sequence of {longest} tokens exceeds the model context block_size="
                          f"{config.block_size}; shorten the prompt or truncate the input")
     if position_ids is None:
         if attention_mask is not None:

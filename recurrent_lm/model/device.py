@@ -6,6 +6,8 @@ from typing import Optional
 
 import torch
 
+from recurrent_lm.errors import ConfigError
+
 
 def pick_device(name: Optional[str], setting: str = "device") -> torch.device:
     """``None``/``auto`` -> cuda when available, else cpu; ``cpu``, ``cuda``, ``cuda:N`` as given.
@@ -18,14 +20,14 @@ def pick_device(name: Optional[str], setting: str = "device") -> torch.device:
     try:
         device = torch.device(str(name))
     except RuntimeError as err:
-        raise ValueError(f"{setting}={name!r} is not a device ({err}); use auto, cpu, cuda or cuda:N") from None
+        raise ConfigError(f"{setting}={name!r} is not a device ({err}); use auto, cpu, cuda or cuda:N") from None
     if device.type == "cuda":
         if not torch.cuda.is_available():
-            raise ValueError(f"{setting}={name!r} but this machine has no usable CUDA device (torch "
+            raise ConfigError(f"{setting}={name!r} but this machine has no usable CUDA device (torch "
                              f"{torch.__version__}); use {setting}=cpu, or run where a GPU is available")
         if device.index is not None and device.index >= torch.cuda.device_count():
-            raise ValueError(f"{setting}={name!r} but only {torch.cuda.device_count()} CUDA device(s) exist; "
+            raise ConfigError(f"{setting}={name!r} but only {torch.cuda.device_count()} CUDA device(s) exist; "
                              f"use cuda:0..cuda:{torch.cuda.device_count() - 1}")
     elif device.type != "cpu":
-        raise ValueError(f"{setting}={name!r}: only cpu and cuda devices are supported")
+        raise ConfigError(f"{setting}={name!r}: only cpu and cuda devices are supported")
     return device

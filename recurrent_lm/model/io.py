@@ -7,6 +7,7 @@ never leaves a truncated file that looks valid. Loads go through safetensors: no
 from __future__ import annotations
 
 import dataclasses
+import errno
 import json
 import os
 import shutil
@@ -19,6 +20,7 @@ from safetensors import SafetensorError
 from huggingface_hub import split_torch_state_dict_into_shards
 from safetensors.torch import load_file, save_file
 
+from recurrent_lm.errors import ConfigError, MissingFileError, NotWritableError, StorageError, UserError
 from recurrent_lm.model.config import ModelConfig
 
 if TYPE_CHECKING:
@@ -31,6 +33,24 @@ TOKENIZER_FILE = "tokenizer.json"
 LATER_FIELDS = ("scale_embeddings", "norm_before_coda", "rope_scaling")
 """ModelConfig fields added after models were already exported: a config.json without them was written when
 their defaults were the only behaviour, so it loads with those defaults."""
+
+
+FULL_DISK_BYTES = 64 * 2**20
+"""Below this much free space a write failure whose type does not say why is reported as a full disk."""
+STORAGE_MESSAGES = ("basic_ios::clear", "PytorchStreamWriter", "unexpected pos", "file write failed", "IoError",
+                    "No space left")
+"""How torch.save (a bare ``basic_ios::clear`` or the zip writer's position check) and safetensors (its own error
+type) report a failed write: only these, and OSErrors, are storage failures; any other error is a bug."""
+
+
+def _is_storage_failure(err: BaseException) -> bool:
+    if isinstance(err, UserError):  # already says what to fix
+        return False
+    if isinstance(err, OSError):
+        return True
+    chain = [err, err.__cause__, err.__context__]  # torch's zip writer re-raises over the stream's error
+    return any(isinstance(e, (RuntimeError, SafetensorError)) and any(m in str(e) for m in STORAGE_MESSAGES)
+               for e in chain)
 
 
 def _umask() -> int:
@@ -48,17 +68,16 @@ def atomic_write(path: Path, write: Callable[[Path], None]) -> None:
         write(Path(tmp))
         os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600; give the file the permissions open() would
         os.replace(tmp, path)
-    except (OSError, RuntimeError, SafetensorError) as err:
+    except BaseException as err:
         Path(tmp).unlink(missing_ok=True)
-        # torch.save reports ENOSPC as a bare "basic_ios::clear" (or a zip writer position check),
-        # safetensors as its own error type: say what was being written and how much space is left
+        if not _is_storage_failure(err):
+            raise  # a bug in ``write`` (or an interrupt): its own traceback, not a disk-space story
         space = shutil.disk_usage(path.parent).free
-        raise OSError(f"writing {path} failed ({err}); {space / 2**20:.0f} MiB free on its file system. "
-                      f"The previous {path.name}, if any, is intact. Free disk space or choose another "
-                      "directory, then run again") from err
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+        full = isinstance(err, OSError) and err.errno in (errno.ENOSPC, errno.EDQUOT)
+        hint = "Free disk space or choose another directory" if full or space < FULL_DISK_BYTES else \
+            "Check the file system (permissions, I/O errors) or choose another directory"
+        raise StorageError(f"writing {path} failed ({err}); {space / 2**20:.0f} MiB free on its file system. "
+                           f"The previous {path.name}, if any, is intact. {hint}, then run again") from err
 
 
 def save_model_dir(model: "RecurrentDepthLM", directory: Path, max_shard_size: int | str = "5GB") -> Path:
@@ -109,11 +128,11 @@ def weight_files(directory: Path) -> list[Path]:
     try:
         weight_map = json.loads(index.read_text())["weight_map"]
     except (json.JSONDecodeError, KeyError, TypeError) as err:
-        raise ValueError(f"{index} is not a safetensors index (no weight_map: {err}); re-export the model") from err
+        raise ConfigError(f"{index} is not a safetensors index (no weight_map: {err}); re-export the model") from err
     shards = sorted({directory / name for name in weight_map.values()})
     absent = [p.name for p in shards if not p.is_file()]
     if absent:
-        raise FileNotFoundError(f"model directory {directory} lacks the shards {absent} that {index.name} names; "
+        raise MissingFileError(f"model directory {directory} lacks the shards {absent} that {index.name} names; "
                                 "copy the whole directory, or re-export the model")
     return shards
 
@@ -137,12 +156,12 @@ def model_dir_problem(directory: Path, need_tokenizer: bool = False) -> Optional
 def read_config(directory: Path) -> dict[str, Any]:
     problem = model_dir_problem(directory)
     if problem:
-        raise FileNotFoundError(f"model directory {directory} {problem}; export one with `recurrent-lm-export "
+        raise MissingFileError(f"model directory {directory} {problem}; export one with `recurrent-lm-export "
                                 f"<run_dir>` (it writes {CONFIG_FILE}, {WEIGHTS_FILE}, {TOKENIZER_FILE})")
     try:
         return json.loads((directory / CONFIG_FILE).read_text())
     except json.JSONDecodeError as err:
-        raise ValueError(f"{directory / CONFIG_FILE} is not valid JSON ({err}); re-export the model") from err
+        raise ConfigError(f"{directory / CONFIG_FILE} is not valid JSON ({err}); re-export the model") from err
 
 
 def load_model_dir(cls: type, directory: Path, map_location: str, overrides: dict[str, Any]) -> "RecurrentDepthLM":
@@ -150,7 +169,7 @@ def load_model_dir(cls: type, directory: Path, map_location: str, overrides: dic
     fields = {f.name for f in dataclasses.fields(ModelConfig)} - set(LATER_FIELDS)
     missing = sorted(fields - set(stored) - set(overrides))
     if missing:  # a default would silently build another model (a shorter context, another depth)
-        raise ValueError(f"{directory / CONFIG_FILE} lacks {missing}; it is incomplete or from another tool. "
+        raise ConfigError(f"{directory / CONFIG_FILE} lacks {missing}; it is incomplete or from another tool. "
                          "Re-export the model with `recurrent-lm-export <run_dir>`")
     config = ModelConfig.from_dict({**stored, **overrides})
     state: dict[str, torch.Tensor] = {}
@@ -158,7 +177,7 @@ def load_model_dir(cls: type, directory: Path, map_location: str, overrides: dic
         try:
             state.update(load_file(str(path), device=map_location))
         except (SafetensorError, OSError) as err:
-            raise ValueError(f"{path} is corrupt or not a safetensors file ({err}); "
+            raise ConfigError(f"{path} is corrupt or not a safetensors file ({err}); "
                              "re-export the model from its run directory") from err
     return model_from_state(cls, config, state, map_location, f"the weights in {directory}")
 
@@ -176,7 +195,7 @@ def model_from_state(cls: type, config: ModelConfig, state: dict[str, torch.Tens
     try:
         model.load_state_dict(state, strict=True, assign=True)
     except RuntimeError as err:  # a missing/unexpected tensor, or a shape other than config.json builds
-        raise ValueError(f"{origin} do not match its config.json ({err}); was config.json edited by hand?") from err
+        raise ConfigError(f"{origin} do not match its config.json ({err}); was config.json edited by hand?") from err
     if config.tie_embeddings:  # assign=True gave each its own tensor object: re-tie the head
         model.lm_head.weight = model.embed.weight
     cos, sin = _rope(config, map_location)
@@ -198,6 +217,6 @@ def make_writable_dir(directory: Path, setting: Optional[str] = None) -> None:
     try:
         directory.mkdir(parents=True, exist_ok=True)
     except OSError as err:
-        raise PermissionError(f"{what} cannot be created ({err.strerror}); {fix}") from err
+        raise NotWritableError(f"{what} cannot be created ({err.strerror}); {fix}") from err
     if not os.access(directory, os.W_OK):
-        raise PermissionError(f"{what} is not writable; {fix}")
+        raise NotWritableError(f"{what} is not writable; {fix}")

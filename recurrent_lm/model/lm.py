@@ -23,6 +23,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from recurrent_lm.errors import ConfigError
 from recurrent_lm.loop import DepthRequest, ExitCriterion, LoopStats, resolve_depth, unroll
 from recurrent_lm.model.attention import AttnContext, check_backend
 from recurrent_lm.model.block import Block
@@ -137,7 +138,7 @@ class RecurrentDepthLM(nn.Module):
         if isinstance(num_steps, (tuple, list)):
             pair = tuple(int(n) for n in num_steps)
             if len(pair) != 2 or min(pair) < 0 or sum(pair) < 1:
-                raise ValueError(f"num_steps={num_steps!r}: give a pair (n_no_grad, n_grad) of counts >= 0 with "
+                raise ConfigError(f"num_steps={num_steps!r}: give a pair (n_no_grad, n_grad) of counts >= 0 with "
                                  "at least one core iteration, or an int r")
             return pair  # type: ignore[return-value]
         if num_steps is None and self.training:
@@ -223,7 +224,7 @@ class RecurrentDepthLM(nn.Module):
         readout_ctx = replace(ctx, cache=ctx.cache.cache.view(read_only=True)) if ctx.cache else ctx
         wanted = set(readout_depths)
         if wanted and not 1 <= min(wanted) <= max(wanted) <= n_no_grad + n_grad:
-            raise ValueError(f"readout_depths={sorted(wanted)}: each must be in 1..{n_no_grad + n_grad} (num_steps)")
+            raise ConfigError(f"readout_depths={sorted(wanted)}: each must be in 1..{n_no_grad + n_grad} (num_steps)")
         depth_logits: dict[int, Tensor] = {}
 
         def read_depth(steps: int, state: Tensor) -> None:

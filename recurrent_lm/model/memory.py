@@ -14,6 +14,7 @@ from typing import Optional
 
 import torch
 
+from recurrent_lm.errors import ConfigError
 from recurrent_lm.model.cache import CACHE_STRATEGIES
 from recurrent_lm.model.config import ModelConfig
 
@@ -21,13 +22,13 @@ from recurrent_lm.model.config import ModelConfig
 def cache_slots(strategy: str, num_steps: int, kv_window: Optional[int] = None) -> int:
     """Core slots per layer after decoding at depth ``num_steps`` (an upper bound under exit)."""
     if strategy not in CACHE_STRATEGIES:
-        raise ValueError(f"unknown kv_cache strategy {strategy!r}; choose one of {CACHE_STRATEGIES}")
+        raise ConfigError(f"unknown kv_cache strategy {strategy!r}; choose one of {CACHE_STRATEGIES}")
     if strategy == "full":
         return num_steps
     if strategy == "latest":
         return 1
     if kv_window is None or kv_window < 1:
-        raise ValueError(f"kv_window={kv_window!r}: kv_cache='compressed' needs kv_window >= 1")
+        raise ConfigError(f"kv_window={kv_window!r}: kv_cache='compressed' needs kv_window >= 1")
     return min(kv_window, num_steps)
 
 

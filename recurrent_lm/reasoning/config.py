@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from typing import Any, Optional
 
 from recurrent_lm.config_dict import from_dict
+from recurrent_lm.errors import ConfigError
 from recurrent_lm.loop.exit_spec import ExitSpec
 
 TASKS = ("parity", "reachability")
@@ -71,28 +72,28 @@ class TaskConfig:
 
     def __post_init__(self) -> None:
         if self.name not in TASKS:
-            raise ValueError(f"task.name={self.name!r} is unknown; choose one of {TASKS}")
+            raise ConfigError(f"task.name={self.name!r} is unknown; choose one of {TASKS}")
         if self.answer not in ANSWERS:
-            raise ValueError(f"task.answer={self.answer!r} is unknown; choose one of {ANSWERS}")
+            raise ConfigError(f"task.answer={self.answer!r} is unknown; choose one of {ANSWERS}")
         if not 1 <= self.train_min <= self.train_max:
-            raise ValueError(f"task.train_min={self.train_min}, train_max={self.train_max}: "
+            raise ConfigError(f"task.train_min={self.train_min}, train_max={self.train_max}: "
                              "need 1 <= train_min <= train_max")
         if not self.eval_difficulties or min(self.eval_difficulties) < 1:
-            raise ValueError(f"task.eval_difficulties={self.eval_difficulties} must be a non-empty list of ints >= 1")
+            raise ConfigError(f"task.eval_difficulties={self.eval_difficulties} must be a non-empty list of ints >= 1")
         if not self.eval_depths or min(self.eval_depths) < 1:
-            raise ValueError(f"task.eval_depths={self.eval_depths} must be a non-empty list of ints >= 1")
+            raise ConfigError(f"task.eval_depths={self.eval_depths} must be a non-empty list of ints >= 1")
         for name in ("num_train", "num_val", "num_eval", "pack_length"):
             if getattr(self, name) < 0:
-                raise ValueError(f"task.{name}={getattr(self, name)} must be >= 0")
+                raise ConfigError(f"task.{name}={getattr(self, name)} must be >= 0")
         if self.pack_length and self.pack_length < sequence_length(self, self.train_max):
-            raise ValueError(f"task.pack_length={self.pack_length} is shorter than one problem of difficulty "
+            raise ConfigError(f"task.pack_length={self.pack_length} is shorter than one problem of difficulty "
                              f"train_max={self.train_max} ({sequence_length(self, self.train_max)} tokens)")
         for name in self.exit_criteria or [None]:  # the exit settings' one check (also with no criterion)
             self._exit_spec(name)
         if self.grid_width < 1:
-            raise ValueError(f"task.grid_width={self.grid_width} must be >= 1")
+            raise ConfigError(f"task.grid_width={self.grid_width} must be >= 1")
         if not 0.0 <= self.wall_prob < 1.0:
-            raise ValueError(f"task.wall_prob={self.wall_prob} must be in [0, 1)")
+            raise ConfigError(f"task.wall_prob={self.wall_prob} must be in [0, 1)")
 
     def exit_specs(self) -> list[ExitSpec]:
         """One spec per reported criterion, each with the task's threshold and depth bounds."""

@@ -25,6 +25,7 @@ import lightning as L
 import numpy as np
 from torch.utils.data import DataLoader, Dataset, IterableDataset
 
+from recurrent_lm.errors import ConfigError
 from recurrent_lm.reasoning.config import TaskConfig, sequence_length
 from recurrent_lm.reasoning.tasks import (FIXED_TRAIN_SPLIT, VAL_SPLIT, Example, collate, fixed_examples,
                                           make_example, train_examples, vocab_size)
@@ -82,7 +83,7 @@ class ReasoningDataModule(L.LightningDataModule):
         self.num_workers = num_workers
         longest = max(task.pack_length, *(sequence_length(task, d) for d in (task.train_max, *task.eval_difficulties)))
         if longest > block_size:
-            raise ValueError(f"task {task.name} needs sequences of up to {longest} tokens (difficulties up to "
+            raise ConfigError(f"task {task.name} needs sequences of up to {longest} tokens (difficulties up to "
                              f"{max(task.train_max, *task.eval_difficulties)}, pack_length={task.pack_length}) but "
                              f"block_size={block_size}; raise model.block_size or lower task.eval_difficulties")
         self.start_step = 0

@@ -21,13 +21,13 @@ import argparse
 import csv
 import io
 import json
-import sys
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any, Optional, Sequence
 
 import torch
 
+from recurrent_lm.errors import ConfigError, MissingFileError, report_user_errors
 from recurrent_lm.loop import ExitSpec, resolve_depth
 from recurrent_lm.reasoning.config import TaskConfig, sequence_length
 from recurrent_lm.model.lm import IGNORE_INDEX
@@ -158,7 +158,7 @@ def evaluate(
     task = replace(task, eval_difficulties=list(difficulties or task.eval_difficulties),
                                eval_depths=list(depths or task.eval_depths), num_eval=num_examples or task.num_eval)
     if batch_size < 1:
-        raise ValueError(f"batch_size={batch_size}: must be >= 1")
+        raise ConfigError(f"batch_size={batch_size}: must be >= 1")
     difficulties, depths, count = task.eval_difficulties, task.eval_depths, task.num_eval
     specs = task.exit_specs()
     cap = resolve_depth(None, max(depths), specs[0]) if specs else max(depths)  # the specs share their bounds
@@ -166,7 +166,7 @@ def evaluate(
     if block is not None:
         too_long = [d for d in difficulties if sequence_length(task, d) > block]
         if too_long:
-            raise ValueError(f"difficulties {too_long} need up to {sequence_length(task, max(too_long))} tokens but "
+            raise ConfigError(f"difficulties {too_long} need up to {sequence_length(task, max(too_long))} tokens but "
                              f"the model's block_size is {block}; train with a larger block_size")
     was_training = model.training
     model.eval()
@@ -235,7 +235,7 @@ def save_report(report: ReasoningReport, path: str | Path) -> None:
 def load_task(directory: str | Path) -> TaskConfig:
     path = Path(directory) / TASK_FILE
     if not path.is_file():
-        raise FileNotFoundError(f"{path} not found: pass --task parity|reachability (and the difficulty options) "
+        raise MissingFileError(f"{path} not found: pass --task parity|reachability (and the difficulty options) "
                                 "or save the training task next to the model with save_task()")
     data = json.loads(path.read_text())
     # Exports made before the exit settings had one name each: exit_threshold, exit_max_steps (0 = no cap).
@@ -288,18 +288,16 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     if args.threads:
         torch.set_num_threads(args.threads)
     overrides = {"block_size": args.block_size} if args.block_size else {}
-    try:  # bad input (task.json, exit flags, model dir, difficulties): one line naming the fix, exit status 2
+    def run() -> None:  # bad input (task.json, exit flags, model dir, difficulties): one line, exit status 2
         task = replace(TaskConfig(name=args.task) if args.task else load_task(args.model), **exit_overrides(args))
         model = RecurrentDepthLM.from_pretrained(args.model, **overrides)
         report = evaluate(model, task, difficulties=args.difficulties, depths=args.depths,
                           num_examples=args.num_examples, batch_size=args.batch_size, seed=args.seed)
-    except (FileNotFoundError, ValueError) as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
-    print(report.to_markdown())
-    if args.out:
-        save_report(report, args.out)
-    return 0
+        print(report.to_markdown())
+        if args.out:
+            save_report(report, args.out)
+
+    return report_user_errors("recurrent-lm-reasoning-eval", run)
 
 
 if __name__ == "__main__":

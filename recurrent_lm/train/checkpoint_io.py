@@ -10,6 +10,7 @@ from typing import Any, Optional
 import torch
 from lightning.fabric.plugins.io.torch_io import TorchCheckpointIO
 
+from recurrent_lm.errors import ConfigError, DivergedError, MissingFileError
 from recurrent_lm.model.io import atomic_write
 
 
@@ -29,7 +30,7 @@ class SafeCheckpointIO(TorchCheckpointIO):
     def save_checkpoint(self, checkpoint: dict[str, Any], path, storage_options: Optional[Any] = None) -> None:
         bad = first_nonfinite(checkpoint)
         if bad is not None:
-            raise FloatingPointError(f"refusing to write checkpoint {path}: {bad} holds non-finite values; the "
+            raise DivergedError(f"refusing to write checkpoint {path}: {bad} holds non-finite values; the "
                                      "previous checkpoints are kept. Lower optim.lr or resume from an earlier one")
         atomic_write(Path(path), lambda tmp: torch.save(checkpoint, tmp))
 
@@ -44,18 +45,18 @@ class SafeCheckpointIO(TorchCheckpointIO):
 def load_checkpoint(path: Path, map_location: Any = "cpu", check_finite: bool = False) -> dict[str, Any]:
     """A Lightning checkpoint as a dict, with a clear error for a missing, corrupt or non-finite file."""
     if not path.is_file():
-        raise FileNotFoundError(f"checkpoint {path} does not exist; pass resume=auto to continue from the run's "
+        raise MissingFileError(f"checkpoint {path} does not exist; pass resume=auto to continue from the run's "
                                 "last checkpoint, resume=none to start fresh, or an existing .ckpt path")
     try:
         checkpoint = torch.load(path, map_location=map_location, weights_only=True)
     except (RuntimeError, pickle.UnpicklingError, EOFError, ValueError, OSError) as err:
-        raise ValueError(f"checkpoint {path} is corrupt or not a recurrent_lm checkpoint ({err}); resume from "
+        raise ConfigError(f"checkpoint {path} is corrupt or not a recurrent_lm checkpoint ({err}); resume from "
                          "another checkpoint with resume=<path>, or resume=none to start fresh") from err
     if not isinstance(checkpoint, dict) or "state_dict" not in checkpoint:
-        raise ValueError(f"checkpoint {path} is not a Lightning checkpoint (no state_dict); resume from a .ckpt "
+        raise ConfigError(f"checkpoint {path} is not a Lightning checkpoint (no state_dict); resume from a .ckpt "
                          "written by recurrent-lm-train")
     if check_finite and (bad := first_nonfinite(checkpoint)) is not None:
-        raise ValueError(f"checkpoint {path} is damaged: {bad} holds non-finite values (NaN/inf); resume from an "
+        raise ConfigError(f"checkpoint {path} is damaged: {bad} holds non-finite values (NaN/inf); resume from an "
                          "earlier checkpoint with resume=<path to step-N.ckpt>, or resume=none to start fresh")
     return checkpoint
 

@@ -37,18 +37,19 @@ from lightning.pytorch.loggers import Logger, TensorBoardLogger
 from omegaconf import DictConfig, OmegaConf
 
 from recurrent_lm.data.tokenizer_dir import save_tokenizer_dir
+from recurrent_lm.errors import ConfigError, MissingFileError, report_user_errors
 from recurrent_lm.model.io import TOKENIZER_FILE, atomic_write, make_writable_dir
+from recurrent_lm.model.precision import resolve_precision
 from recurrent_lm.train.callbacks import DepthThroughputMonitor, Preemption, RunCheckpoint
 from recurrent_lm.train.checkpoint_io import SafeCheckpointIO
 from recurrent_lm.train.datamodule import TextDataModule
-from recurrent_lm.train.hardware import resolve_precision
 from recurrent_lm.train.init_from import PRETRAINED_GROUP, load_initial_model, model_config_from, tokenizer_of
 from recurrent_lm.train.export import export_model
 from recurrent_lm.train.metrics_log import RunCSVLogger
 from recurrent_lm.train.module import RecurrentLMModule
 from recurrent_lm.train.report import print_report
 from recurrent_lm.train.parallel import build_strategy, check_launch, is_rank_zero, planned_world_size, wait_for_file
-from recurrent_lm.train.run_dir import (CHECKPOINT_DIR, EXPORT_DIR, LOG_DIR, Resume, RunDirInUse, RunDirLock,
+from recurrent_lm.train.run_dir import (CHECKPOINT_DIR, EXPORT_DIR, LOG_DIR, Resume, RunDirLock,
                                         check_compatible, check_parallel, clear_run, remove_partial_writes,
                                         resolve_resume, write_text_atomic)
 from recurrent_lm.train.schema import TrainConfig, register_configs
@@ -57,12 +58,15 @@ if TYPE_CHECKING:
     from recurrent_lm.reasoning import ReasoningReport, TaskConfig
 
 
+PROG = "recurrent-lm-train"
+
+
 def conf_dir() -> Path:
     """The hydra config tree: $RECURRENT_LM_CONF, else the package's conf/ (a symlink to the repository's
     conf/ in a checkout, a copy in a wheel), so an installed package runs from any directory."""
     path = Path(os.environ.get("RECURRENT_LM_CONF", Path(__file__).resolve().parents[1] / "conf")).resolve()
     if not (path / "config.yaml").is_file():
-        raise FileNotFoundError(f"hydra config tree not found at {path}; reinstall recurrent_lm (the package "
+        raise MissingFileError(f"hydra config tree not found at {path}; reinstall recurrent_lm (the package "
                                 "ships conf/) or set RECURRENT_LM_CONF to a directory holding config.yaml")
     return path
 
@@ -178,7 +182,7 @@ def build_run(cfg: TrainConfig, run_dir: Path, resuming: bool = False
     tokenizer = getattr(datamodule, "tokenizer", None)
     if tokenizer is not None:
         if tokenizer.vocab_size > cfg.model.vocab_size:
-            raise ValueError(f"tokenizer has {tokenizer.vocab_size} tokens but model.vocab_size="
+            raise ConfigError(f"tokenizer has {tokenizer.vocab_size} tokens but model.vocab_size="
                              f"{cfg.model.vocab_size}; raise model.vocab_size or use a smaller tokenizer")
         save_tokenizer_dir(tokenizer, run_dir)
     initial = load_initial_model(cfg.init_from, cfg.model) if cfg.init_from and not resuming else None
@@ -279,11 +283,6 @@ def run(cfg: DictConfig) -> dict[str, Any]:
 register_configs()
 
 
-USER_ERRORS = (ValueError, OSError, RunDirInUse, FloatingPointError)
-"""What bad input, a guarded run directory or a diverging run raise: each message names the setting or
-file and the fix, so it is printed as one line (exit status 2) instead of a traceback."""
-
-
 def own_run_dir_per_sweep_job(cfg: DictConfig) -> None:
     """In a multirun, give each job its own run dir (hydra's sweep dir/subdir) unless run_dir= is set.
 
@@ -298,7 +297,7 @@ def own_run_dir_per_sweep_job(cfg: DictConfig) -> None:
 def require_init_from(cfg: DictConfig) -> None:
     """model=pretrained holds no architecture: without init_from it would silently train ModelConfig's defaults."""
     if HydraConfig.get().runtime.choices.get("model") == PRETRAINED_GROUP and cfg.init_from is None:
-        raise ValueError(f"model={PRETRAINED_GROUP} takes the architecture from init_from=DIR, and none is set; pass "
+        raise ConfigError(f"model={PRETRAINED_GROUP} takes the architecture from init_from=DIR, and none is set; pass "
                          "init_from=<model directory> (e.g. the output of recurrent-lm-convert --from hf), or choose "
                          "another model group")
 
@@ -306,17 +305,34 @@ def require_init_from(cfg: DictConfig) -> None:
 @hydra.main(config_path=str(conf_dir()), config_name="config", version_base="1.3")
 def _hydra_main(cfg: DictConfig) -> None:
     own_run_dir_per_sweep_job(cfg)
-    try:
+
+    def guarded() -> None:
         require_init_from(cfg)
         run(cfg)
-    except USER_ERRORS as err:
-        if os.environ.get("HYDRA_FULL_ERROR") == "1":
-            raise
-        print(f"recurrent-lm-train: error: {err}\n(set HYDRA_FULL_ERROR=1 for the traceback)", file=sys.stderr)
-        sys.exit(2)
+
+    status = report_user_errors(PROG, guarded)
+    if status:
+        sys.exit(status)
+
+
+def check_group_choices(overrides: Sequence[str], conf: Path) -> None:
+    """Refuse ``group=name`` overrides that name no file of the group (``experiment=dmeo``) before hydra
+    composes, so the refusal is one line with exit status 2 like every other bad setting."""
+    for override in overrides:
+        key, sep, value = override.partition("=")
+        group = conf / key
+        if not sep or not key.isidentifier() or not group.is_dir() or value in ("null", ""):
+            continue
+        known = sorted(p.stem for p in group.glob("*.yaml"))
+        unknown = [v for v in value.split(",") if v not in known]  # a multirun sweep lists several
+        if unknown:
+            raise ConfigError(f"{key}={','.join(unknown)}: no such {key} (conf/{key}/); choose one of {known}")
 
 
 def main() -> None:
+    status = report_user_errors(PROG, lambda: check_group_choices(sys.argv[1:], conf_dir()))
+    if status:
+        sys.exit(status)
     _hydra_main()
 
 

@@ -12,6 +12,7 @@ import sys
 from pathlib import Path
 from typing import Optional
 
+from recurrent_lm.errors import ConfigError, MissingFileError, report_user_errors
 from recurrent_lm.model import ModelConfig, RecurrentDepthLM
 from recurrent_lm.data.tokenizer_dir import TOKENIZER_FILES
 from recurrent_lm.model.io import atomic_write
@@ -39,18 +40,18 @@ def model_from_checkpoint(path: Path) -> RecurrentDepthLM:
         else:
             model.load_state_dict({k.removeprefix("model."): v for k, v in checkpoint["state_dict"].items()})
     except KeyError as err:
-        raise ValueError(f"checkpoint {path} lacks {err}; it was not written by recurrent-lm-train") from err
+        raise ConfigError(f"checkpoint {path} lacks {err}; it was not written by recurrent-lm-train") from err
     return model.eval()
 
 
 def export_run(source: Path, out_dir: Optional[Path] = None) -> Path:
     """Export from a run directory (its newest complete checkpoint) or from a checkpoint file."""
     if not source.exists():
-        raise FileNotFoundError(f"{source} does not exist; pass a run directory (runs/<name>) or a .ckpt file")
+        raise MissingFileError(f"{source} does not exist; pass a run directory (runs/<name>) or a .ckpt file")
     if source.is_dir() and not source.name.endswith(".ckpt"):
         run_dir, ckpt = source, newest_checkpoint(source).path
         if ckpt is None:
-            raise FileNotFoundError(f"{source} has no checkpoint under {CHECKPOINT_DIR}/; pass a run directory that "
+            raise MissingFileError(f"{source} has no checkpoint under {CHECKPOINT_DIR}/; pass a run directory that "
                                     f"has trained, or a .ckpt file (e.g. {source / CHECKPOINT_DIR / LAST_CHECKPOINT})")
     else:
         run_dir, ckpt = source.parent.parent, source
@@ -64,12 +65,7 @@ def main(argv: Optional[list[str]] = None) -> int:
                         help="run directory, Lightning .ckpt file, or checkpoint directory (FSDP2/DeepSpeed shards)")
     parser.add_argument("--out", type=Path, default=None, help="output directory (default: RUN_DIR/export)")
     args = parser.parse_args(argv)
-    try:
-        print(export_run(args.source, args.out))
-    except (ValueError, OSError) as err:  # bad source, damaged checkpoint, full disk: one line, exit 2
-        print(f"recurrent-lm-export: error: {err}", file=sys.stderr)
-        return 2
-    return 0
+    return report_user_errors("recurrent-lm-export", lambda: print(export_run(args.source, args.out)))
 
 
 if __name__ == "__main__":

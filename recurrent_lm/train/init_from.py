@@ -17,6 +17,7 @@ from pathlib import Path
 
 import torch
 
+from recurrent_lm.errors import ConfigError, MissingFileError
 from recurrent_lm.model import ModelConfig, RecurrentDepthLM
 from recurrent_lm.model.io import TOKENIZER_FILE, model_dir_problem, read_config
 
@@ -37,7 +38,7 @@ def model_config_from(init_from: str, run: ModelConfig) -> ModelConfig:
     directory = Path(init_from).expanduser()
     problem = model_dir_problem(directory)
     if problem:
-        raise FileNotFoundError(f"init_from={init_from} {problem}; point it at a model directory (config.json + "
+        raise MissingFileError(f"init_from={init_from} {problem}; point it at a model directory (config.json + "
                                 "model.safetensors), e.g. the output of recurrent-lm-convert or of a run's export/")
     stored = ModelConfig.from_dict(read_config(directory))
     default = ModelConfig()
@@ -46,7 +47,7 @@ def model_config_from(init_from: str, run: ModelConfig) -> ModelConfig:
                  if f.name not in RECIPE_FIELDS
                  and getattr(run, f.name) not in (getattr(default, f.name), getattr(stored, f.name))]
     if conflicts:
-        raise ValueError(f"init_from={init_from} fixes the architecture, but the run sets {', '.join(conflicts)}; "
+        raise ConfigError(f"init_from={init_from} fixes the architecture, but the run sets {', '.join(conflicts)}; "
                          f"use model=pretrained and set only the recipe fields {list(RECIPE_FIELDS)}")
     return dataclasses.replace(stored, **{name: getattr(run, name) for name in RECIPE_FIELDS})
 
@@ -56,7 +57,7 @@ def tokenizer_of(init_from: str) -> str:
     that starts from one packs its data with this one, unchanged, unless data.tokenizer_path names another."""
     path = Path(init_from).expanduser() / TOKENIZER_FILE
     if not path.is_file():
-        raise FileNotFoundError(f"init_from={init_from} has no {TOKENIZER_FILE}, and the model's token ids mean "
+        raise MissingFileError(f"init_from={init_from} has no {TOKENIZER_FILE}, and the model's token ids mean "
                                 "nothing without the tokenizer it was trained with; copy it there or set "
                                 "data.tokenizer_path")
     return str(path)

@@ -11,6 +11,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from recurrent_lm.errors import DivergedError
 from recurrent_lm.loop import DepthSampler, SamplerConfig, token_correlation
 from recurrent_lm.model import ModelConfig, RecurrentDepthLM, train_flops_per_token
 from recurrent_lm.train.parallel import ParallelConfig, apply_activation_checkpointing, shard_model
@@ -192,7 +193,7 @@ class RecurrentLMModule(L.LightningModule):
         for p in params:
             p.grad = None
         if self.nonfinite_steps > self.max_nonfinite_steps:
-            raise FloatingPointError(
+            raise DivergedError(
                 f"non-finite gradient norm ({norm.item()}) at step {self.global_step}, "
                 f"{self.nonfinite_steps} non-finite step(s) so far > trainer.max_nonfinite_steps="
                 f"{self.max_nonfinite_steps}; the run stopped and its checkpoints hold the last finite "

@@ -28,6 +28,8 @@ from typing import Any, Callable, Optional
 import torch
 from torch import nn
 
+from recurrent_lm.errors import ConfigError, WaitTimeoutError
+
 STRATEGIES = ("single", "ddp", "fsdp", "deepspeed")
 GPU_EXTRA = "pip install 'recurrent_lm[gpu]'"
 
@@ -54,10 +56,10 @@ class ParallelConfig:
 
     def __post_init__(self) -> None:
         if self.strategy not in STRATEGIES:
-            raise ValueError(f"parallel.strategy={self.strategy!r} is unknown; choose one of {list(STRATEGIES)} "
+            raise ConfigError(f"parallel.strategy={self.strategy!r} is unknown; choose one of {list(STRATEGIES)} "
                              "(or select a preset: parallel=ddp, parallel=fsdp, ...)")
         if self.zero_stage not in (1, 2, 3):
-            raise ValueError(f"parallel.zero_stage={self.zero_stage}: DeepSpeed ZeRO has stages 1, 2 and 3")
+            raise ConfigError(f"parallel.zero_stage={self.zero_stage}: DeepSpeed ZeRO has stages 1, 2 and 3")
 
     @property
     def distributed(self) -> bool:
@@ -98,25 +100,25 @@ def check_launch(parallel: ParallelConfig, devices: str, accelerator: str, num_n
     env = os.environ if env is None else env
     world = planned_world_size(devices, accelerator, num_nodes)
     if world > 1 and not parallel.distributed:
-        raise ValueError(f"trainer.devices={devices} × trainer.num_nodes={num_nodes} is {world} processes but "
+        raise ConfigError(f"trainer.devices={devices} × trainer.num_nodes={num_nodes} is {world} processes but "
                          "parallel.strategy=single; choose parallel=ddp (or fsdp, deepspeed), or trainer.devices=1")
     if parallel.strategy == "deepspeed":
         if importlib.util.find_spec("deepspeed") is None:
-            raise ValueError(f"parallel.strategy=deepspeed needs DeepSpeed, which is not installed; {GPU_EXTRA}")
+            raise ConfigError(f"parallel.strategy=deepspeed needs DeepSpeed, which is not installed; {GPU_EXTRA}")
         if accelerator == "cpu" or not torch.cuda.is_available():
-            raise ValueError("parallel.strategy=deepspeed runs on CUDA only (Lightning's DeepSpeed strategy refuses "
+            raise ConfigError("parallel.strategy=deepspeed runs on CUDA only (Lightning's DeepSpeed strategy refuses "
                              "CPUs); on this machine use parallel=fsdp, which shards on CPU too")
     per_node = slurm_tasks_per_node(env)
     if per_node is None or "SLURM_JOB_ID" not in env or env.get("SLURM_JOB_NAME") in ("bash", "interactive"):
         return
     count = device_count(devices, accelerator)
     if count != per_node:
-        raise ValueError(f"trainer.devices={devices} ({count} per node) but SLURM starts {per_node} task(s) per node "
+        raise ConfigError(f"trainer.devices={devices} ({count} per node) but SLURM starts {per_node} task(s) per node "
                          f"(--ntasks-per-node={per_node}); one task drives one device: set trainer.devices="
                          f"{per_node} or submit with --ntasks-per-node={count}")
     nodes = int(env.get("SLURM_JOB_NUM_NODES", env.get("SLURM_NNODES", num_nodes)))
     if nodes != num_nodes:
-        raise ValueError(f"trainer.num_nodes={num_nodes} but the SLURM job has {nodes} node(s); set "
+        raise ConfigError(f"trainer.num_nodes={num_nodes} but the SLURM job has {nodes} node(s); set "
                          f"trainer.num_nodes={nodes} or submit with --nodes={num_nodes}")
 
 
@@ -135,7 +137,7 @@ def wait_for_file(path: Path, what: str, timeout_s: float = 3600.0) -> None:
     deadline = time.monotonic() + timeout_s
     while not path.exists():
         if time.monotonic() > deadline:
-            raise TimeoutError(f"waited {timeout_s:.0f} s for {what} ({path} never appeared); see rank 0's log")
+            raise WaitTimeoutError(f"waited {timeout_s:.0f} s for {what} ({path} never appeared); see rank 0's log")
         time.sleep(0.5)
 
 

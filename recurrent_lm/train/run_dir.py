@@ -25,6 +25,7 @@ from typing import Any, Optional
 
 import torch
 
+from recurrent_lm.errors import AlreadyExistsError, ConfigError, MissingFileError, UserError
 from recurrent_lm.model import ModelConfig, RecurrentDepthLM
 from recurrent_lm.model.io import atomic_write
 from recurrent_lm.train.checkpoint_io import load_checkpoint
@@ -42,7 +43,7 @@ STEP_CHECKPOINT = re.compile(r"^step-(\d+)\.ckpt$")
 
 
 # ---------------------------------------------------------------------------------------------- lock
-class RunDirInUse(RuntimeError):
+class RunDirInUse(UserError, RuntimeError):
     """Another live process holds the run directory."""
 
 
@@ -205,13 +206,13 @@ def resolve_resume(resume: str, run_dir: Path, overwrite: bool = False) -> Resum
         return newest_checkpoint(run_dir)
     if resume == "none":
         if holds_a_run(run_dir) and not overwrite:
-            raise FileExistsError(f"resume=none but run_dir={run_dir} already holds a run (checkpoints, logs or "
+            raise AlreadyExistsError(f"resume=none but run_dir={run_dir} already holds a run (checkpoints, logs or "
                                   "an export); continue it with resume=auto, start over with overwrite=true "
                                   "(deletes them), or choose another name= or run_dir=")
         return Resume(None, None)
     path = Path(resume)
     if not path.exists():
-        raise FileNotFoundError(f"resume={resume}: no such checkpoint; use resume=auto, resume=none, or the path "
+        raise MissingFileError(f"resume={resume}: no such checkpoint; use resume=auto, resume=none, or the path "
                                 f"of an existing .ckpt (e.g. {run_dir / CHECKPOINT_DIR / LAST_CHECKPOINT})")
     return Resume(path, read_checkpoint(path))
 
@@ -239,7 +240,7 @@ def check_parallel(resume: Resume, strategy: str, world_size: int) -> None:
         return
     why = ("its shards load only under the strategy that wrote them" if stored["world_size"] == world_size else
            "each process reads its own slice of every global batch, so an exact resume needs the same process count")
-    raise ValueError(f"resume refused: {resume.path} was written by parallel.strategy={stored['strategy']} on "
+    raise ConfigError(f"resume refused: {resume.path} was written by parallel.strategy={stored['strategy']} on "
                      f"{stored['world_size']} process(es), but this run is parallel.strategy={strategy} on "
                      f"{world_size}; {why}. Resume with parallel={stored['strategy']} and trainer.devices × "
                      f"trainer.num_nodes = {stored['world_size']}, or start a new run under another name= "
@@ -258,7 +259,7 @@ def check_compatible(resume: Resume, model: ModelConfig) -> None:
     try:
         stored = resume.checkpoint["hyper_parameters"]["model"]
     except KeyError:
-        raise ValueError(f"checkpoint {resume.path} has no model config (hyper_parameters.model); it was not "
+        raise ConfigError(f"checkpoint {resume.path} has no model config (hyper_parameters.model); it was not "
                          "written by recurrent-lm-train") from None
     stored = ModelConfig.from_dict(stored).to_dict()  # a field added since the checkpoint reads as its default
     new = model.to_dict()
@@ -267,7 +268,7 @@ def check_compatible(resume: Resume, model: ModelConfig) -> None:
         return
     listing = ", ".join(f"model.{k}: {stored[k]!r} -> {new[k]!r}" for k in changed)
     if _param_shapes(ModelConfig.from_dict(stored)) != _param_shapes(model):
-        raise ValueError(f"resume refused: {resume.path} was trained with another model shape ({listing}); "
+        raise ConfigError(f"resume refused: {resume.path} was trained with another model shape ({listing}); "
                          "resume with the stored values, or start a new run under another name= or run_dir=")
     print(f"resuming {resume.path} with changed model settings that keep all shapes: {listing}")
 

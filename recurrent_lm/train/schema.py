@@ -15,6 +15,7 @@ from lightning.fabric.connector import _PRECISION_INPUT_STR, _PRECISION_INPUT_ST
 
 from recurrent_lm.coconut.config import CoconutConfig
 from recurrent_lm.data.config import DataConfig
+from recurrent_lm.errors import ConfigError
 from recurrent_lm.loop.samplers import SamplerConfig
 from recurrent_lm.model.config import ModelConfig
 from recurrent_lm.reasoning.config import TaskConfig
@@ -45,9 +46,9 @@ class OptimConfig:
 
     def __post_init__(self) -> None:
         if self.schedule not in SCHEDULES:
-            raise ValueError(f"optim.schedule={self.schedule!r} is unknown; choose one of {SCHEDULES}")
+            raise ConfigError(f"optim.schedule={self.schedule!r} is unknown; choose one of {SCHEDULES}")
         if self.lr <= 0 or self.warmup_steps < 0 or not 0 <= self.decay_fraction <= 1:
-            raise ValueError("optim: need lr > 0, warmup_steps >= 0 and 0 <= decay_fraction <= 1")
+            raise ConfigError("optim: need lr > 0, warmup_steps >= 0 and 0 <= decay_fraction <= 1")
 
 
 @dataclass
@@ -100,20 +101,20 @@ class TrainerConfig:
         for key, value in {**at_least_one, **optional}.items():
             if value is not None and value < 1:
                 off = ", or null to switch it off" if key in optional else ""
-                raise ValueError(f"trainer.{key}={value}: must be an integer >= 1{off}")
+                raise ConfigError(f"trainer.{key}={value}: must be an integer >= 1{off}")
         if not self.eval_depths or min(self.eval_depths) < 1:
-            raise ValueError(f"trainer.eval_depths={self.eval_depths}: must be a non-empty list of depths >= 1")
+            raise ConfigError(f"trainer.eval_depths={self.eval_depths}: must be a non-empty list of depths >= 1")
         if self.max_nonfinite_steps < 0:
-            raise ValueError(f"trainer.max_nonfinite_steps={self.max_nonfinite_steps}: must be >= 0 "
+            raise ConfigError(f"trainer.max_nonfinite_steps={self.max_nonfinite_steps}: must be >= 0 "
                              "(0 stops at the first non-finite step)")
         if self.gradient_clip_val is not None and self.gradient_clip_val <= 0:
-            raise ValueError(f"trainer.gradient_clip_val={self.gradient_clip_val}: must be > 0, or null for none")
+            raise ConfigError(f"trainer.gradient_clip_val={self.gradient_clip_val}: must be > 0, or null for none")
         if self.precision not in PRECISIONS:
-            raise ValueError(f"trainer.precision={self.precision!r} is unknown; choose one of {list(PRECISIONS)}")
+            raise ConfigError(f"trainer.precision={self.precision!r} is unknown; choose one of {list(PRECISIONS)}")
         count = self.devices.isdigit() and int(self.devices) >= 1
         indices = "," in self.devices and all(part.strip().isdigit() for part in self.devices.split(",") if part)
         if not (self.devices in ("auto", "-1") or count or indices):
-            raise ValueError(f"trainer.devices={self.devices!r}: give auto, a count >= 1, -1 (all), or device "
+            raise ConfigError(f"trainer.devices={self.devices!r}: give auto, a count >= 1, -1 (all), or device "
                              "indices such as '0,1'")
 
 
@@ -125,7 +126,7 @@ class LoggerConfig:
 
     def __post_init__(self) -> None:
         if self.flush_every_n_steps < 1:
-            raise ValueError(f"logger.flush_every_n_steps={self.flush_every_n_steps}: must be an integer >= 1")
+            raise ConfigError(f"logger.flush_every_n_steps={self.flush_every_n_steps}: must be an integer >= 1")
     tensorboard: bool = True
     wandb: bool = False
     wandb_project: str = "recurrent_lm"
@@ -171,9 +172,9 @@ class TrainConfig:
 
     def __post_init__(self) -> None:
         if self.task is not None and self.coconut is not None:
-            raise ValueError("task= and coconut= are both set; a run trains on one of them (task=null or coconut=null)")
+            raise ConfigError("task= and coconut= are both set; a run trains on one of them (task=null or coconut=null)")
         if self.init_from is not None and self.coconut is not None:
-            raise ValueError(f"init_from={self.init_from} with coconut= is not supported: Coconut builds its model "
+            raise ConfigError(f"init_from={self.init_from} with coconut= is not supported: Coconut builds its model "
                              "and adds its marker tokens itself; drop init_from (or use coconut.hf_model for a "
                              "Hugging Face model)")
 

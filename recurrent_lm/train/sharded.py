@@ -23,6 +23,7 @@ import torch
 from lightning.pytorch.strategies import DeepSpeedStrategy, ModelParallelStrategy
 from torch import nn
 
+from recurrent_lm.errors import ConfigError, DivergedError
 from recurrent_lm.model.io import atomic_write
 from recurrent_lm.train.checkpoint_io import first_nonfinite
 
@@ -61,7 +62,7 @@ class AtomicDirectorySave:
             return super().save_checkpoint(checkpoint, filepath, storage_options)
         bad = first_nonfinite(checkpoint)  # this rank's shards; every rank must take the same decision
         if self.reduce_boolean_decision(bad is not None, all=False):
-            raise FloatingPointError(f"refusing to write checkpoint {filepath}: {bad or 'a shard of another rank'} "
+            raise DivergedError(f"refusing to write checkpoint {filepath}: {bad or 'a shard of another rank'} "
                                      "holds non-finite values; the previous checkpoints are kept. Lower optim.lr "
                                      "or resume from an earlier one")
         target = Path(filepath)
@@ -105,7 +106,7 @@ def read_resume_record(path: Path) -> dict[str, Any]:
     try:
         return json.loads((path / RESUME_FILE).read_text())
     except (OSError, json.JSONDecodeError) as err:
-        raise ValueError(f"checkpoint directory {path} has no readable {RESUME_FILE} ({err}); it is incomplete: "
+        raise ConfigError(f"checkpoint directory {path} has no readable {RESUME_FILE} ({err}); it is incomplete: "
                          "resume from another checkpoint with resume=<path>, or resume=none") from err
 
 
