@@ -55,7 +55,7 @@ def test_null_intervals_and_no_loggers_train_and_save_the_final_step(corpus_dir,
         "trainer.max_steps": 5, "trainer.val_check_interval": "null", "trainer.checkpoint_every_n_steps": "null",
         "logger.csv": False, "logger.tensorboard": False, "sample_tokens": 0}))
     summary = run(cfg)
-    assert summary["step"] == 5 and summary["val"] == {}
+    assert summary.step == 5 and summary.val == {}
     assert [p.name for p in (tmp_path / "checkpoints").iterdir()] == ["last.ckpt"]
     assert torch.load(tmp_path / "checkpoints" / "last.ckpt", weights_only=True)["global_step"] == 5
     assert not (tmp_path / "logs").exists()

@@ -119,9 +119,9 @@ def test_hf_gpt2_trains_then_exports_a_loadable_coconut_model(tmp_path):
     summary = run(compose_cfg(coconut_overrides(tmp_path, "coconut_gpt2", **{"trainer.max_steps": 4})))
     assert len(step_losses(tmp_path)) == 4
     scored = json.loads((tmp_path / "coconut_eval.json").read_text())
-    assert scored == summary["coconut_eval"] and scored["examples"] == 4 and 0 <= scored["accuracy"] <= 1
+    assert scored == summary.app.evaluation and scored["examples"] == 4 and 0 <= scored["accuracy"] <= 1
     assert scored["mean_thoughts"] == 6.0  # the last stage, padded: max_latent_stage · c thoughts per answer
-    model, tokenizer, cfg = load_coconut_model(summary["export"])
+    model, tokenizer, cfg = load_coconut_model(summary.app.export)
     assert type(model).__name__ == "GPT2LMHeadModel" and cfg.hf_model == "config:gpt2"
     assert model.get_input_embeddings().weight.shape[0] == tokenizer.vocab_size
     assert json.loads((tmp_path / "export" / "coconut.json").read_text())["method"] == "coconut"
@@ -137,7 +137,7 @@ def test_activation_checkpointing_with_coconut_is_refused(tmp_path, key):
 
 
 def test_task_and_coconut_together_are_refused(tmp_path):
-    with pytest.raises(ValueError, match="task= and coconut= are both set"):
+    with pytest.raises(ValueError, match="task= and coconut= are all set; a run trains one app"):
         run(compose_cfg(coconut_overrides(tmp_path, **{"task": "parity"})))
 
 

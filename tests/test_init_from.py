@@ -29,7 +29,7 @@ def test_a_run_starts_from_the_weights_architecture_and_tokenizer_of_init_from(c
     # lr ~ 0: the exported weights must come back out unchanged, which proves they went in
     summary = run(compose_cfg(overrides(corpus_dir, run_dir, init_from=str(source_export), **RECIPE, **{
         "trainer.max_steps": 1, "trainer.val_check_interval": "null", "optim.lr": 1e-12, "optim.warmup_steps": 0})))
-    assert summary["step"] == 1
+    assert summary.step == 1
     before, after = load_file(source_export / "model.safetensors"), load_file(run_dir / "export" / "model.safetensors")
     assert before.keys() == after.keys()
     for name in before:

@@ -16,7 +16,7 @@ from recurrent_lm.data import TextTokenizer
 from recurrent_lm.train.cli import run
 from recurrent_lm.train.run_dir import resolve_resume
 from recurrent_lm.train.export import export_run, model_from_checkpoint
-from recurrent_lm.train.module import lr_multiplier
+from recurrent_lm.train.optim import lr_multiplier
 from recurrent_lm.train.schema import OptimConfig
 
 REPO = Path(__file__).resolve().parents[1]
@@ -34,8 +34,8 @@ def test_run_directory_layout_and_report(trained_run):
     for path in ("config.yaml", "tokenizer.json", "checkpoints/last.ckpt", "logs/metrics.csv",
                  "export/model.safetensors", "export/config.json", "export/tokenizer.json"):
         assert (run_dir / path).is_file(), path
-    assert summary["step"] == 12
-    assert set(summary["val"]) >= {"val/loss_r1", "val/loss_r4"}
+    assert summary.step == 12
+    assert set(summary.val) >= {"val/loss_r1", "val/loss_r4"}
     resolved = OmegaConf.load(run_dir / "config.yaml")
     assert resolved.data.vocab_size == 400 and "${" not in OmegaConf.to_yaml(resolved)
     losses = step_losses(run_dir)
@@ -134,7 +134,7 @@ def test_reasoning_experiment_trains_evaluates_and_exports_its_task(experiment, 
                        "task.num_val=8", "task.num_eval=8", f"task.eval_difficulties={small}",
                        "task.eval_depths=[1,3]", "task.max_steps=4"])
     summary = run(cfg)
-    report = summary["reasoning"]
+    report = summary.app.reasoning
     assert report.task == cfg.task.name and sorted(report.accuracy) == sorted(
         (d, r) for d in cfg.task.eval_difficulties for r in (1, 3))
     assert [e.name for e in report.exits] == ["convergence", "causal_convergence", "sequence_convergence"]

@@ -1,4 +1,4 @@
-"""How ``recurrent-lm-train`` builds a Coconut run: tokenizer, model, data and module, then export and score.
+"""The Coconut app of ``recurrent-lm-train``: tokenizer, model, data and module, then export and score.
 
 The run goes through the same app as pretraining (run directory lock, checkpoints, exact resume, logs);
 only these pieces differ. The tokenizer is decided once per run directory and kept in it, so a resumed
@@ -13,24 +13,27 @@ run (and its export) tokenizes exactly as the first session did:
 from __future__ import annotations
 
 import json
+from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Optional
+from typing import Any, ClassVar, Optional
 
+import lightning as L
+from rich.console import Console
 from torch import nn
 
 from recurrent_lm.coconut.config import CoconutConfig
 from recurrent_lm.coconut.datamodule import CoconutDataModule
-from recurrent_lm.coconut.module import CoconutModule
+from recurrent_lm.coconut.module import CoconutModule, OptimizerResetOnStage
 from recurrent_lm.coconut.records import load_records
 from recurrent_lm.coconut.tokens import ThoughtTokenizer, add_thought_tokens
 from recurrent_lm.errors import ConfigError, MissingFileError
 from recurrent_lm.model.io import TOKENIZER_FILE, atomic_write
-from recurrent_lm.train.parallel import planned_world_size
-
-if TYPE_CHECKING:
-    from recurrent_lm.train.schema import TrainConfig
+from recurrent_lm.train.app import Built, register_app
+from recurrent_lm.train.parallel import is_rank_zero, planned_world_size, wait_for_file
+from recurrent_lm.train.schema import TrainConfig
 
 CONFIG_PREFIX = "config:"
+EVAL_FILE = "coconut_eval.json"
 
 
 def _hf_config(coconut: CoconutConfig, tokenizer: ThoughtTokenizer):
@@ -99,44 +102,85 @@ def generate_data(coconut: CoconutConfig, seed: int) -> None:
     print(f"generated ProsQA-style data: {', '.join(f'{n} {s}' for s, n in sizes.items())} -> {files['train']} ...")
 
 
-def build(cfg: TrainConfig, run_dir: Path) -> tuple[CoconutDataModule, CoconutModule]:
-    for key, on in (("parallel.activation_checkpointing", cfg.parallel.activation_checkpointing),
-                    ("model.activation_checkpointing", cfg.model.activation_checkpointing)):
-        if on:  # the recompute would attend over a cache that later thoughts' K/V have already grown
-            raise ConfigError(f"{key}=true cannot train Coconut: a recomputed block would re-read the KV cache "
-                             f"after later thoughts extended it; set {key}=false")
-    generate_data(cfg.coconut, cfg.seed)
-    tokenizer = build_tokenizer(cfg, run_dir)
-    lm = build_model(cfg.coconut, tokenizer)
-    if lm is None and tokenizer.vocab_size > cfg.model.vocab_size:
-        raise ConfigError(f"the tokenizer has {tokenizer.vocab_size} tokens but model.vocab_size={cfg.model.vocab_size}; "
-                         "raise model.vocab_size")
-    t = cfg.trainer
-    datamodule = CoconutDataModule(cfg.coconut, tokenizer, t.micro_batch_size, t.val_batches, cfg.seed,
-                                   block_size=cfg.model.block_size if lm is None else None,
-                                   world_size=planned_world_size(t.devices, t.accelerator, t.num_nodes))
-    module = CoconutModule(cfg.model, cfg.sampler, cfg.optim, cfg.coconut, t.eval_depths, tokenizer.ids,
-                           datamodule.batches_per_epoch, lm=lm, seed=cfg.seed,
-                           max_nonfinite_steps=t.max_nonfinite_steps, parallel=cfg.parallel)
-    return datamodule, module
+@dataclass
+class CoconutReport:
+    """The export and the exact-match evaluation of ``num_eval`` records (also in ``coconut_eval.json``)."""
+
+    export: Optional[Path]
+    evaluation: Optional[dict[str, Any]]
+    written: Path
+
+    def print(self, console: Console) -> None:
+        if self.export is not None:
+            console.print(f"exported model: [bold]{self.export}[/bold]")
+        e = self.evaluation
+        if e is not None:
+            console.print(f"coconut ({e['method']}): exact match {100 * e['accuracy']:.1f}% on {e['examples']} records "
+                          f"of {e['file']}; {e['mean_tokens']:.1f} generated tokens ({e['mean_thoughts']:.1f} thoughts) "
+                          f"per answer; written to {self.written}", markup=False)
 
 
-def export_and_score(cfg: TrainConfig, model: nn.Module, tokenizer: ThoughtTokenizer, run_dir: Path,
-                     export_dir: Path) -> dict[str, Any]:
-    """Export the model (with its tokenizer and coconut.json), then score ``num_eval`` records of the eval file by
-    exact match, as ``recurrent-lm-coconut-eval`` would; the figures go to ``<run_dir>/coconut_eval.json``."""
-    from recurrent_lm.coconut.evaluate import evaluate_model, needs_steps
-    from recurrent_lm.coconut.export import save_coconut_model
-    from recurrent_lm.train.run_dir import write_text_atomic
+@register_app
+class CoconutApp:
+    """Coconut continuous-thought training on {question, steps, answer} records (config group ``coconut``)."""
 
-    coconut = cfg.coconut
-    summary: dict[str, Any] = {}
-    if cfg.export:
-        summary["export"] = save_coconut_model(model, tokenizer, coconut, export_dir)
-    if coconut.num_eval:
-        records = load_records(coconut.eval_file, require_steps=needs_steps(coconut))[: coconut.num_eval]
-        result = {"method": coconut.method, "file": coconut.eval_file,
-                  **evaluate_model(model, tokenizer, coconut, records, batch_size=cfg.trainer.micro_batch_size)}
-        write_text_atomic(run_dir / "coconut_eval.json", json.dumps(result, indent=2))
-        summary["coconut_eval"] = result
-    return summary
+    key: ClassVar[str] = "coconut"
+    config_class: ClassVar[type] = CoconutConfig
+    default: ClassVar[bool] = False
+
+    def build(self, cfg: TrainConfig, run_dir: Path, resuming: bool) -> Built:
+        coconut: CoconutConfig = getattr(cfg, self.key)
+        if cfg.init_from is not None:
+            raise ConfigError(f"init_from={cfg.init_from} with coconut= is not supported: Coconut builds its model "
+                              "and adds its marker tokens itself; drop init_from (or use coconut.hf_model for a "
+                              "Hugging Face model)")
+        for key, on in (("parallel.activation_checkpointing", cfg.parallel.activation_checkpointing),
+                        ("model.activation_checkpointing", cfg.model.activation_checkpointing)):
+            if on:  # the recompute would attend over a cache that later thoughts' K/V have already grown
+                raise ConfigError(f"{key}=true cannot train Coconut: a recomputed block would re-read the KV cache "
+                                  f"after later thoughts extended it; set {key}=false")
+        if not is_rank_zero():
+            wait_for_file(run_dir / TOKENIZER_FILE, "rank 0 to prepare the data")  # prepared once, by rank 0
+        generate_data(coconut, cfg.seed)
+        tokenizer = build_tokenizer(cfg, run_dir)
+        lm = build_model(coconut, tokenizer)
+        if lm is None and tokenizer.vocab_size > cfg.model.vocab_size:
+            raise ConfigError(f"the tokenizer has {tokenizer.vocab_size} tokens but model.vocab_size="
+                              f"{cfg.model.vocab_size}; raise model.vocab_size")
+        t = cfg.trainer
+        datamodule = CoconutDataModule(coconut, tokenizer, t.micro_batch_size, t.val_batches, cfg.seed,
+                                       block_size=cfg.model.block_size if lm is None else None,
+                                       world_size=planned_world_size(t.devices, t.accelerator, t.num_nodes))
+        module = CoconutModule(cfg.model, cfg.sampler, cfg.optim, coconut, t.eval_depths, tokenizer.ids,
+                               datamodule.batches_per_epoch, lm=lm, seed=cfg.seed,
+                               max_nonfinite_steps=t.max_nonfinite_steps, parallel=cfg.parallel)
+        atomic_write(run_dir / TOKENIZER_FILE, tokenizer.save)  # whole or absent: other ranks wait on it
+        return Built(datamodule, module, tokenizer)
+
+    def callbacks(self, cfg: TrainConfig) -> list[L.Callback]:
+        return [OptimizerResetOnStage()]
+
+    def batch_positions(self, batch: Any) -> int:
+        """Prefix + suffix positions of a training batch (thoughts extra), or the records' tokens (validation,
+        laid out by the module)."""
+        if isinstance(batch, list):
+            return sum(len(record) for record in batch)
+        return batch["prefix_ids"].numel() + batch["suffix_ids"].numel()
+
+    def after_fit(self, cfg: TrainConfig, model: nn.Module, built: Built, run_dir: Path) -> CoconutReport:
+        """Export the model (with its tokenizer and coconut.json), then score ``num_eval`` records of the eval file
+        by exact match, as ``recurrent-lm-coconut-eval`` would."""
+        from recurrent_lm.coconut.evaluate import evaluate_model, needs_steps
+        from recurrent_lm.coconut.export import save_coconut_model
+        from recurrent_lm.train.run_dir import EXPORT_DIR, write_text_atomic
+
+        coconut: CoconutConfig = getattr(cfg, self.key)
+        tokenizer = built.tokenizer
+        export = save_coconut_model(model, tokenizer, coconut, run_dir / EXPORT_DIR) if cfg.export else None
+        result = None
+        if coconut.num_eval:
+            records = load_records(coconut.eval_file, require_steps=needs_steps(coconut))[: coconut.num_eval]
+            result = {"method": coconut.method, "file": coconut.eval_file,
+                      **evaluate_model(model, tokenizer, coconut, records, batch_size=cfg.trainer.micro_batch_size)}
+            write_text_atomic(run_dir / EVAL_FILE, json.dumps(result, indent=2))
+        return CoconutReport(export, result, run_dir / EVAL_FILE)

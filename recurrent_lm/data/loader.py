@@ -143,7 +143,7 @@ def _check_layout(rank: int, world_size: int, batch_size: int) -> None:
         raise ConfigError(f"rank={rank}, world_size={world_size}: need 0 <= rank < world_size")
 
 
-def _too_few_windows(split: str, num_windows: int, batch_size: int, world_size: int) -> ValueError:
-    return ValueError(f"the {split} split has {num_windows} windows of block_size tokens, fewer than one global "
+def _too_few_windows(split: str, num_windows: int, batch_size: int, world_size: int) -> ConfigError:
+    return ConfigError(f"the {split} split has {num_windows} windows of block_size tokens, fewer than one global "
                       f"batch of batch_size × world_size = {batch_size} × {world_size}; lower the batch size or "
                       "block_size, or use more data")

@@ -15,6 +15,7 @@ from typing import Any, Optional, Union
 
 from torch import Tensor
 
+from recurrent_lm.errors import ConfigError
 from recurrent_lm.loop.criteria import CRITERIA, DEFAULT_THRESHOLDS, Convergence, ExitCriterion
 
 DepthRequest = Union[int, str, None]
@@ -146,6 +147,6 @@ def _number(setting: str, value: Any, kind: type, fix: str) -> Union[int, float]
         raise _invalid(setting, value, f"is not {what}", fix) from None
 
 
-def _invalid(setting: str, value: Any, problem: str, fix: str) -> ValueError:
+def _invalid(setting: str, value: Any, problem: str, fix: str) -> ConfigError:
     """The one message format of every exit and depth setting: which setting, what is wrong, the fix."""
-    return ValueError(f"{setting}={value!r} {problem}; {fix}")
+    return ConfigError(f"{setting}={value!r} {problem}; {fix}")

@@ -1,6 +1,7 @@
-"""``recurrent-lm-train`` / ``python -m recurrent_lm.train``: the hydra entry point of pretraining.
+"""``recurrent-lm-train`` / ``python -m recurrent_lm.train``: the hydra entry point of every training app.
 
-    recurrent-lm-train experiment=demo                     # the README's main job
+    recurrent-lm-train experiment=demo                     # the README's main job (pretraining)
+    recurrent-lm-train task=parity                         # another app: its config group is set (train/app.py)
     recurrent-lm-train model=small trainer.max_steps=5000  # any group or key, typed and checked
     recurrent-lm-train -m model.mean_recurrence=4,8,16     # hydra multirun sweep
     recurrent-lm-train parallel=fsdp trainer.devices=2     # several processes (train/parallel.py)
@@ -24,39 +25,32 @@ from __future__ import annotations
 import os
 import sys
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Optional, Sequence
+from typing import Any, Sequence
 
 import hydra
 import lightning as L
+import torch
 from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
-import torch
 from lightning.pytorch.callbacks import LearningRateMonitor, RichProgressBar
 from lightning.pytorch.plugins.environments import SLURMEnvironment
 from lightning.pytorch.loggers import Logger, TensorBoardLogger
 from omegaconf import DictConfig, OmegaConf
 
-from recurrent_lm.data.tokenizer_dir import save_tokenizer_dir
 from recurrent_lm.errors import ConfigError, MissingFileError, report_user_errors
-from recurrent_lm.model.io import TOKENIZER_FILE, atomic_write, make_writable_dir
+from recurrent_lm.model.io import make_writable_dir
 from recurrent_lm.model.precision import resolve_precision
+from recurrent_lm.train.app import APPS, App, app_for, batch_rows, selected_key
 from recurrent_lm.train.callbacks import DepthThroughputMonitor, Preemption, RunCheckpoint
 from recurrent_lm.train.checkpoint_io import SafeCheckpointIO
-from recurrent_lm.train.datamodule import TextDataModule
-from recurrent_lm.train.init_from import PRETRAINED_GROUP, load_initial_model, model_config_from, tokenizer_of
-from recurrent_lm.train.export import export_model
+from recurrent_lm.train.init_from import PRETRAINED_GROUP, model_config_from
 from recurrent_lm.train.metrics_log import RunCSVLogger
-from recurrent_lm.train.module import RecurrentLMModule
-from recurrent_lm.train.report import print_report
-from recurrent_lm.train.parallel import build_strategy, check_launch, is_rank_zero, planned_world_size, wait_for_file
-from recurrent_lm.train.run_dir import (CHECKPOINT_DIR, EXPORT_DIR, LOG_DIR, Resume, RunDirLock,
+from recurrent_lm.train.parallel import build_strategy, check_launch, is_rank_zero, planned_world_size
+from recurrent_lm.train.report import RunSummary, print_report
+from recurrent_lm.train.run_dir import (CHECKPOINT_DIR, LOG_DIR, Resume, RunDirLock,
                                         check_compatible, check_parallel, clear_run, remove_partial_writes,
                                         resolve_resume, write_text_atomic)
 from recurrent_lm.train.schema import TrainConfig, register_configs
-
-if TYPE_CHECKING:
-    from recurrent_lm.reasoning import ReasoningReport, TaskConfig
-
 
 PROG = "recurrent-lm-train"
 
@@ -86,17 +80,6 @@ def compose_config(overrides: Sequence[str] = ()) -> DictConfig:
         return compose("config", overrides=list(overrides))
 
 
-def build_datamodule(cfg: TrainConfig) -> L.LightningDataModule:
-    t = cfg.trainer
-    if cfg.task is not None:
-        from recurrent_lm.reasoning.datamodule import ReasoningDataModule
-
-        return ReasoningDataModule(cfg.task, batch_size=t.micro_batch_size, block_size=cfg.model.block_size,
-                                   seed=cfg.seed)
-    return TextDataModule(cfg.data, block_size=cfg.model.block_size, micro_batch_size=t.micro_batch_size,
-                          val_batches=t.val_batches, seed=cfg.seed)
-
-
 def build_loggers(cfg: TrainConfig, run_dir: Path, resume: Resume) -> list[Logger]:
     """Loggers that continue the run's history from the resumed step: rows and events of steps that are
     about to be re-run are superseded (CSV rows dropped, TensorBoard's purge_step), never duplicated."""
@@ -115,19 +98,7 @@ def build_loggers(cfg: TrainConfig, run_dir: Path, resume: Resume) -> list[Logge
     return loggers
 
 
-def batch_rows(batch: Any) -> int:
-    return len(batch) if isinstance(batch, list) else next(iter(batch.values())).shape[0]
-
-
-def batch_positions(batch: Any) -> int:
-    """Token positions of a batch: input_ids (pretraining, tasks), prefix + suffix (Coconut training; thoughts
-    extra), or the records' tokens (Coconut validation, laid out by the module)."""
-    if isinstance(batch, list):
-        return sum(len(record) for record in batch)
-    return batch["input_ids"].numel() if "input_ids" in batch else batch["prefix_ids"].numel() + batch["suffix_ids"].numel()
-
-
-def build_trainer(cfg: TrainConfig, run_dir: Path, resume: Resume) -> L.Trainer:
+def build_trainer(cfg: TrainConfig, app: App, run_dir: Path, resume: Resume) -> L.Trainer:
     t = cfg.trainer
     loggers = build_loggers(cfg, run_dir, resume)
     checkpoint = RunCheckpoint(dirpath=run_dir / CHECKPOINT_DIR, filename="step-{step}", auto_insert_metric_name=False,
@@ -135,12 +106,9 @@ def build_trainer(cfg: TrainConfig, run_dir: Path, resume: Resume) -> L.Trainer:
                                save_top_k=1, enable_version_counter=False)
     callbacks: list[Any] = [
         checkpoint, Preemption(checkpoint),
-        DepthThroughputMonitor(batch_size_fn=batch_rows, length_fn=batch_positions, window_size=t.throughput_window),
+        DepthThroughputMonitor(batch_size_fn=batch_rows, length_fn=app.batch_positions, window_size=t.throughput_window),
+        *app.callbacks(cfg),
     ]
-    if cfg.coconut is not None:
-        from recurrent_lm.coconut.module import OptimizerResetOnStage
-
-        callbacks.append(OptimizerResetOnStage())
     if loggers:
         callbacks.append(LearningRateMonitor(logging_interval="step"))
     if t.enable_progress_bar:
@@ -163,96 +131,48 @@ def build_trainer(cfg: TrainConfig, run_dir: Path, resume: Resume) -> L.Trainer:
     )
 
 
-def build_run(cfg: TrainConfig, run_dir: Path, resuming: bool = False
-              ) -> tuple[L.LightningDataModule, L.LightningModule, Any]:
-    """(datamodule, module, tokenizer) of a pretraining, reasoning-task or Coconut run; the tokenizer is saved
-    into the run directory, where a resume and the export find it. ``init_from``'s weights are loaded unless
-    ``resuming`` (the checkpoint then holds newer ones)."""
-    if not is_rank_zero() and cfg.task is None:
-        wait_for_file(run_dir / TOKENIZER_FILE, "rank 0 to prepare the data")  # prepared once, by rank 0
-    if cfg.coconut is not None:
-        from recurrent_lm.coconut.app import build
-
-        datamodule, module = build(cfg, run_dir)
-        atomic_write(run_dir / TOKENIZER_FILE, datamodule.tokenizer.save)  # whole or absent: other ranks wait on it
-        return datamodule, module, datamodule.tokenizer
-    datamodule = build_datamodule(cfg)
-    datamodule.prepare_data()
-    datamodule.setup("fit")
-    tokenizer = getattr(datamodule, "tokenizer", None)
-    if tokenizer is not None:
-        if tokenizer.vocab_size > cfg.model.vocab_size:
-            raise ConfigError(f"tokenizer has {tokenizer.vocab_size} tokens but model.vocab_size="
-                             f"{cfg.model.vocab_size}; raise model.vocab_size or use a smaller tokenizer")
-        save_tokenizer_dir(tokenizer, run_dir)
-    initial = load_initial_model(cfg.init_from, cfg.model) if cfg.init_from and not resuming else None
-    module = RecurrentLMModule(cfg.model, cfg.sampler, cfg.optim, cfg.trainer.eval_depths,
-                               compile_blocks=cfg.trainer.compile, telemetry_every=cfg.trainer.log_every_n_steps,
-                               seed=cfg.seed, max_nonfinite_steps=cfg.trainer.max_nonfinite_steps,
-                               lm=initial, parallel=cfg.parallel)
-    return datamodule, module, tokenizer
-
-
-def train(cfg: TrainConfig, resume: Resume) -> dict[str, Any]:
-    """Fit (or resume), validate across depths, export. Returns a summary dict (used by the report)."""
+def train(cfg: TrainConfig, resume: Resume) -> RunSummary:
+    """Fit (or resume), validate across depths, then the app's after-fit step (export, evaluation) on rank 0."""
     run_dir = Path(cfg.run_dir)
     L.seed_everything(cfg.seed, workers=True, verbose=False)
-    datamodule, module, tokenizer = build_run(cfg, run_dir, resuming=resume.path is not None)
-    trainer = build_trainer(cfg, run_dir, resume)
+    app = app_for(cfg)
+    built = app.build(cfg, run_dir, resuming=resume.path is not None)
+    trainer = build_trainer(cfg, app, run_dir, resume)
     if resume.path is not None and is_rank_zero():
         print(f"resuming from {resume.path} (step {resume.step})")
-    trainer.fit(module, datamodule=datamodule, ckpt_path=resume.path, weights_only=True)
+    trainer.fit(built.module, datamodule=built.datamodule, ckpt_path=resume.path, weights_only=True)
     preempted = next(c.preempted_at for c in trainer.callbacks if isinstance(c, Preemption))
     if preempted is not None:  # no validation or export: the requeued job continues from the checkpoint
-        return {"run_dir": run_dir, "val": {}, "tokenizer": None, "model": None, "step": preempted}
+        return RunSummary(run_dir, preempted, {}, None)
     # Lightning already validated at the last step when val_check_interval divides it: reuse that.
     val = {k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith("val")}
     interval = cfg.trainer.val_check_interval
     if resume.step >= cfg.trainer.max_steps:
         trainer.loggers = []  # a finished run re-run: its logs already hold this validation
     if interval is not None and (trainer.global_step % interval != 0 or not val):
-        val = {k: v for results in trainer.validate(module, datamodule=datamodule, verbose=False)
+        val = {k: v for results in trainer.validate(built.module, datamodule=built.datamodule, verbose=False)
                for k, v in results.items()}
-    model = module.full_model()  # unsharded on rank 0 (collective under FSDP2); None on the other ranks
-    summary: dict[str, Any] = {"run_dir": run_dir, "val": val, "tokenizer": tokenizer, "model": model,
-                               "step": trainer.global_step}
-    if not trainer.is_global_zero:
-        return summary
-    model = model.float().eval()
-    if cfg.coconut is not None:
-        from recurrent_lm.coconut.app import export_and_score
-
-        summary["tokenizer"] = None  # no free-text sample: the report shows the Coconut evaluation instead
-        summary.update(export_and_score(cfg, model, tokenizer, run_dir, run_dir / EXPORT_DIR))
-        return summary
-    if cfg.export:
-        summary["export"] = export_model(model, run_dir, run_dir / EXPORT_DIR)
-    if cfg.task is not None:
-        summary["reasoning"] = evaluate_task(cfg.task, model, run_dir, summary.get("export"), cfg.seed)
+    model = built.module.full_model()  # unsharded on rank 0 (collective under FSDP2); None on the other ranks
+    summary = RunSummary(run_dir, trainer.global_step, val, model)
+    if trainer.is_global_zero:
+        summary.model = model.float().eval()
+        summary.app = app.after_fit(cfg, summary.model, built, run_dir)
     return summary
 
 
-def evaluate_task(task: TaskConfig, model: torch.nn.Module, run_dir: Path, export_dir: Optional[Path],
-                  seed: int) -> ReasoningReport:
-    """The reasoning evaluation of a task run, written to ``<run_dir>/reasoning_eval.{md,csv,json}``; the
-    task also goes into the export (task.json) so ``recurrent-lm-reasoning-eval --model <export>``
-    re-runs it without arguments."""
-    from recurrent_lm.reasoning.evaluate import evaluate, save_report, save_task
-
-    if export_dir is not None:
-        save_task(task, export_dir)
-    report = evaluate(model, task, seed=seed)
-    save_report(report, run_dir / "reasoning_eval.md")
-    return report
+def unselected_apps(cfg: DictConfig) -> list[str]:
+    """Config keys of the apps this run does not train (the default app's group is composed even then)."""
+    chosen = selected_key(cfg)
+    return [key for key in APPS if key != chosen and getattr(cfg, key, None) is not None]
 
 
-def run(cfg: DictConfig) -> dict[str, Any]:
+def run(cfg: DictConfig) -> RunSummary:
+    for key in unselected_apps(cfg):  # an app that does not run keeps no (validated) config
+        cfg[key] = None
     typed: TrainConfig = OmegaConf.to_object(cfg)  # runs every dataclass __post_init__ check
-    if typed.init_from is not None:  # architecture and tokenizer are init_from's: resolved before anything is built
+    if typed.init_from is not None:  # the architecture is init_from's: resolved before anything is built
         typed.model = model_config_from(typed.init_from, typed.model)
         cfg.model = OmegaConf.structured(typed.model)
-        if typed.task is None and typed.data.tokenizer_path is None:
-            typed.data.tokenizer_path = cfg.data.tokenizer_path = tokenizer_of(typed.init_from)
     if typed.dry_run:
         from recurrent_lm.model import RecurrentDepthLM, count_params
 
@@ -260,7 +180,7 @@ def run(cfg: DictConfig) -> dict[str, Any]:
             counts = count_params(RecurrentDepthLM(typed.model))
         print(OmegaConf.to_yaml(cfg, resolve=True))
         print(f"parameters: {counts.total:,} ({counts})")
-        return {}
+        return RunSummary(Path(typed.run_dir), 0, {}, None)
     run_dir = Path(typed.run_dir)
     t = typed.trainer
     check_launch(typed.parallel, t.devices, t.accelerator, t.num_nodes)

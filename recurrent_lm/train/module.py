@@ -15,6 +15,7 @@ from recurrent_lm.errors import DivergedError
 from recurrent_lm.loop import DepthSampler, SamplerConfig, token_correlation
 from recurrent_lm.model import ModelConfig, RecurrentDepthLM, train_flops_per_token
 from recurrent_lm.train.parallel import ParallelConfig, apply_activation_checkpointing, shard_model
+from recurrent_lm.train.optim import build_optimizer
 from recurrent_lm.train.schema import OptimConfig
 from recurrent_lm.train.sharded import full_state_dict
 
@@ -163,17 +164,7 @@ class RecurrentLMModule(L.LightningModule):
 
     # ------------------------------------------------------------------ optim
     def configure_optimizers(self) -> dict[str, Any]:
-        cfg = self.optim_config
-        decay, no_decay = [], []
-        for name, p in self.model.named_parameters():
-            exempt = p.ndim < 2 or name.startswith("embed.") or name.endswith(("_bias",))
-            (no_decay if exempt and cfg.no_decay_on_norms_biases_embeddings else decay).append(p)
-        optimizer = torch.optim.AdamW(
-            [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
-            lr=cfg.lr, betas=tuple(cfg.betas), eps=cfg.eps)
-        scheduler = torch.optim.lr_scheduler.LambdaLR(
-            optimizer, lr_lambda=lr_multiplier(cfg, self.trainer.max_steps))
-        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+        return build_optimizer(self.model, self.optim_config, self.trainer.max_steps)
 
     def configure_gradient_clipping(self, optimizer: torch.optim.Optimizer, gradient_clip_val: Optional[float] = None,
                                     gradient_clip_algorithm: Optional[str] = None) -> None:
@@ -232,32 +223,6 @@ def step_seed(seed: int, *key: int | str) -> int:
     so neighbouring steps or ranks get unrelated streams (not seed + step, whose streams overlap)."""
     words = [seed] + [k if isinstance(k, int) else int.from_bytes(k.encode(), "little") for k in key]
     return int(np.random.SeedSequence(words).generate_state(1, np.uint64)[0] >> np.uint64(1))
-
-
-def lr_multiplier(cfg: OptimConfig, max_steps: int):
-    """Step -> lr multiplier for the configured schedule (warmup then wsd / cosine / constant).
-
-    A pure function of the step, wrapped in LambdaLR: the scheduler state is just the step count,
-    which Lightning checkpoints.
-    """
-    warmup = cfg.warmup_steps
-    floor = cfg.min_lr_ratio
-    decay_start = max(warmup, int(max_steps * (1 - cfg.decay_fraction)))
-
-    def multiplier(step: int) -> float:
-        if step < warmup:
-            return (step + 1) / warmup
-        if cfg.schedule == "constant":
-            return 1.0
-        if cfg.schedule == "cosine":
-            progress = min(1.0, (step - warmup) / max(1, max_steps - warmup))
-            return floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * progress))
-        if step < decay_start:  # wsd: stable phase
-            return 1.0
-        progress = min(1.0, (step - decay_start) / max(1, max_steps - decay_start))
-        return floor + (1 - floor) * (1 - progress)
-
-    return multiplier
 
 
 def _plain(d: dict[str, Any]) -> dict[str, Any]:

@@ -1,13 +1,32 @@
-"""The end-of-run report: validation loss by test-time depth, the export path, a generated sample."""
+"""The end-of-run summary and report: validation loss by test-time depth, then the app's own report."""
 
 from __future__ import annotations
 
-from typing import Any
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Optional
 
 from rich.console import Console
 from rich.table import Table
+from torch import nn
 
+from recurrent_lm.train.app import AppReport
 from recurrent_lm.train.schema import TrainConfig
+
+
+@dataclass
+class RunSummary:
+    """What :func:`recurrent_lm.train.cli.run` returns."""
+
+    run_dir: Path
+    step: int
+    """Optimizer steps trained (the preempted step for a preempted session)."""
+    val: dict[str, float]
+    """The last validation's metrics (``val/loss_r{r}``, ...); empty when validation is off or preempted."""
+    model: Optional[nn.Module]
+    """The trained model, unsharded, in fp32 eval mode on rank 0; None on other ranks and when preempted."""
+    app: Optional[AppReport] = None
+    """The app's after-fit report (export, evaluation, sample) on rank 0."""
 
 
 def depth_table(val: dict[str, float], mean_recurrence: int) -> Table:
@@ -22,30 +41,10 @@ def depth_table(val: dict[str, float], mean_recurrence: int) -> Table:
     return table
 
 
-def print_report(cfg: TrainConfig, summary: dict[str, Any]) -> None:
+def print_report(cfg: TrainConfig, summary: RunSummary) -> None:
     console = Console()
-    if any(k.startswith("val/loss_r") for k in summary["val"]):
-        console.print(depth_table(summary["val"], cfg.model.mean_recurrence))
-    console.print(f"steps trained: {summary['step']}   run dir: {summary['run_dir']}")
-    if "export" in summary:
-        console.print(f"exported model: [bold]{summary['export']}[/bold]")
-    if "coconut_eval" in summary:
-        e = summary["coconut_eval"]
-        console.print(f"coconut ({e['method']}): exact match {100 * e['accuracy']:.1f}% on {e['examples']} records of "
-                      f"{e['file']}; {e['mean_tokens']:.1f} generated tokens ({e['mean_thoughts']:.1f} thoughts) per "
-                      f"answer; written to {summary['run_dir'] / 'coconut_eval.json'}", markup=False)
-    if "reasoning" in summary:
-        console.rule(f"{summary['reasoning'].task}: exact match by difficulty × test-time depth")
-        console.print(summary["reasoning"].to_markdown(), markup=False, soft_wrap=True)
-        console.print(f"written to {summary['run_dir'] / 'reasoning_eval.md'} (.csv, .json)")
-    tokenizer = summary.get("tokenizer")
-    if tokenizer is not None and cfg.sample_tokens > 0:
-        from recurrent_lm.infer import GenerationConfig, generate
-
-        model = summary["model"].float().eval()
-        prompt = tokenizer.encode(cfg.sample_prompt)
-        result = generate(model, [prompt], GenerationConfig(max_new_tokens=cfg.sample_tokens, seed=cfg.seed,
-                                                            num_steps=cfg.model.mean_recurrence),
-                          eos_id=tokenizer.eos_id, pad_id=tokenizer.pad_id)
-        console.rule("sample")
-        console.print(cfg.sample_prompt + tokenizer.decode(result.tokens[0]), markup=False, highlight=False)
+    if any(k.startswith("val/loss_r") for k in summary.val):
+        console.print(depth_table(summary.val, cfg.model.mean_recurrence))
+    console.print(f"steps trained: {summary.step}   run dir: {summary.run_dir}")
+    if summary.app is not None:
+        summary.app.print(console)

@@ -1,24 +1,23 @@
-"""Typed schema of the pretraining app's hydra config.
+"""Typed schema of ``recurrent-lm-train``'s hydra config.
 
-Registered in hydra's ConfigStore as ``base_config`` and listed first in ``conf/config.yaml``'s
-defaults, so every group file is merged *into* these dataclasses: a typo'd key or a wrong type
-fails at compose time with the full key named, before any data is touched.
+:class:`TrainConfig` holds what every run shares; :func:`register_configs` extends it with one optional field
+per registered app (``data``, ``task``, ``coconut``: :mod:`recurrent_lm.train.app`), typed by the app's own
+config class, and stores the result in hydra's ConfigStore as ``base_config``. It is listed first in
+``conf/config.yaml``'s defaults, so every group file is merged *into* these dataclasses: a typo'd key or a
+wrong type fails at compose time with the full key named, before any data is touched.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, make_dataclass
 from typing import Optional, get_args
 
 from hydra.core.config_store import ConfigStore
 from lightning.fabric.connector import _PRECISION_INPUT_STR, _PRECISION_INPUT_STR_ALIAS
 
-from recurrent_lm.coconut.config import CoconutConfig
-from recurrent_lm.data.config import DataConfig
 from recurrent_lm.errors import ConfigError
 from recurrent_lm.loop.samplers import SamplerConfig
 from recurrent_lm.model.config import ModelConfig
-from recurrent_lm.reasoning.config import TaskConfig
 from recurrent_lm.train.parallel import ParallelConfig
 
 SCHEDULES = ("wsd", "cosine", "constant")
@@ -134,21 +133,16 @@ class LoggerConfig:
 
 @dataclass
 class TrainConfig:
-    """Root config of ``recurrent-lm-train``."""
+    """Root config of ``recurrent-lm-train``: the part every app shares (the apps' groups are added by
+    :func:`register_configs`)."""
 
     model: ModelConfig = field(default_factory=ModelConfig)
-    data: DataConfig = field(default_factory=DataConfig)
     sampler: SamplerConfig = field(default_factory=SamplerConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
     trainer: TrainerConfig = field(default_factory=TrainerConfig)
     parallel: ParallelConfig = field(default_factory=ParallelConfig)
     """How the run is spread over processes (conf/parallel/: single, ddp, fsdp, deepspeed)."""
     logger: LoggerConfig = field(default_factory=LoggerConfig)
-    task: Optional[TaskConfig] = None
-    """A synthetic reasoning task (conf/task/) instead of the text corpus."""
-    coconut: Optional[CoconutConfig] = None
-    """Coconut continuous-thought training on {question, steps, answer} records (conf/coconut/) instead of the
-    text corpus; with coconut.hf_model a Hugging Face causal LM replaces model.*."""
     init_from: Optional[str] = None
     """A model directory (config.json + safetensors) whose weights the run starts from, e.g. a Hugging Face model
     retrofitted by recurrent-lm-convert. Its config.json fixes the architecture; model.* may set only the recipe
@@ -170,14 +164,13 @@ class TrainConfig:
     dry_run: bool = False
     """Compose, validate and print the config, build the model, then exit."""
 
-    def __post_init__(self) -> None:
-        if self.task is not None and self.coconut is not None:
-            raise ConfigError("task= and coconut= are both set; a run trains on one of them (task=null or coconut=null)")
-        if self.init_from is not None and self.coconut is not None:
-            raise ConfigError(f"init_from={self.init_from} with coconut= is not supported: Coconut builds its model "
-                             "and adds its marker tokens itself; drop init_from (or use coconut.hf_model for a "
-                             "Hugging Face model)")
 
+def register_configs() -> type:
+    """Store the root schema (TrainConfig + one optional field per registered app) as ``base_config``."""
+    from recurrent_lm.train.app import load_apps
 
-def register_configs() -> None:
-    ConfigStore.instance().store(name="base_config", node=TrainConfig)
+    apps = [(key, Optional[cls.config_class], field(default=None)) for key, cls in load_apps().items()]
+    schema = make_dataclass("RunConfig", apps, bases=(TrainConfig,))
+    schema.__module__ = __name__
+    ConfigStore.instance().store(name="base_config", node=schema)
+    return schema

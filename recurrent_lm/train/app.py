@@ -1,0 +1,112 @@
+"""The app protocol of ``recurrent-lm-train``: what a kind of job supplies, and the registry that finds it.
+
+``train/`` owns everything every job shares (the run directory and its guards, the Trainer, checkpoints, logs,
+exact resume) and names no job. A job is an :class:`App`: pretraining (:mod:`recurrent_lm.train.pretrain`), the
+reasoning tasks (:mod:`recurrent_lm.reasoning.app`), Coconut (:mod:`recurrent_lm.coconut.app`). Each owns one
+top-level config group (``data``, ``task``, ``coconut``) whose schema it registers, and builds its data module
+and LightningModule, adds its callbacks, counts a batch's positions for the throughput monitor, and runs what
+follows ``fit`` (export, evaluation), returning a typed report.
+
+The apps register themselves when their module is imported; :func:`load_apps` imports the built-in ones and
+those other packages declare under the ``recurrent_lm.apps`` entry-point group, so a new app needs no edit here.
+A run selects the app whose config group is set; the default app (pretraining) gives way to any other.
+"""
+
+from __future__ import annotations
+
+import importlib
+from dataclasses import dataclass
+from importlib.metadata import entry_points
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, ClassVar, Optional, Protocol
+
+import lightning as L
+from rich.console import Console
+from torch import nn
+
+from recurrent_lm.errors import ConfigError
+
+if TYPE_CHECKING:
+    from recurrent_lm.train.schema import TrainConfig
+
+BUILTIN_APPS = ("recurrent_lm.train.pretrain", "recurrent_lm.reasoning.app", "recurrent_lm.coconut.app")
+"""Modules whose import registers the apps that ship with recurrent_lm."""
+ENTRY_POINT_GROUP = "recurrent_lm.apps"
+
+
+class AppReport(Protocol):
+    """What an app's after-fit step produced (an export path, an evaluation), printed in the final report."""
+
+    def print(self, console: Console) -> None: ...
+
+
+@dataclass
+class Built:
+    """An app's pieces of a run: the tokenizer is saved into the run directory by the app."""
+
+    datamodule: L.LightningDataModule
+    module: L.LightningModule
+    tokenizer: Any
+
+
+class App(Protocol):
+    """One kind of training job; an instance is made per run from the run's typed config."""
+
+    key: ClassVar[str]
+    """The top-level config group holding the app's typed config (``cfg.<key>``)."""
+    config_class: ClassVar[type]
+    """The dataclass of that group: the hydra schema its YAML files are checked against."""
+    default: ClassVar[bool]
+    """True for the one app that runs when no other app's group is set (pretraining)."""
+
+    def build(self, cfg: TrainConfig, run_dir: Path, resuming: bool) -> Built:
+        """Data module (prepared and set up for fit) and module; ``resuming``: weights come from the checkpoint."""
+
+    def callbacks(self, cfg: TrainConfig) -> list[L.Callback]:
+        """Callbacks beyond the shared ones (checkpoints, preemption, throughput, lr)."""
+
+    def batch_positions(self, batch: Any) -> int:
+        """Token positions a batch carries: the throughput monitor's tokens/s."""
+
+    def after_fit(self, cfg: TrainConfig, model: nn.Module, built: Built, run_dir: Path) -> Optional[AppReport]:
+        """Rank 0, after a fit that was not preempted: export, evaluate; the report is printed at the end."""
+
+
+APPS: dict[str, type[App]] = {}
+"""config key -> app class, filled by :func:`register_app`."""
+
+
+def register_app(cls: type[App]) -> type[App]:
+    """Class decorator: make ``cls`` selectable by setting its config group."""
+    APPS[cls.key] = cls
+    return cls
+
+
+def load_apps() -> dict[str, type[App]]:
+    """Import the built-in apps and those of installed packages (entry points); returns :data:`APPS`."""
+    for module in BUILTIN_APPS:
+        importlib.import_module(module)
+    for point in entry_points(group=ENTRY_POINT_GROUP):
+        point.load()
+    return APPS
+
+
+def selected_key(cfg: Any) -> str:
+    """The config key of the app a composed config runs: the one non-default app whose group is set, else the
+    default app. Two non-default groups at once are refused by name."""
+    chosen = [key for key, cls in APPS.items() if not cls.default and getattr(cfg, key, None) is not None]
+    if len(chosen) > 1:
+        raise ConfigError(f"{' and '.join(f'{k}=' for k in chosen)} are all set; a run trains one app "
+                          f"(set all but one to null, e.g. {chosen[1]}=null)")
+    if chosen:
+        return chosen[0]
+    return next(key for key, cls in APPS.items() if cls.default)
+
+
+def app_for(cfg: TrainConfig) -> App:
+    return APPS[selected_key(cfg)]()
+
+
+def batch_rows(batch: Any) -> int:
+    """Rows of a batch: a dict of (B, ...) tensors, or a list of records."""
+    return len(batch) if isinstance(batch, list) else next(iter(batch.values())).shape[0]

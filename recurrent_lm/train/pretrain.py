@@ -1,0 +1,101 @@
+"""The pretraining app: a packed text corpus (config group ``data``), sampled depth, a sample at the end.
+
+The default app of ``recurrent-lm-train``: it runs when no other app's group is set.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, ClassVar, Optional
+
+import lightning as L
+from rich.console import Console
+from torch import nn
+
+from recurrent_lm.data import DataConfig
+from recurrent_lm.data.tokenizer_dir import save_tokenizer_dir
+from recurrent_lm.errors import ConfigError
+from recurrent_lm.model.io import TOKENIZER_FILE
+from recurrent_lm.train.app import Built, register_app
+from recurrent_lm.train.datamodule import TextDataModule
+from recurrent_lm.train.export import export_model
+from recurrent_lm.train.init_from import load_initial_model, tokenizer_of
+from recurrent_lm.train.module import RecurrentLMModule
+from recurrent_lm.train.parallel import is_rank_zero, wait_for_file
+from recurrent_lm.train.schema import TrainConfig
+
+
+@dataclass
+class SampleReport:
+    """The export path and a text generated at the model's default depth."""
+
+    export: Optional[Path]
+    sample: Optional[str]
+
+    def print(self, console: Console) -> None:
+        if self.export is not None:
+            console.print(f"exported model: [bold]{self.export}[/bold]")
+        if self.sample is not None:
+            console.rule("sample")
+            console.print(self.sample, markup=False, highlight=False)
+
+
+@register_app
+class PretrainApp:
+    key: ClassVar[str] = "data"
+    config_class: ClassVar[type] = DataConfig
+    default: ClassVar[bool] = True
+
+    def build(self, cfg: TrainConfig, run_dir: Path, resuming: bool) -> Built:
+        data: DataConfig = getattr(cfg, self.key)
+        if cfg.init_from is not None and data.tokenizer_path is None:  # init_from's ids need its tokenizer
+            data.tokenizer_path = tokenizer_of(cfg.init_from)
+        if not is_rank_zero():
+            wait_for_file(run_dir / TOKENIZER_FILE, "rank 0 to prepare the data")  # prepared once, by rank 0
+        t = cfg.trainer
+        datamodule = TextDataModule(data, block_size=cfg.model.block_size, micro_batch_size=t.micro_batch_size,
+                                    val_batches=t.val_batches, seed=cfg.seed)
+        datamodule.prepare_data()
+        datamodule.setup("fit")
+        tokenizer = datamodule.tokenizer
+        if tokenizer.vocab_size > cfg.model.vocab_size:
+            raise ConfigError(f"tokenizer has {tokenizer.vocab_size} tokens but model.vocab_size="
+                              f"{cfg.model.vocab_size}; raise model.vocab_size or use a smaller tokenizer")
+        save_tokenizer_dir(tokenizer, run_dir)
+        return Built(datamodule, language_module(cfg, resuming), tokenizer)
+
+    def callbacks(self, cfg: TrainConfig) -> list[L.Callback]:
+        return []
+
+    def batch_positions(self, batch: Any) -> int:
+        return batch["input_ids"].numel()
+
+    def after_fit(self, cfg: TrainConfig, model: nn.Module, built: Built, run_dir: Path) -> SampleReport:
+        from recurrent_lm.train.run_dir import EXPORT_DIR
+
+        export = export_model(model, run_dir, run_dir / EXPORT_DIR) if cfg.export else None
+        return SampleReport(export, sample_text(cfg, model, built.tokenizer))
+
+
+def language_module(cfg: TrainConfig, resuming: bool) -> RecurrentLMModule:
+    """The module of a run that trains a RecurrentDepthLM on token batches (pretraining, reasoning tasks);
+    ``init_from``'s weights are loaded unless ``resuming`` (the checkpoint then holds newer ones)."""
+    initial = load_initial_model(cfg.init_from, cfg.model) if cfg.init_from and not resuming else None
+    return RecurrentLMModule(cfg.model, cfg.sampler, cfg.optim, cfg.trainer.eval_depths,
+                             compile_blocks=cfg.trainer.compile, telemetry_every=cfg.trainer.log_every_n_steps,
+                             seed=cfg.seed, max_nonfinite_steps=cfg.trainer.max_nonfinite_steps,
+                             lm=initial, parallel=cfg.parallel)
+
+
+def sample_text(cfg: TrainConfig, model: nn.Module, tokenizer: Any) -> Optional[str]:
+    """``cfg.sample_prompt`` continued by ``cfg.sample_tokens`` greedy tokens at the model's default depth."""
+    if cfg.sample_tokens <= 0:
+        return None
+    from recurrent_lm.infer import GenerationConfig, generate
+
+    prompt = tokenizer.encode(cfg.sample_prompt)
+    result = generate(model, [prompt], GenerationConfig(max_new_tokens=cfg.sample_tokens, seed=cfg.seed,
+                                                        num_steps=cfg.model.mean_recurrence),
+                      eos_id=tokenizer.eos_id, pad_id=tokenizer.pad_id)
+    return cfg.sample_prompt + tokenizer.decode(result.tokens[0])
