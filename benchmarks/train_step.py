@@ -163,7 +163,7 @@ def main() -> None:
         torch.set_num_threads(args.threads)
     device = torch.device(args.device)
     cfg = ModelConfig(**{**OmegaConf.to_container(OmegaConf.load(CONF / f"{args.preset}.yaml")),
-                         "block_size": max(args.seq, 1), "activation_checkpointing": args.checkpointing,
+                         "block_size": max(args.seq, 1),
                          "mean_recurrence": max(args.r, args.k), "mean_backprop_depth": args.k})
     r, k = args.r, min(args.k, args.r)
     tokens = args.batch * args.seq
@@ -198,6 +198,7 @@ def main() -> None:
             torch.manual_seed(0)
             if kind == "recurrent":
                 model = RecurrentDepthLM(cfg).to(device).train()
+                model.checkpoint_iterations = args.checkpointing
                 loss_fn = lambda m=model: m(ids, num_steps=(r - k, k), labels=labels).loss  # noqa: E731
                 flops = rec_flops
             else:

@@ -130,10 +130,11 @@ def test_hf_gpt2_trains_then_exports_a_loadable_coconut_model(tmp_path):
     assert torch.isfinite(logits).all()
 
 
-@pytest.mark.parametrize("key", ["parallel.activation_checkpointing", "model.activation_checkpointing"])
-def test_activation_checkpointing_with_coconut_is_refused(tmp_path, key):
-    with pytest.raises(ValueError, match=rf"{key}=true cannot train Coconut.*set {key}=false"):
-        run(compose_cfg(coconut_overrides(tmp_path / "run", **{key: "true"})))
+@pytest.mark.parametrize("mode", ["block", "iteration"])
+def test_activation_checkpointing_with_coconut_is_refused(tmp_path, mode):
+    with pytest.raises(ValueError, match=rf"parallel.activation_checkpointing={mode} cannot train Coconut.*"
+                                         "set parallel.activation_checkpointing=none"):
+        run(compose_cfg(coconut_overrides(tmp_path / "run", **{"parallel.activation_checkpointing": mode})))
 
 
 def test_task_and_coconut_together_are_refused(tmp_path):

@@ -13,7 +13,7 @@ import pytest
 import torch
 
 from recurrent_lm.infer import generate
-from recurrent_lm.loop import build_criterion
+from recurrent_lm.loop import ExitSpec
 from test_infer_generate import tiny_model
 
 R = 14
@@ -104,7 +104,7 @@ def test_exited_token_state_is_frozen_at_its_exit_step(trajectory):
                       threshold=0.05)
     with torch.no_grad():
         out = model(torch.tensor(TOKENS)[:, None], num_steps=R,
-                    exit_criterion=build_criterion("convergence", 0.05, 1, R))
+                    exit_criterion=ExitSpec("convergence", 0.05, 1, R).build())
     exits = [row[0] for row in result.steps]
     assert out.steps_used[:, 0].tolist() == exits
     for e, t in enumerate(exits):

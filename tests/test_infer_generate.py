@@ -14,7 +14,7 @@ import yaml
 
 from recurrent_lm.infer import GenerationConfig, generate
 from recurrent_lm.model import kv_cache_bytes
-from recurrent_lm.loop import build_criterion
+from recurrent_lm.loop import ExitSpec
 from recurrent_lm.model import ModelConfig, RecurrentDepthLM, RecurrentKVCache
 from recurrent_lm.model.cache import CACHE_STRATEGIES
 
@@ -79,7 +79,7 @@ def test_cached_decoding_equals_full_recomputation(dtype):
 def test_cached_decoding_with_exit_equals_full_forward_with_exit(model):
     """An exited token serves its latest K/V to later iterations, with or without a persistent cache."""
     prompt = PROMPTS[2]
-    criterion = build_criterion("convergence", 0.05, 1, 16)
+    criterion = ExitSpec("convergence", 0.05, 1, 16).build()
     tokens, logits, steps = full_recompute(model, prompt, 10, num_steps=16, criterion=criterion)
     result = generate(model, [prompt], max_new_tokens=10, num_steps=16, exit="convergence", threshold=0.05,
                       return_logits=True)

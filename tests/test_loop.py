@@ -6,8 +6,7 @@ import pytest
 import torch
 
 from recurrent_lm.loop import (ArgmaxStable, CausalConvergence, Convergence, EntropyChange, KLDivergence, LoopStats,
-                                SequenceConvergence,
-                               build_criterion, relative_change, token_correlation, unroll)
+                                SequenceConvergence, ExitSpec, relative_change, token_correlation, unroll)
 
 
 C = torch.tensor([1.0, -2.0, 0.5])
@@ -277,13 +276,13 @@ def test_criterion_memory_is_reset_between_unrolls():
     assert torch.equal(a.steps_used, b.steps_used)
 
 
-def test_build_criterion_by_name():
-    assert build_criterion(None) is None and build_criterion("none") is None
-    assert isinstance(build_criterion("convergence"), Convergence)
-    kl = build_criterion("kl", threshold=0.01, min_steps=2, max_steps=9)
+def test_exit_spec_builds_criteria_by_name():
+    assert ExitSpec(None).build() is None and ExitSpec("none").build() is None
+    assert isinstance(ExitSpec("convergence").build(), Convergence)
+    kl = ExitSpec("kl", threshold=0.01, min_steps=2, max_steps=9).build()
     assert isinstance(kl, KLDivergence) and (kl.threshold, kl.min_steps, kl.max_steps) == (0.01, 2, 9)
     with pytest.raises(ValueError, match="exit='cosine-ish' is not an exit criterion"):
-        build_criterion("cosine-ish")
+        ExitSpec("cosine-ish").build()
 
 
 def test_sequence_convergence_exits_whole_sequences_once_every_watched_element_is_still():

@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 import torch
 import torch.nn.functional as F
+from memory_support import saved_bytes
 from omegaconf import OmegaConf
 
 from recurrent_lm.loop import Convergence
@@ -177,7 +178,8 @@ def grads(model: RecurrentDepthLM) -> dict[str, torch.Tensor]:
 
 @pytest.mark.parametrize("checkpointing", [False, True])
 def test_truncated_backprop_matches_hand_written_reference(tiny_model, checkpointing):
-    model = tiny_model(activation_checkpointing=checkpointing).train()
+    model = tiny_model().train()
+    model.checkpoint_iterations = checkpointing
     x, labels = ids(2, 12, seed=1), ids(2, 12, seed=2)
     s0 = torch.randn(2, 12, model.config.d_model, generator=torch.Generator().manual_seed(3))
 
@@ -216,29 +218,9 @@ def test_default_num_steps_truncates_in_training_only(tiny_model):
 
 
 # ---------------------------------------------------------------------------------------- memory
-def saved_bytes(model: RecurrentDepthLM, x: torch.Tensor, num_steps: tuple[int, int]) -> int:
-    """Bytes autograd saves for backward in one training forward (parameters and duplicates excluded)."""
-    params = {p.untyped_storage().data_ptr() for p in model.parameters()}
-    seen: set[int] = set()
-    total = 0
-
-    def pack(t: torch.Tensor) -> torch.Tensor:
-        nonlocal total
-        ptr = t.untyped_storage().data_ptr()
-        if ptr not in params and ptr not in seen:
-            seen.add(ptr)
-            total += t.untyped_storage().nbytes()
-        return t
-
-    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
-        out = model(x, num_steps=num_steps, labels=x)
-    del out
-    return total
-
-
 def test_activation_memory_is_flat_in_depth(tiny_model):
     x = ids(2, 32)
-    model = tiny_model(activation_checkpointing=False).train()
+    model = tiny_model().train()
     shallow = saved_bytes(model, x, (0, 8))  # r=8, k=8
     deep = saved_bytes(model, x, (56, 8))  # r=64, k=8
     untruncated = saved_bytes(model, x, (0, 64))
@@ -246,7 +228,7 @@ def test_activation_memory_is_flat_in_depth(tiny_model):
     assert deep <= 1.3 * shallow, (deep, shallow)
     assert untruncated > 4 * shallow  # the measurement does see depth when it should
 
-    model.config.activation_checkpointing = True
+    model.checkpoint_iterations = True
     checkpointed = saved_bytes(model, x, (56, 8))
     assert checkpointed < 0.7 * deep, (checkpointed, deep)
 

@@ -15,13 +15,17 @@ import time
 
 import pytest
 import torch
+from memory_support import saved_bytes
 from train_support import compose_cfg, launch, metric_rows, overrides, step_losses
 
+from recurrent_lm.loop import SamplerConfig
 from recurrent_lm.model import RecurrentDepthLM
 from recurrent_lm.train.cli import run
+from recurrent_lm.train.module import RecurrentLMModule
 from recurrent_lm.train.parallel import (ParallelConfig, apply_activation_checkpointing, check_launch,
                                          transformer_blocks)
 from recurrent_lm.train.run_dir import Resume, check_parallel, newest_checkpoint, remove_partial_writes
+from recurrent_lm.train.schema import OptimConfig
 from recurrent_lm.train.sharded import RESUME_FILE
 
 STEPS = 6
@@ -51,10 +55,10 @@ def test_ddp_two_processes_train_as_one(one_process, corpus_dir, tmp_path):
 
 
 def test_fsdp2_trains_as_one_resumes_exactly_and_exports_full_weights(one_process, corpus_dir, tmp_path):
-    """With activation checkpointing on. Killed (both ranks) as step 4 starts: step-3.ckpt and last.ckpt are shard directories; the restart
+    """With per-block activation checkpointing on (that it acts: test_checkpointing_lowers_saved_activations_...). Killed (both ranks) as step 4 starts: step-3.ckpt and last.ckpt are shard directories; the restart
     resumes from them and the stitched losses equal both the 1-process run and an exact replay."""
     args = overrides(corpus_dir, tmp_path, **ARGS, **TWO, parallel="fsdp",
-                     **{"parallel.activation_checkpointing": True})  # recomputed blocks: the same numbers
+                     **{"parallel.activation_checkpointing": "block"})  # recomputed blocks: the same numbers
     killed = launch(args, fault="step:4")
     assert killed.returncode == -9, killed.stdout[-3000:]
     last = tmp_path / "checkpoints" / "last.ckpt"
@@ -148,8 +152,30 @@ def test_gpu_strategies_train_as_one_and_resume(parallel, one_process, corpus_di
 def test_activation_checkpointing_keeps_parameter_names(tiny_model):
     model = tiny_model()
     names = list(model.state_dict())
-    apply_activation_checkpointing(model)
+    apply_activation_checkpointing(model, "block")
     assert list(model.state_dict()) == names and len(transformer_blocks(model)) == 4  # prelude 1, core 2, coda 1
+    assert not model.checkpoint_iterations  # block mode wraps the blocks and leaves the core iterations alone
+
+
+@pytest.mark.parametrize("mode", ["block", "iteration"])
+def test_checkpointing_lowers_saved_activations_and_keeps_gradients(tiny_model, mode):
+    """What parallel.activation_checkpointing does to a real step, through the module's configure_model (the
+    path every strategy, FSDP2 included, takes): fewer bytes saved for backward, the same gradients."""
+    x = torch.randint(0, 512, (2, 32), generator=torch.Generator().manual_seed(0))
+    bytes_, grads = {}, {}
+    for setting in ("none", mode):
+        module = RecurrentLMModule(tiny_model().config, SamplerConfig(), OptimConfig(), [1],
+                                   parallel=ParallelConfig(activation_checkpointing=setting))
+        module.model.load_state_dict(tiny_model().state_dict())
+        module.configure_model()
+        module.model.train()
+        bytes_[setting] = saved_bytes(module.model, x, (2, 4))
+        s0 = torch.zeros(2, 32, module.model.config.d_model)
+        module.model(x, num_steps=(2, 4), labels=x, init_state=s0).loss.backward()
+        grads[setting] = {n: p.grad for n, p in module.model.named_parameters()}
+    assert bytes_[mode] < 0.7 * bytes_["none"], bytes_
+    for name, grad in grads["none"].items():
+        torch.testing.assert_close(grads[mode][name], grad, rtol=1e-5, atol=1e-7, msg=name)
 
 
 # ---------------------------------------------------------------------------------------------- refusals

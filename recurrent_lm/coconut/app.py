@@ -134,11 +134,10 @@ class CoconutApp:
             raise ConfigError(f"init_from={cfg.init_from} with coconut= is not supported: Coconut builds its model "
                               "and adds its marker tokens itself; drop init_from (or use coconut.hf_model for a "
                               "Hugging Face model)")
-        for key, on in (("parallel.activation_checkpointing", cfg.parallel.activation_checkpointing),
-                        ("model.activation_checkpointing", cfg.model.activation_checkpointing)):
-            if on:  # the recompute would attend over a cache that later thoughts' K/V have already grown
-                raise ConfigError(f"{key}=true cannot train Coconut: a recomputed block would re-read the KV cache "
-                                  f"after later thoughts extended it; set {key}=false")
+        if cfg.parallel.activation_checkpointing != "none":  # a recompute would see a cache later thoughts grew
+            raise ConfigError(f"parallel.activation_checkpointing={cfg.parallel.activation_checkpointing} cannot "
+                              "train Coconut: a recomputed block would re-read the KV cache after later thoughts "
+                              "extended it; set parallel.activation_checkpointing=none")
         if not is_rank_zero():
             wait_for_file(run_dir / TOKENIZER_FILE, "rank 0 to prepare the data")  # prepared once, by rank 0
         generate_data(coconut, cfg.seed)

@@ -56,7 +56,7 @@ TRAINING_ONLY = {"init_strategy": "takase", "init_orthogonal": False, "sampling_
 
 OUR_EXTRA_KEY = "recurrent_lm"
 """config.json key holding the ModelConfig fields the format has no key for (its own code ignores it)."""
-UNEXPRESSED = ("attn_backend", "activation_checkpointing", "init_std", "extra")
+UNEXPRESSED = ("attn_backend", "init_std", "extra")
 
 STACKS = {"prelude": "prelude", "core": "core_block", "coda": "coda"}
 """Our ModuleList name -> the format's."""

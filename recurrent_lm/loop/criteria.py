@@ -179,12 +179,3 @@ CRITERIA: dict[str, type[ExitCriterion]] = {
 }
 DEFAULT_THRESHOLDS = {"convergence": 0.03, "causal_convergence": 0.03, "sequence_convergence": 0.03,
                       "kl": 5e-4, "entropy": 1e-3, "argmax": 4}
-
-
-def build_criterion(name: Optional[str], threshold: Optional[float] = None, min_steps: int = 1,
-                    max_steps: Optional[int] = None, watch: Optional[Tensor] = None) -> Optional[ExitCriterion]:
-    """Criterion by name; ``None``/``"none"`` means fixed depth (no exit). Shorthand for
-    ``ExitSpec(name, threshold, min_steps, max_steps).build(watch)``, which checks the settings."""
-    from recurrent_lm.loop.exit_spec import ExitSpec
-
-    return ExitSpec(name, threshold, min_steps, max_steps).build(watch)

@@ -21,6 +21,9 @@ ATTN_BACKENDS = ("sdpa", "flash", "eager")
 ROPE_SCALINGS = {"linear": ("factor",),
                  "llama3": ("factor", "low_freq_factor", "high_freq_factor", "original_max_position_embeddings")}
 """rope_scaling["rope_type"] -> the keys it needs: Hugging Face's names, so a Llama config.json maps 1:1."""
+MOVED_FIELDS = {"activation_checkpointing": "parallel.activation_checkpointing (none | block | iteration)"}
+"""Keys that left ModelConfig for a runtime setting -> where they live now. A config.json written before the
+move still loads (model/io.py drops them); anywhere else they are refused with the new name."""
 
 
 @dataclass
@@ -76,8 +79,6 @@ class ModelConfig:
     """Expected training depth r̄: the eval default and the depth used by the init scaling."""
     mean_backprop_depth: int = 8
     """k: iterations that carry gradient when num_steps is None in training."""
-    activation_checkpointing: bool = False
-    """Recompute each gradient-carrying core iteration in backward (memory flat in k too)."""
     init_std: Optional[float] = None
     """Base init std; None gives Spike-No-More's sqrt(2 / (5h))."""
     extra: dict[str, Any] = field(default_factory=dict)
@@ -146,7 +147,12 @@ class ModelConfig:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> "ModelConfig":
-        """Build from a dict (config.json, a hydra group), refusing unknown keys by name."""
+        """Build from a dict (config.json, a hydra group), refusing unknown keys by name and a key that moved
+        out of the model config by its new name."""
+        moved = sorted(set(data) & set(MOVED_FIELDS))
+        if moved:
+            raise ConfigError(f"ModelConfig: {', '.join(f'{k} is now {MOVED_FIELDS[k]}' for k in moved)}; "
+                              "it is a runtime setting, not part of the architecture")
         return from_dict(cls, data)
 
 

@@ -59,11 +59,18 @@ class RecurrentLMOutput:
     """r -> (B, T, V) logits after r core iterations, for each r of ``readout_depths``."""
 
 
+def next_token_loss(logits: Tensor, labels: Tensor) -> Tensor:
+    """Mean cross-entropy of logits (B, T, V) against aligned labels (B, T); IGNORE_INDEX positions skipped."""
+    return F.cross_entropy(logits.flatten(0, 1).float(), labels.flatten(), ignore_index=IGNORE_INDEX)
+
 class RecurrentDepthLM(nn.Module):
     def __init__(self, config: ModelConfig) -> None:
         super().__init__()
         check_backend(config.attn_backend)
         self.config = config
+        self.checkpoint_iterations = False
+        """Recompute each gradient-carrying core iteration in backward: a runtime choice, set by
+        ``parallel.activation_checkpointing=iteration`` (train/parallel.py), not part of the architecture."""
         h = config.d_model
         self.embed = nn.Embedding(config.vocab_size, h)
         self.prelude = nn.ModuleList(Block(config) for _ in range(config.n_prelude))
@@ -236,7 +243,7 @@ class RecurrentDepthLM(nn.Module):
             s0,
             n_no_grad,
             n_grad,
-            checkpoint=self.training and self.config.activation_checkpointing,
+            checkpoint=self.training and self.checkpoint_iterations,
             criterion=exit_criterion,
             sequence_axis=1,  # the state is (B, T, H): tokens run along axis 1
             readout=lambda s: self.decode(s, readout_ctx),
@@ -250,7 +257,7 @@ class RecurrentDepthLM(nn.Module):
             past_key_values.commit(seq)
         loss = None
         if labels is not None:
-            loss = F.cross_entropy(logits.flatten(0, 1).float(), labels.flatten(), ignore_index=IGNORE_INDEX)
+            loss = next_token_loss(logits, labels)
         return RecurrentLMOutput(logits=logits, loss=loss, state=loop.state, hidden=hidden, steps_used=loop.steps_used,
                                  num_steps=(n_no_grad, n_grad), readouts=loop.readouts, stats=loop.stats,
                                  depth_logits=dict(sorted(depth_logits.items())))

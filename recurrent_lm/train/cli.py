@@ -38,6 +38,7 @@ from lightning.pytorch.loggers import Logger, TensorBoardLogger
 from omegaconf import DictConfig, OmegaConf
 
 from recurrent_lm.errors import ConfigError, MissingFileError, report_user_errors
+from recurrent_lm.model.config import MOVED_FIELDS
 from recurrent_lm.model.io import make_writable_dir
 from recurrent_lm.model.precision import resolve_precision
 from recurrent_lm.train.app import APPS, App, app_for, batch_rows, selected_key
@@ -235,11 +236,15 @@ def _hydra_main(cfg: DictConfig) -> None:
         sys.exit(status)
 
 
-def check_group_choices(overrides: Sequence[str], conf: Path) -> None:
-    """Refuse ``group=name`` overrides that name no file of the group (``experiment=dmeo``) before hydra
-    composes, so the refusal is one line with exit status 2 like every other bad setting."""
+def check_overrides(overrides: Sequence[str], conf: Path) -> None:
+    """Refuse, before hydra composes (so the refusal is one line with exit status 2 like every other bad
+    setting), a key that moved (``model.activation_checkpointing``: its new name is given) and a
+    ``group=name`` that names no file of the group (``experiment=dmeo``)."""
     for override in overrides:
         key, sep, value = override.partition("=")
+        moved = MOVED_FIELDS.get(key.lstrip("+~").removeprefix("model."))
+        if key.lstrip("+~").startswith("model.") and moved:
+            raise ConfigError(f"{key} is now {moved}; set that instead")
         group = conf / key
         if not sep or not key.isidentifier() or not group.is_dir() or value in ("null", ""):
             continue
@@ -250,7 +255,7 @@ def check_group_choices(overrides: Sequence[str], conf: Path) -> None:
 
 
 def main() -> None:
-    status = report_user_errors(PROG, lambda: check_group_choices(sys.argv[1:], conf_dir()))
+    status = report_user_errors(PROG, lambda: check_overrides(sys.argv[1:], conf_dir()))
     if status:
         sys.exit(status)
     _hydra_main()

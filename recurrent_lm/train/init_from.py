@@ -21,7 +21,7 @@ from recurrent_lm.errors import ConfigError, MissingFileError
 from recurrent_lm.model import ModelConfig, RecurrentDepthLM
 from recurrent_lm.model.io import TOKENIZER_FILE, model_dir_problem, read_config
 
-RECIPE_FIELDS = ("mean_recurrence", "mean_backprop_depth", "activation_checkpointing", "attn_backend", "block_size")
+RECIPE_FIELDS = ("mean_recurrence", "mean_backprop_depth", "attn_backend", "block_size")
 """ModelConfig fields a run may set on top of init_from's architecture (block_size only sizes the RoPE tables).
 ``init_scale`` is not one: with ``injection='add'`` the core's first input is s_0 + e, so the scale of the initial
 state is part of the function the weights were trained to compute."""

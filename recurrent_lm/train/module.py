@@ -14,6 +14,7 @@ from torch import Tensor
 from recurrent_lm.errors import DivergedError
 from recurrent_lm.loop import DepthSampler, SamplerConfig, token_correlation
 from recurrent_lm.model import ModelConfig, RecurrentDepthLM, train_flops_per_token
+from recurrent_lm.model.lm import next_token_loss
 from recurrent_lm.train.parallel import ParallelConfig, apply_activation_checkpointing, shard_model
 from recurrent_lm.train.optim import build_optimizer
 from recurrent_lm.train.schema import OptimConfig
@@ -66,8 +67,7 @@ class RecurrentLMModule(L.LightningModule):
         if self._configured:
             return
         self._configured = True
-        if self.parallel.activation_checkpointing:
-            apply_activation_checkpointing(self.model)
+        apply_activation_checkpointing(self.model, self.parallel.activation_checkpointing)
         if self.compile_blocks:
             self.model.compile_blocks()
         if self.parallel.strategy == "fsdp":
@@ -148,19 +148,20 @@ class RecurrentLMModule(L.LightningModule):
 
     # ------------------------------------------------------------------ validation
     def validation_step(self, batch: dict[str, Tensor], batch_idx: int, dataloader_idx: int = 0) -> None:
-        """Loss at every eval depth; with several val loaders (a task's difficulties) metrics are ``val{i}/``."""
+        """Loss at every eval depth, all read from one unroll to the deepest (``readout_depths``): the cost of
+        the deepest run, not of their sum. With several val loaders (a task's difficulties) metrics are
+        ``val{i}/``."""
         prefix = f"val{dataloader_idx}" if len(self.trainer.num_val_batches) > 1 else "val"
-        for r in self.eval_depths:
-            # The same s_0 for a batch at every validation: val curves then move with the weights only.
-            out = self.model(batch["input_ids"], num_steps=r, labels=batch["labels"],
-                             position_ids=batch.get("position_ids"), record_stats=r == max(self.eval_depths),
-                             generator=self.generator("val", dataloader_idx, batch_idx, r, rank=False))
-            self.log(f"{prefix}/loss_r{r}", out.loss, sync_dist=True, add_dataloader_idx=False)
-            if out.stats is not None:
-                _, rel = out.stats.as_tensors()
-                self.log(f"{prefix}/rel_change_last", rel[-1], sync_dist=True, add_dataloader_idx=False)
-                self.log(f"{prefix}/token_corr", token_correlation(out.state), sync_dist=True,
-                         add_dataloader_idx=False)
+        # The same s_0 for a batch at every validation: val curves then move with the weights only.
+        out = self.model(batch["input_ids"], num_steps=max(self.eval_depths), position_ids=batch.get("position_ids"),
+                         record_stats=True, readout_depths=self.eval_depths,
+                         generator=self.generator("val", dataloader_idx, batch_idx, rank=False))
+        for r, logits in out.depth_logits.items():
+            self.log(f"{prefix}/loss_r{r}", next_token_loss(logits, batch["labels"]), sync_dist=True,
+                     add_dataloader_idx=False)
+        _, rel = out.stats.as_tensors()
+        self.log(f"{prefix}/rel_change_last", rel[-1], sync_dist=True, add_dataloader_idx=False)
+        self.log(f"{prefix}/token_corr", token_correlation(out.state), sync_dist=True, add_dataloader_idx=False)
 
     # ------------------------------------------------------------------ optim
     def configure_optimizers(self) -> dict[str, Any]:

@@ -31,6 +31,7 @@ from torch import nn
 from recurrent_lm.errors import ConfigError, WaitTimeoutError
 
 STRATEGIES = ("single", "ddp", "fsdp", "deepspeed")
+CHECKPOINTING = ("none", "block", "iteration")
 GPU_EXTRA = "pip install 'recurrent_lm[gpu]'"
 
 
@@ -42,9 +43,10 @@ class ParallelConfig:
     """single | ddp | fsdp | deepspeed. Processes: trainer.devices per node × trainer.num_nodes."""
     zero_stage: int = 2
     """deepspeed only: ZeRO stage 1 (optimizer states), 2 (+ gradients) or 3 (+ parameters)."""
-    activation_checkpointing: bool = False
-    """Recompute every block's activations in backward (applied in configure_model, any strategy). The
-    model's own ``model.activation_checkpointing`` recomputes whole core iterations instead."""
+    activation_checkpointing: str = "none"
+    """What is recomputed in backward (applied in configure_model, any strategy): none; block = every
+    transformer block (prelude, core, coda); iteration = each gradient-carrying core iteration as a whole
+    (memory flat in k too). The only activation-checkpointing switch of a run."""
     reshard_after_forward: bool = True
     """fsdp only: free gathered parameters after each unit's forward (ZeRO-3-like memory); false keeps them
     until backward (ZeRO-2-like: more memory, one all-gather fewer per unit)."""
@@ -58,6 +60,11 @@ class ParallelConfig:
         if self.strategy not in STRATEGIES:
             raise ConfigError(f"parallel.strategy={self.strategy!r} is unknown; choose one of {list(STRATEGIES)} "
                              "(or select a preset: parallel=ddp, parallel=fsdp, ...)")
+        if self.activation_checkpointing not in CHECKPOINTING:
+            was_bool = self.activation_checkpointing.lower() in ("true", "false")
+            hint = " (the former true is block; false is none)" if was_bool else ""
+            raise ConfigError(f"parallel.activation_checkpointing={self.activation_checkpointing!r} is unknown; "
+                              f"choose one of {list(CHECKPOINTING)}{hint}")
         if self.zero_stage not in (1, 2, 3):
             raise ConfigError(f"parallel.zero_stage={self.zero_stage}: DeepSpeed ZeRO has stages 1, 2 and 3")
 
@@ -160,13 +167,20 @@ def build_strategy(parallel: ParallelConfig) -> Any:
     return AtomicDeepSpeedStrategy(stage=parallel.zero_stage, process_group_backend=parallel.process_group_backend)
 
 
-def apply_activation_checkpointing(model: nn.Module) -> None:
-    """Recompute each block in backward. The composable ``checkpoint`` keeps parameter names unchanged, so
-    checkpoints and exports are the same with or without it."""
-    from torch.distributed._composable import checkpoint
+def apply_activation_checkpointing(model: nn.Module, mode: str = "block") -> None:
+    """``parallel.activation_checkpointing``: ``block`` recomputes each block in backward (the composable
+    ``checkpoint`` keeps parameter names unchanged, so checkpoints and exports are the same with or without
+    it); ``iteration`` has a RecurrentDepthLM recompute each gradient-carrying core iteration as a whole."""
+    if mode == "iteration":
+        if not hasattr(model, "checkpoint_iterations"):
+            raise ConfigError(f"parallel.activation_checkpointing=iteration needs a recurrent core, and "
+                              f"{type(model).__name__} has none; use block")
+        model.checkpoint_iterations = True
+    elif mode == "block":
+        from torch.distributed._composable import checkpoint
 
-    for block in transformer_blocks(model):
-        checkpoint(block)
+        for block in transformer_blocks(model):
+            checkpoint(block)
 
 
 def transformer_blocks(model: nn.Module) -> list[nn.Module]:

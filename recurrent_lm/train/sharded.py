@@ -98,10 +98,6 @@ class AtomicDeepSpeedStrategy(AtomicDirectorySave, DeepSpeedStrategy):
     """DeepSpeed ZeRO (CUDA only) with atomic directory checkpoints."""
 
 
-def is_directory_checkpoint(path: Path) -> bool:
-    return path.is_dir() and (path / RESUME_FILE).is_file()
-
-
 def read_resume_record(path: Path) -> dict[str, Any]:
     try:
         return json.loads((path / RESUME_FILE).read_text())
