@@ -24,6 +24,7 @@ from torch import Tensor, nn
 from recurrent_lm.errors import ConfigError
 from recurrent_lm.loop import ExitSpec
 from recurrent_lm.model.cache import RecurrentKVCache
+from recurrent_lm.model.context import real_positions
 from recurrent_lm.model.lm import NumSteps, RecurrentDepthLM
 
 
@@ -46,11 +47,6 @@ class BackendOutput:
     """(B, T, H) last hidden state (after the final norm)."""
     steps_used: Optional[Tensor] = None
     """(B, T) core iterations each position received; None for a model without a recurrent core."""
-
-
-def positions(attention_mask: Tensor, new: int) -> Tensor:
-    """(B, past + T) mask -> (B, T) positions of the ``new`` last columns, counting real columns only."""
-    return (attention_mask.long().cumsum(-1) - 1).clamp_min(0)[:, -new:]
 
 
 class CausalBackend(Protocol):
@@ -95,7 +91,7 @@ class RecurrentBackend:
 
     def forward(self, embeds: Tensor, attention_mask: Tensor, cache: RecurrentKVCache, depth: Depth = FIXED,
                 generator: Optional[torch.Generator] = None) -> BackendOutput:
-        init = None if self._s0 is None else self._s0[positions(attention_mask, embeds.shape[1])]  # (B, T, H)
+        init = None if self._s0 is None else self._s0[real_positions(attention_mask, embeds.shape[1])]  # (B, T, H)
         out = self.model(inputs_embeds=embeds, attention_mask=attention_mask, past_key_values=cache,
                          num_steps=depth.num_steps, exit_criterion=depth.exit.build() if depth.exit else None,
                          init_state=init, generator=generator)
@@ -136,7 +132,7 @@ class HFBackend:
             raise ConfigError(f"depth={depth}: a Hugging Face model has no recurrent core; thoughts × depth needs a "
                              "recurrent_lm model (leave the thought depth and depth exit unset)")
         out = self.model.base_model(inputs_embeds=embeds, attention_mask=attention_mask,
-                                    position_ids=positions(attention_mask, embeds.shape[1]),
+                                    position_ids=real_positions(attention_mask, embeds.shape[1]),
                                     past_key_values=cache, use_cache=True)
         return BackendOutput(out.last_hidden_state)
 

@@ -35,6 +35,7 @@ from recurrent_lm.infer.config import GenerationConfig
 from recurrent_lm.infer.sampling import row_generators, select_tokens
 from recurrent_lm.loop import resolve_depth
 from recurrent_lm.model.cache import RecurrentKVCache
+from recurrent_lm.model.context import real_positions
 
 if TYPE_CHECKING:
     from recurrent_lm.model.lm import RecurrentDepthLM
@@ -172,7 +173,7 @@ def _generate(model, prompts, config: GenerationConfig, eos_id, pad_id, decode, 
         ids[b, longest - len(p):] = torch.tensor(p)
         mask[b, longest - len(p):] = 1
     ids, mask = ids.to(device), mask.to(device)
-    positions = (mask.cumsum(-1) - 1).clamp_min(0)  # (B, L) real positions; padding sits at 0
+    positions = real_positions(mask)  # (B, L) real positions; padding sits at 0
 
     tokens: list[list[int]] = [[] for _ in range(batch)]
     steps: list[list[int]] = [[] for _ in range(batch)]

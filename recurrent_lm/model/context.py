@@ -17,6 +17,14 @@ from recurrent_lm.model.cache import RecurrentKVCache
 from recurrent_lm.model.config import ModelConfig
 
 
+def real_positions(attention_mask: Tensor, new: Optional[int] = None) -> Tensor:
+    """(B, S) mask (1 = real token, 0 = left padding) -> (B, S) RoPE positions counting real tokens only, or
+    (B, new) those of the ``new`` last columns. Padding sits at position 0; a padded row then reaches exactly
+    as far as it would alone. The one definition (attention, generation and Coconut's thoughts use it)."""
+    positions = (attention_mask.long().cumsum(-1) - 1).clamp_min(0)  # (B, S)
+    return positions if new is None else positions[:, attention_mask.shape[-1] - new:]
+
+
 def attention_context(config: ModelConfig, rope_cos: Tensor, rope_sin: Tensor, batch: int, seq: int,
                       device: torch.device, *, attention_mask: Optional[Tensor] = None,
                       position_ids: Optional[Tensor] = None, document_ids: Optional[Tensor] = None,
@@ -39,7 +47,7 @@ def attention_context(config: ModelConfig, rope_cos: Tensor, rope_sin: Tensor, b
                          f"{config.block_size}; shorten the prompt or truncate the input")
     if position_ids is None:
         if attention_mask is not None:
-            position_ids = (attention_mask.long().cumsum(-1) - 1).clamp_min(0)[:, past:]  # (B, T)
+            position_ids = real_positions(attention_mask, seq)  # (B, T)
         else:
             position_ids = torch.arange(past, total, device=device).unsqueeze(0)  # (1, T)
     cos = rope_cos[position_ids].unsqueeze(1)  # (B|1, 1, T, D/2)
