@@ -192,7 +192,7 @@ def test_a_bad_value_gets_the_same_message_from_every_entry_point(case, tmp_path
                                           "recurrent-lm-generate: error: ", capsys),
         "recurrent-lm-reasoning-eval": from_cli(reasoning_main, ["--model", str(tmp_path / "never_loaded"),
                                                                  "--task", "parity", *flags(settings)],
-                                                "error: ", capsys),
+                                                "recurrent-lm-reasoning-eval: error: ", capsys),
     }
     assert messages["GenerationConfig"].startswith(expected)
     assert all(m == messages["GenerationConfig"] for m in messages.values()), messages

@@ -308,7 +308,7 @@ def preset_config(name: str) -> ModelConfig:
 def test_hydra_compose_gives_a_model_config():
     from hydra import compose, initialize_config_dir
 
-    from recurrent_lm.train.schema import register_configs  # the structured `base_config` schema
+    from recurrent_lm.train.app import register_configs  # the structured `base_config` schema
 
     register_configs()
     with initialize_config_dir(config_dir=str(CONF_DIR), version_base=None):

@@ -117,7 +117,7 @@ def test_cli_reads_task_json_and_writes_tables(tmp_path, capsys):
 
 def test_cli_bad_input_is_one_line_and_status_2(tmp_path, capsys):
     assert main(["--model", str(tmp_path / "missing")]) == 2
-    assert capsys.readouterr().err.startswith("error: ")
+    assert capsys.readouterr().err.startswith("recurrent-lm-reasoning-eval: error: ")
     task = TaskConfig(train_max=4, eval_difficulties=[4])
     tiny(task).save_pretrained(tmp_path / "model")
     assert main(["--model", str(tmp_path / "model")]) == 2  # no task.json and no --task

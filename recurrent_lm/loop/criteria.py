@@ -15,6 +15,7 @@ import torch
 from torch import Tensor
 
 from recurrent_lm.errors import ConfigError
+from recurrent_lm.loop.exit_settings import checked_bounds
 
 Readout = Callable[[Tensor], Tensor]
 """Maps a state (*elements, H) to next-token logits (*elements, V)."""
@@ -27,13 +28,8 @@ class ExitCriterion(ABC):
     needs_readout: bool = False
 
     def __init__(self, threshold: float, min_steps: int = 1, max_steps: Optional[int] = None) -> None:
-        # Imported here: exit_spec imports this module. The spec is the one check of these settings.
-        from recurrent_lm.loop.exit_spec import ExitSpec
-
-        spec = ExitSpec(threshold=threshold, min_steps=min_steps, max_steps=max_steps)
-        self.threshold: float = spec.threshold
-        self.min_steps = spec.min_steps
-        self.max_steps = spec.max_steps
+        # The same checks (and messages) as ExitSpec's, from the module both use.
+        self.threshold, self.min_steps, self.max_steps = checked_bounds(threshold, min_steps, max_steps)
         self.sequence_axis: Optional[int] = None
         self.reset()
 

@@ -9,14 +9,13 @@ the same names everywhere: ``exit``, ``threshold``, ``min_steps``, ``max_steps``
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 from typing import Any, Optional, Union
 
 from torch import Tensor
 
-from recurrent_lm.errors import ConfigError
 from recurrent_lm.loop.criteria import CRITERIA, DEFAULT_THRESHOLDS, Convergence, ExitCriterion
+from recurrent_lm.loop.exit_settings import checked_bounds, invalid, is_unset, steps
 
 DepthRequest = Union[int, str, None]
 """A test-time depth as a user gives it: an int, its text, or None / 'default' (the model's own)."""
@@ -24,7 +23,6 @@ DepthRequest = Union[int, str, None]
 EXIT_CHOICES = ("none", *CRITERIA)
 """Every value ``exit`` accepts; 'none' is fixed depth."""
 
-_UNSET = ("", "none", "default")
 
 
 @dataclass(frozen=True)
@@ -45,25 +43,15 @@ class ExitSpec:
     """Per-token cap on core iterations; None = the requested depth (``num_steps``)."""
 
     def __post_init__(self) -> None:
-        criterion = None if _is_unset(self.criterion) else self.criterion
+        criterion = None if is_unset(self.criterion) else self.criterion
         if criterion is not None and criterion not in CRITERIA:
-            raise _invalid("exit", criterion, "is not an exit criterion", f"choose one of {list(EXIT_CHOICES)}")
+            raise invalid("exit", criterion, "is not an exit criterion", f"choose one of {list(EXIT_CHOICES)}")
         threshold = self.threshold
-        if threshold is not None:
-            fix = "give a number >= 0, or none for the criterion's default"
-            threshold = _number("threshold", threshold, float, fix)
-            if threshold < 0:
-                raise _invalid("threshold", threshold, "is negative", fix)
-        elif criterion is not None:
+        if threshold is None and criterion is not None:
             threshold = DEFAULT_THRESHOLDS[criterion]
-        min_steps = _steps("min_steps", self.min_steps, "iterations before the criterion is consulted")
-        if self.max_steps is not None:
-            max_steps = _steps("max_steps", self.max_steps, "the most iterations a token may use; none = num_steps")
-            if min_steps > max_steps:
-                raise _invalid("min_steps", min_steps, f"is greater than max_steps={max_steps}",
-                               "lower min_steps or raise max_steps")
-            object.__setattr__(self, "max_steps", max_steps)
-        for name, value in (("criterion", criterion), ("threshold", threshold), ("min_steps", min_steps)):
+        threshold, min_steps, max_steps = checked_bounds(threshold, self.min_steps, self.max_steps)
+        for name, value in (("criterion", criterion), ("threshold", threshold), ("min_steps", min_steps),
+                            ("max_steps", max_steps)):
             object.__setattr__(self, name, value)
 
     @classmethod
@@ -74,10 +62,10 @@ class ExitSpec:
         None, '' and 'none' leave a setting at its default; numbers may come as text. Errors are the
         ones the constructor raises.
         """
-        return cls(criterion=None if _is_unset(criterion) else str(criterion).strip(),
-                   threshold=None if _is_unset(threshold) else threshold,
-                   min_steps=1 if _is_unset(min_steps) else min_steps,
-                   max_steps=None if _is_unset(max_steps) else max_steps)
+        return cls(criterion=None if is_unset(criterion) else str(criterion).strip(),
+                   threshold=None if is_unset(threshold) else threshold,
+                   min_steps=1 if is_unset(min_steps) else min_steps,
+                   max_steps=None if is_unset(max_steps) else max_steps)
 
     @property
     def adaptive(self) -> bool:
@@ -109,44 +97,10 @@ def resolve_depth(num_steps: DepthRequest, default: int, spec: Optional[ExitSpec
     ``spec.max_steps`` if set, else ``num_steps``, else ``default`` (the model's mean_recurrence). Under
     exit the cap is where every token stops at the latest, so ``min_steps`` must fit under it.
     """
-    requested = None if _is_unset(num_steps) else _steps("num_steps", num_steps, "core iterations per token, "
+    requested = None if is_unset(num_steps) else steps("num_steps", num_steps, "core iterations per token, "
                                                                                  "e.g. num_steps=32")
     cap = spec.max_steps if spec is not None and spec.max_steps is not None else requested or default
     if spec is not None and spec.adaptive and spec.min_steps > cap:
-        raise _invalid("min_steps", spec.min_steps, f"is greater than the step cap {cap} (max_steps, else num_steps)",
+        raise invalid("min_steps", spec.min_steps, f"is greater than the step cap {cap} (max_steps, else num_steps)",
                        "lower min_steps or raise the cap")
     return cap
-
-
-def _is_unset(value: Any) -> bool:
-    return value is None or (isinstance(value, str) and value.strip().lower() in _UNSET)
-
-
-def _steps(setting: str, value: Any, meaning: str) -> int:
-    steps = _number(setting, value, int, f"give a positive integer ({meaning})")
-    if steps < 1:
-        raise _invalid(setting, steps, "is below 1", f"give a positive integer ({meaning})")
-    return steps
-
-
-def _number(setting: str, value: Any, kind: type, fix: str) -> Union[int, float]:
-    """``value`` as ``kind`` (int or float); text and integral floats convert, bools and the rest do not."""
-    try:
-        if isinstance(value, bool):
-            raise TypeError
-        number = float(value.strip() if isinstance(value, str) else value)
-        if math.isnan(number):
-            raise ValueError
-        if kind is int:
-            if not (math.isfinite(number) and number.is_integer()):
-                raise TypeError
-            return int(number)
-        return number
-    except (TypeError, ValueError):
-        what = "an integer" if kind is int else "a number"
-        raise _invalid(setting, value, f"is not {what}", fix) from None
-
-
-def _invalid(setting: str, value: Any, problem: str, fix: str) -> ConfigError:
-    """The one message format of every exit and depth setting: which setting, what is wrong, the fix."""
-    return ConfigError(f"{setting}={value!r} {problem}; {fix}")

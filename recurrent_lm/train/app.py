@@ -15,19 +15,18 @@ A run selects the app whose config group is set; the default app (pretraining) g
 from __future__ import annotations
 
 import importlib
-from dataclasses import dataclass
+from dataclasses import dataclass, field, make_dataclass
 from importlib.metadata import entry_points
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, ClassVar, Optional, Protocol
+from typing import Any, ClassVar, Optional, Protocol
 
 import lightning as L
+from hydra.core.config_store import ConfigStore
 from rich.console import Console
 from torch import nn
 
 from recurrent_lm.errors import ConfigError
-
-if TYPE_CHECKING:
-    from recurrent_lm.train.schema import TrainConfig
+from recurrent_lm.train.schema import TrainConfig
 
 BUILTIN_APPS = ("recurrent_lm.train.pretrain", "recurrent_lm.reasoning.app", "recurrent_lm.coconut.app")
 """Modules whose import registers the apps that ship with recurrent_lm."""
@@ -101,6 +100,16 @@ def selected_key(cfg: Any) -> str:
     if chosen:
         return chosen[0]
     return next(key for key, cls in APPS.items() if cls.default)
+
+
+def register_configs() -> type:
+    """Store the root schema, :class:`TrainConfig` + one optional field per registered app typed by its config
+    class, in hydra's ConfigStore as ``base_config``; returns it."""
+    apps = [(key, Optional[cls.config_class], field(default=None)) for key, cls in load_apps().items()]
+    schema = make_dataclass("RunConfig", apps, bases=(TrainConfig,))
+    schema.__module__ = __name__
+    ConfigStore.instance().store(name="base_config", node=schema)
+    return schema
 
 
 def app_for(cfg: TrainConfig) -> App:

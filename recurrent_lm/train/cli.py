@@ -41,7 +41,7 @@ from recurrent_lm.errors import ConfigError, MissingFileError, report_user_error
 from recurrent_lm.model.config import MOVED_FIELDS
 from recurrent_lm.model.io import make_writable_dir
 from recurrent_lm.model.precision import resolve_precision
-from recurrent_lm.train.app import APPS, App, app_for, batch_rows, selected_key
+from recurrent_lm.train.app import APPS, App, app_for, batch_rows, register_configs, selected_key
 from recurrent_lm.train.callbacks import DepthThroughputMonitor, Preemption, RunCheckpoint
 from recurrent_lm.train.checkpoint_io import SafeCheckpointIO
 from recurrent_lm.train.init_from import PRETRAINED_GROUP, model_config_from
@@ -51,7 +51,7 @@ from recurrent_lm.train.report import RunSummary, print_report
 from recurrent_lm.train.run_dir import (CHECKPOINT_DIR, LOG_DIR, Resume, RunDirLock,
                                         check_compatible, check_parallel, clear_run, remove_partial_writes,
                                         resolve_resume, write_text_atomic)
-from recurrent_lm.train.schema import TrainConfig, register_configs
+from recurrent_lm.train.schema import TrainConfig
 
 PROG = "recurrent-lm-train"
 

@@ -1,7 +1,7 @@
 """Typed schema of ``recurrent-lm-train``'s hydra config.
 
-:class:`TrainConfig` holds what every run shares; :func:`register_configs` extends it with one optional field
-per registered app (``data``, ``task``, ``coconut``: :mod:`recurrent_lm.train.app`), typed by the app's own
+:class:`TrainConfig` holds what every run shares; :func:`recurrent_lm.train.app.register_configs` extends it
+with one optional field per registered app (``data``, ``task``, ``coconut``: :mod:`recurrent_lm.train.app`), typed by the app's own
 config class, and stores the result in hydra's ConfigStore as ``base_config``. It is listed first in
 ``conf/config.yaml``'s defaults, so every group file is merged *into* these dataclasses: a typo'd key or a
 wrong type fails at compose time with the full key named, before any data is touched.
@@ -9,10 +9,9 @@ wrong type fails at compose time with the full key named, before any data is tou
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field, make_dataclass
+from dataclasses import dataclass, field
 from typing import Optional, get_args
 
-from hydra.core.config_store import ConfigStore
 from lightning.fabric.connector import _PRECISION_INPUT_STR, _PRECISION_INPUT_STR_ALIAS
 
 from recurrent_lm.errors import ConfigError
@@ -164,13 +163,3 @@ class TrainConfig:
     dry_run: bool = False
     """Compose, validate and print the config, build the model, then exit."""
 
-
-def register_configs() -> type:
-    """Store the root schema (TrainConfig + one optional field per registered app) as ``base_config``."""
-    from recurrent_lm.train.app import load_apps
-
-    apps = [(key, Optional[cls.config_class], field(default=None)) for key, cls in load_apps().items()]
-    schema = make_dataclass("RunConfig", apps, bases=(TrainConfig,))
-    schema.__module__ = __name__
-    ConfigStore.instance().store(name="base_config", node=schema)
-    return schema
