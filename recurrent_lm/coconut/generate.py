@@ -29,6 +29,7 @@ from recurrent_lm.coconut.backends import FIXED, Depth
 from recurrent_lm.coconut.sequences import ANSWER_MARK, SpecialIds, ThoughtExample, collate
 from recurrent_lm.coconut.thoughts import ContinuousThoughtLM
 from recurrent_lm.errors import ConfigError
+from recurrent_lm.infer.rows import LiveRows
 from recurrent_lm.infer.sampling import row_generators, select_tokens
 from recurrent_lm.loop import ExitSpec
 
@@ -103,42 +104,40 @@ def _generate(lm: ContinuousThoughtLM, prefixes: list[list[int]], bounds: list[i
 
     tokens: list[list[int]] = [[] for _ in prefixes]
     steps: list[list[int]] = [[] for _ in prefixes]
-    finish = [""] * len(prefixes)
-    alive = list(range(len(prefixes)))  # original row of each batch position
+    rows = LiveRows(len(prefixes))
     while True:
         mask = torch.cat((mask, torch.ones_like(mask[:, :1])), dim=1)  # (n, L + 1)
         out = backend.forward(backend.embed(feed), mask, cache, depth)  # hidden (n, 1, H)
         chosen = select_tokens(backend.logits(out.hidden[:, -1]), *sampling,
-                               generators=None if generators is None else [generators[b] for b in alive])  # (n,)
+                               generators=None if generators is None else [generators[b] for b in rows.alive])  # (n,)
         spent = None if out.steps_used is None else out.steps_used[:, -1].tolist()
         length = mask.sum(-1).tolist()  # real positions so far: the next token's position
-        keep = []
-        for j, (b, token) in enumerate(zip(alive, chosen.tolist())):
+        reasons = []
+        for j, (b, token) in enumerate(zip(rows.alive, chosen.tolist())):
             tokens[b].append(token)
             if spent is not None:
                 steps[b].append(spent[j])
             if token == ids.eos:
-                finish[b] = "eos"
+                reasons.append("eos")
             elif len(tokens[b]) >= max_new_tokens:
-                finish[b] = "length"
+                reasons.append("length")
             elif limit is not None and length[j] >= limit:  # the token would be fed at position `limit`
-                finish[b] = "context"
+                reasons.append("context")
             else:
-                keep.append(j)
-        if not keep:
+                reasons.append("")
+        kept = rows.settle(reasons, device)
+        if rows.done:
             break
-        if len(keep) < len(alive):
-            rows = torch.tensor(keep, device=device)
-            backend.select_rows(cache, rows)
-            mask, chosen = mask[rows], chosen[rows]
-            alive = [alive[j] for j in keep]
+        if kept is not None:
+            backend.select_rows(cache, kept)
+            mask, chosen = mask[kept], chosen[kept]
         feed = chosen[:, None]  # (n, 1)
 
     recurrent = prefix.steps_used is not None
     thought_steps = None
     if recurrent:
         thought_steps = thought.core_steps.tolist() if thought.core_steps is not None else [0] * len(prefixes)
-    return CoconutGeneration(tokens, thought.used.tolist(), finish, thought_steps, steps if recurrent else None)
+    return CoconutGeneration(tokens, thought.used.tolist(), rows.finish, thought_steps, steps if recurrent else None)
 
 
 def context_length(lm: ContinuousThoughtLM) -> Optional[int]:

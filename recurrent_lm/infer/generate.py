@@ -32,6 +32,7 @@ from torch import Tensor
 
 from recurrent_lm.errors import ConfigError
 from recurrent_lm.infer.config import GenerationConfig
+from recurrent_lm.infer.rows import LiveRows
 from recurrent_lm.infer.sampling import row_generators, select_tokens
 from recurrent_lm.loop import resolve_depth
 from recurrent_lm.model.cache import RecurrentKVCache
@@ -178,11 +179,10 @@ def _generate(model, prompts, config: GenerationConfig, eos_id, pad_id, decode, 
     tokens: list[list[int]] = [[] for _ in range(batch)]
     steps: list[list[int]] = [[] for _ in range(batch)]
     readouts: list[list[int]] = [[] for _ in range(batch)]
-    finish: list[str] = [""] * batch
     kept_logits: list[list[Tensor]] = [[] for _ in range(batch)]
     texts: list[Optional[str]] = [None] * batch
     spent = [0] * batch
-    alive = list(range(batch))  # original row of each batch position
+    rows = LiveRows(batch)
 
     start = time.perf_counter()
     # The prompt's criterion watches real tokens only: left padding must not hold a row back (causal and
@@ -198,15 +198,15 @@ def _generate(model, prompts, config: GenerationConfig, eos_id, pad_id, decode, 
     while True:
         logits = out.logits[:, -1]  # (n, V)
         next_tokens = select_tokens(logits, config.temperature, config.top_k, config.top_p,
-                                    None if generators is None else [generators[b] for b in alive])
+                                    None if generators is None else [generators[b] for b in rows.alive])
         chosen, depth = next_tokens.tolist(), out.steps_used[:, -1].tolist()
         elapsed = time.perf_counter() - start  # the forward and the choice of tokens, not the callbacks
         if first:
             prefill_seconds, first = elapsed, False
         else:
             decode_seconds += elapsed
-        keep = []
-        for j, b in enumerate(alive):
+        reasons = []
+        for j, b in enumerate(rows.alive):
             tok = chosen[j]
             tokens[b].append(tok)
             steps[b].append(depth[j])
@@ -216,19 +216,15 @@ def _generate(model, prompts, config: GenerationConfig, eos_id, pad_id, decode, 
             spent[b] += depth[j]
             if on_token is not None:
                 on_token(b, tok, depth[j])
-            reason = _finish_reason(b, tok, prompts[b], tokens[b], spent[b], config, eos_id, decode, texts, mc)
-            if reason:
-                finish[b] = reason
-            else:
-                keep.append(j)
-        if not keep:
+            reasons.append(_finish_reason(b, tok, prompts[b], tokens[b], spent[b], config, eos_id, decode, texts,
+                                          mc))
+        kept = rows.settle(reasons, device)
+        if rows.done:
             break
         state_last = out.state[:, -1:]  # (n, 1, H) final latent of the newest position
-        if len(keep) < len(alive):
-            rows = torch.tensor(keep, device=device)
-            cache.select_rows(rows)
-            mask, next_tokens, state_last = mask[rows], next_tokens[rows], state_last[rows]
-            alive = [alive[j] for j in keep]
+        if kept is not None:
+            cache.select_rows(kept)
+            mask, next_tokens, state_last = mask[kept], next_tokens[kept], state_last[kept]
         start = time.perf_counter()
         new_position = mask.sum(-1, keepdim=True)  # (n, 1) the fed token's position
         mask = torch.cat((mask, torch.ones_like(mask[:, :1])), dim=1)
@@ -243,10 +239,10 @@ def _generate(model, prompts, config: GenerationConfig, eos_id, pad_id, decode, 
     if decode is not None:
         for b in range(batch):
             if texts[b] is None:
-                body = tokens[b][:-1] if finish[b] == "eos" else tokens[b]
+                body = tokens[b][:-1] if rows.finish[b] == "eos" else tokens[b]
                 texts[b] = decode(body)
     return GenerationResult(
-        tokens=tokens, steps=steps, readouts=readouts, finish_reasons=finish, prompt_steps=prompt_steps,
+        tokens=tokens, steps=steps, readouts=readouts, finish_reasons=rows.finish, prompt_steps=prompt_steps,
         texts=texts if decode is not None else None, num_steps=cap, cache_strategy=config.kv_cache,
         cache_bytes=peak, cache_slots=cache.core_slots(), prefill_seconds=prefill_seconds,
         decode_seconds=decode_seconds,
