@@ -73,7 +73,7 @@ class Part:
     command: Callable[["Check"], list[str]]
     timeout: float
     gpu_only: bool = False
-    parse: Callable[["Part", Lines], list[Row]] = field(default=lambda part, lines: parse_rows(part, lines))
+    parse: Callable[["Part", Lines, "Check"], list[Row]] = field(default=lambda part, lines, check: parse_rows(part, lines))
 
 
 @dataclass
@@ -127,7 +127,7 @@ def parse_rows(part: Part, lines: Lines) -> list[Row]:
     return rows
 
 
-def parse_pytest(part: Part, lines: Lines) -> list[Row]:
+def parse_pytest(part: Part, lines: Lines, check: "Check") -> list[Row]:
     """One row from a ``pytest -q -rs`` run: its counts, and the skip reasons where nothing ran."""
     text = "\n".join(line for _, line in lines)
     summary = [line for _, line in lines if re.search(r"\d+ (passed|failed|skipped|errors?|deselected).* in [\d.]+s",
@@ -149,38 +149,52 @@ def parse_pytest(part: Part, lines: Lines) -> list[Row]:
     return [Row(part.rows[0], result, figure, lines[-1][0])]
 
 
-def parse_strategies(part: Part, lines: Lines) -> list[Row]:
-    """One row per strategy from ``pytest -v -s``: its outcome, the loss difference it printed, its time."""
-    rows, current, figure, last = [], None, "", 0.0
+def parse_strategies(part: Part, lines: Lines, check: "Check") -> list[Row]:
+    """One row per strategy: the outcome as ``pytest -v`` streams it (what a timeout leaves), then the skip
+    reason and failure message from the JUnit file of a run that finished; the figure is the loss difference
+    the test printed."""
+    import xml.etree.ElementTree as ET
+
+    rows, last, current, figure = {}, 0.0, None, ""
     for t, line in lines:
-        if f"{STRATEGY_TEST}[" in line:
-            current, figure = line.split(f"{STRATEGY_TEST}[", 1)[1].split("]", 1)[0], ""
-        if current is None:
+        if line.startswith("====") and rows:
+            break  # the failure details and summary follow
+        started = re.search(rf"{STRATEGY_TEST}\[(.+?)\]", line)
+        current = started.group(1) if started else current
+        if current and "max |loss diff|" in line:  # what the test printed
+            figure = line[line.index(f"{current} on "):].strip() if f"{current} on " in line else line.strip()
+        outcome = re.search(r"\b(PASSED|FAILED|SKIPPED|ERROR)\b", line)
+        if current and outcome:  # on the test's line, or after what it printed (-s)
+            kind = outcome.group(1)
+            rows[current] = Row(f"strategy {current}", {"PASSED": "ok", "SKIPPED": "skipped"}.get(kind, "FAIL"),
+                                figure, t - last)
+            current, last, figure = None, t, ""
+    junit = junit_file(check)
+    for case in ET.parse(junit).getroot().iter("testcase") if junit.is_file() else []:
+        row = rows.get(case.get("name", "").partition("[")[2].rstrip("]"))
+        if row is None:
             continue
-        if "max |loss diff|" in line:
-            figure = line[line.index(current):].strip()
-        outcome = re.search(r"\b(PASSED|FAILED|SKIPPED|ERROR)\b(?: \((.*)\))?", line)
-        if outcome:
-            kind, reason = outcome.groups()
-            result = {"PASSED": "ok", "SKIPPED": f"skipped: {reason or ''}"}.get(kind, "FAIL")
-            rows.append(Row(f"strategy {current}", result, figure, t - last))
-            current, last = None, t
-    failures = [line for _, line in lines if line.startswith(("E ", "FAILED"))]
-    for row in rows:
-        if row.result == "FAIL" and failures:
-            row.figure = " / ".join(failures[:3])[:300]
-    return rows
+        for child in case:
+            if child.tag == "skipped":
+                row.result = f"skipped: {child.get('message', '').removeprefix('Skipped: ')}"
+            elif child.tag in ("failure", "error") and child.get("message"):
+                row.figure = f"{row.figure} {child.get('message').splitlines()[0]}".strip()[:300]
+    return list(rows.values())
+
+
+def junit_file(check: "Check") -> Path:
+    return check.site / "strategies.xml"  # the site is emptied at every start: never a stale file
 
 
 def execute(part: Part, check: Check, overrides: dict[str, float]) -> list[Row]:
     """The part's rows: measured, or why not (no CUDA, no time left, a timeout, a crash) for each missing one."""
     if part.gpu_only and check.device != "cuda":
         return [Row(name, NO_CUDA) for name in part.rows]
-    timeout = min(overrides.get(part.name, part.timeout), check.remaining())
-    if timeout < 1:
+    if check.remaining() < 1:
         return [Row(name, f"skipped: out of budget ({check.budget:.0f} s)") for name in part.rows]
+    timeout = min(overrides.get(part.name, part.timeout), check.remaining())
     lines, status, seconds = run_part(part, check, timeout)
-    rows = {row.check: row for row in part.parse(part, lines)}
+    rows = {row.check: row for row in part.parse(part, lines, check)}
     tail = " / ".join(line for _, line in lines[-3:])[-300:]
     for name in part.rows:
         if name not in rows:
@@ -222,7 +236,8 @@ def all_parts() -> list[Part]:
              lambda check: pytest_cmd("-q", "-rs", "-k", f"not {STRATEGY_TEST}", *gpu_test_files())(check),
              timeout=120, gpu_only=True, parse=parse_pytest),
         Part("strategies", [f"strategy {s}" for s in STRATEGIES],
-             pytest_cmd("-v", "-s", "-rs", "-k", STRATEGY_TEST, "tests/test_parallel.py"),
+             lambda check: pytest_cmd("-v", "-s", "-k", STRATEGY_TEST, f"--junitxml={junit_file(check)}",
+                                      "tests/test_parallel.py")(check),
              timeout=300, gpu_only=True, parse=parse_strategies),
         *(train_part(shape, False, attn) for shape in shapes for attn in ("sdpa", "flash")),
         Part("generate", ["generate fixed r", "generate exit=convergence"], parts_cmd("generate"), timeout=90),
@@ -248,16 +263,24 @@ def install_wheels(wheels: Path, site: Path) -> Row:
     manifest = json.loads(manifest_file.read_text())
     present = [e["name"] for e in manifest if importlib.util.find_spec(e["module"]) is not None]
     wanted = [e for e in manifest if e["name"] not in present]
-    lost = [e["name"] for e in wanted if not (wheels / e["wheel"]).is_file()]
+    lost = [e["name"] for e in wanted if not usable(wheels / e["wheel"])]
     files = [str(wheels / e["wheel"]) for e in wanted if e["name"] not in lost]
     figure = (f"installed {len(files)} ({sum(e['bytes'] for e in wanted if e['name'] not in lost) / 2**20:.1f} MiB), "
-              f"present {len(present)}" + (f"; no wheel: {', '.join(lost)}" if lost else ""))
+              f"present {len(present)}" + (f"; no usable wheel: {', '.join(lost)}" if lost else ""))
     if files:
         done = pip("install", "--no-deps", "--no-index", "--target", str(site), *files)
         if done.returncode != 0:
             return Row("setup: packages", "FAIL: pip install", done.stderr.strip()[-300:], time.monotonic() - start)
-    return Row("setup: packages", "ok" if not lost else f"partial: no wheel for {', '.join(lost)}", figure,
+    return Row("setup: packages", "ok" if not lost else f"partial: no usable wheel for {', '.join(lost)}", figure,
                time.monotonic() - start)
+
+
+def usable(wheel: Path) -> bool:
+    """Whether ``wheel`` exists and installs on this interpreter (the carried ones are built for cp312)."""
+    from packaging.tags import sys_tags
+    from packaging.utils import parse_wheel_filename
+
+    return wheel.is_file() and not parse_wheel_filename(wheel.name)[3].isdisjoint(sys_tags())
 
 
 def install_project(site: Path) -> tuple[Row, bool]:
@@ -267,7 +290,7 @@ def install_project(site: Path) -> tuple[Row, bool]:
     seconds = time.monotonic() - start
     if done.returncode != 0:
         return Row("setup: project", "fallback: running from the tree", done.stderr.strip()[-300:], seconds), False
-    return Row("setup: project", "ok", f"pip install --no-deps onto {site.relative_to(ROOT)}", seconds), True
+    return Row("setup: project", "ok", f"pip install --no-deps --target {site}", seconds), True
 
 
 # ------------------------------------------------------------------------------------------ the table
