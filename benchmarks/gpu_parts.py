@@ -96,7 +96,8 @@ def train(args: argparse.Namespace) -> None:
     cfg = dataclasses.replace(cfg, **fields)
     device = torch.device(args.device)
     torch.manual_seed(0)
-    model = RecurrentDepthLM(cfg).to(device).train()
+    with device:  # initialised where it trains: 1.6B parameters at Huginn's width take a while on a CPU
+        model = RecurrentDepthLM(cfg).train()
     ids = torch.randint(0, cfg.vocab_size, (batch, seq), device=device)  # (B, T)
     with context:
         t = measure(model, lambda: model(ids, num_steps=(r - k, k), labels=ids).loss, device, torch.bfloat16,
@@ -105,7 +106,7 @@ def train(args: argparse.Namespace) -> None:
     mfu = (f"MFU {train_flops_per_token(cfg, r, k, seq) * tokens_per_s / args.peak:.1%}" if args.peak
            else "MFU n/a (no peak)")
     emit(check, "ok", f"{tokens_per_s:,.0f} tok/s, {mfu}; step {t['med'] * 1e3:.1f} ms "
-         f"({t['lo'] * 1e3:.1f}–{t['hi'] * 1e3:.1f}), first {t['first']:.1f} s; {count_params(model).total / 1e6:.0f}M "
+         f"({t['lo'] * 1e3:.1f}–{t['hi'] * 1e3:.1f}), first {t['first']:.1f} s; {count_params(model).total / 1e6:.3g}M "
          f"params, {batch}×{seq}, r={r} k={k}; {label}", tokens_per_s=tokens_per_s)
 
 
@@ -121,7 +122,8 @@ def generate(args: argparse.Namespace) -> None:
     cfg, _, _, _, _ = model_config("125m", args.device)
     batch, prompt, new, steps = (8, 128, 64, 16) if cuda else (2, 8, 4, 4)
     torch.manual_seed(0)
-    model = RecurrentDepthLM(cfg).to(args.device, torch.bfloat16 if cuda else torch.float32)
+    with torch.device(args.device):
+        model = RecurrentDepthLM(cfg).to(torch.bfloat16 if cuda else torch.float32)
     prompts = torch.randint(6, cfg.vocab_size, (batch, prompt)).tolist()
     for exit in (None, "convergence"):
         config = GenerationConfig(max_new_tokens=new, num_steps=steps, exit=exit)
