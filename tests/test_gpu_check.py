@@ -122,3 +122,32 @@ def test_the_check_knows_every_gpu_test():
     files = gpu_check.gpu_test_files()
     assert "tests/test_parallel.py" in files and "tests/test_model.py" in files
     assert all("@pytest.mark.gpu" in (ROOT / f).read_text() for f in files)
+
+
+def test_a_prepared_data_cache_needs_no_datasets(tmp_path):
+    """The GPU machine has no `datasets` (nor pyarrow, lm-eval, tensorboard): with the cache prepared, the app's
+    modules load and prepare_data reopens the same tokens without importing them."""
+    from recurrent_lm.data import DataConfig, prepare_data
+
+    corpus = tmp_path / "corpus"
+    corpus.mkdir()
+    (corpus / "a.txt").write_text("\n\n".join(f"Paragraph {i}: the quick brown fox jumps over it. " * 3
+                                              for i in range(300)))
+    fields = dict(source=str(corpus), vocab_size=300, cache_dir=str(tmp_path / "cache"), text_unit="paragraph")
+    prepared = prepare_data(DataConfig(**fields), 16)
+    blocked = tmp_path / "blocked"
+    for module in ("datasets", "pyarrow", "lm_eval", "tensorboard"):
+        (blocked / module).mkdir(parents=True)
+        (blocked / module / "__init__.py").write_text(f"raise ImportError('{module} is absent here')\n")
+    code = ("import recurrent_lm.train.cli\nfrom recurrent_lm.data import DataConfig, prepare_data\n"
+            f"d = prepare_data(DataConfig(**{fields!r}), 16)\nprint(d.directory, int(d.train.sum()), len(d.train))")
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120,
+                            env={"PATH": "/usr/bin:/bin", "PYTHONPATH": f"{blocked}:{ROOT}"})
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert result.stdout.split() == [str(prepared.directory), str(int(prepared.train.sum())), str(len(prepared.train))]
+    # and the blocker is real: building the cache does need datasets
+    fresh = dict(fields, cache_dir=str(tmp_path / "cache2"))
+    code = f"from recurrent_lm.data import DataConfig, prepare_data\nprepare_data(DataConfig(**{fresh!r}), 16)"
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120,
+                            env={"PATH": "/usr/bin:/bin", "PYTHONPATH": f"{blocked}:{ROOT}"})
+    assert result.returncode != 0 and "datasets is absent here" in result.stderr
