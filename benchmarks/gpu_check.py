@@ -1,4 +1,4 @@
-"""One command that proves the GPU paths on a single GPU: `make gpu-check` (under 8 minutes on one H100).
+"""One command that proves the GPU paths on a single GPU: `make gpu-check`, budgeted to end inside 8 minutes.
 
     python benchmarks/gpu_check.py --out $OUT/gpu_check.md        # on the GPU machine, as it is
     python benchmarks/gpu_check.py --device cpu --budget 300       # the CI mode: tiny shapes, same script
@@ -9,13 +9,14 @@ image lacks from the wheels that benchmarks/gpu_wheels.py put in ``.whl/gpu`` (`
 that need it say so. Then, each part in a process of its own with its own timeout (a hang is reported and
 the rest still run), in order of importance:
 
+* the bf16 matmul peak, measured here, behind every MFU;
 * every ``-m gpu`` test (the files that carry the mark), the strategy tests as rows of their own: FSDP2,
   DeepSpeed ZeRO-2 and ZeRO-3 on every GPU there is (one here: world size 1 over NCCL), killed, resumed,
   compared with one process without a strategy;
-* the bf16 matmul peak, measured here, behind every MFU;
 * the training step (benchmarks/train_step.py's timing) at ~125M and at Huginn's width with fewer layers, bf16
-  autocast, eager and compiled, SDPA and flash (the flash-attn package, else SDPA's own flash kernel);
-* batched KV-cached generation with and without exit; a Coconut GPT-2 training step.
+  autocast, eager, SDPA and flash (the flash-attn package, else SDPA's own flash kernel);
+* batched KV-cached generation with and without exit; a Coconut GPT-2 training step;
+* the training step compiled (the SDPA rows first): the costliest rows, so the last.
 
 A part that cannot finish inside what is left of ``--budget`` gets only the rest. Rows that need CUDA report
 ``skipped: no CUDA`` on CPU. The table (check, result, figure, seconds) is printed and written as Markdown to
