@@ -97,7 +97,7 @@ def run_part(part: Part, check: Check, timeout: float) -> tuple[Lines, Optional[
     timeout kills it and everything it started (ranks, compile workers) by its process group."""
     start = time.monotonic()
     proc = subprocess.Popen(part.command(check), cwd=ROOT, env=check.env, stdout=subprocess.PIPE,
-                            stderr=subprocess.STDOUT, text=True, start_new_session=True)
+                            stderr=subprocess.STDOUT, text=True, errors="replace", start_new_session=True)
     lines: Lines = []
 
     def read() -> None:
