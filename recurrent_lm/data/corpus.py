@@ -17,13 +17,14 @@ import json
 import importlib.util
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, TypeAlias
 
 import numpy as np
-from datasets import Dataset, DatasetDict, IterableDataset, IterableDatasetDict, load_dataset
-from datasets.exceptions import DatasetGenerationError
 
 from recurrent_lm.data.config import DataConfig
+
+if TYPE_CHECKING:  # `datasets` is imported where a corpus is read: a prepared cache trains without it
+    from datasets import Dataset, DatasetDict, IterableDataset, IterableDatasetDict
 
 SHAKESPEARE = "shakespeare"
 VALIDATION_PLAYS = ("comedies/twelfth-night", "tragedies/macbeth")
@@ -31,12 +32,15 @@ VALIDATION_PLAYS = ("comedies/twelfth-night", "tragedies/macbeth")
 SUFFIX_BUILDERS = {".txt": "text", ".json": "json", ".jsonl": "json", ".parquet": "parquet"}
 """Supported local file suffixes and the `datasets` builder that reads each."""
 
-Corpus = DatasetDict | IterableDatasetDict
-AnyDataset = Dataset | IterableDataset
+Corpus: TypeAlias = "DatasetDict | IterableDatasetDict"
+AnyDataset: TypeAlias = "Dataset | IterableDataset"
 
 
 def load_corpus(cfg: DataConfig) -> Corpus:
     """The `train` and `validation` documents of `cfg.source`."""
+    from datasets import DatasetDict, IterableDatasetDict, load_dataset
+    from datasets.exceptions import DatasetGenerationError
+
     if cfg.source == SHAKESPEARE:
         return shakespeare()
     files = local_files(cfg.source)
@@ -100,6 +104,8 @@ def shakespeare() -> DatasetDict:
     model that a scene ending ends the text. Whole held-out plays make the validation split genuinely
     unseen (no shared scenes, and little shared plot) rather than a random sample of a play the model trains on.
     """
+    from datasets import Dataset, DatasetDict
+
     plays = _play_files()
     missing = sorted(set(VALIDATION_PLAYS) - set(plays))
     if missing:
@@ -173,6 +179,8 @@ def _holdout_mask(indices: np.ndarray, seed: int, fraction: float) -> np.ndarray
 
 
 def _load_hub(cfg: DataConfig) -> Corpus:
+    from datasets import load_dataset
+
     try:
         return load_dataset(cfg.source, cfg.hub_config, streaming=cfg.streaming)
     except (ConnectionError, FileNotFoundError) as error:
@@ -191,6 +199,8 @@ def _split_by_document(ds: AnyDataset, cfg: DataConfig) -> tuple[AnyDataset, Any
 
     def in_train(batch: dict, indices: list[int]) -> list[bool]:
         return [not held_out for held_out in in_validation(batch, indices)]
+
+    from datasets import Dataset
 
     train = ds.filter(in_train, with_indices=True, batched=True)
     validation = ds.filter(in_validation, with_indices=True, batched=True)
@@ -215,6 +225,8 @@ def _documents(ds: AnyDataset, field: str, source: str) -> AnyDataset:
 
 
 def _is_empty(ds: AnyDataset) -> bool:
+    from datasets import IterableDataset
+
     return next(iter(ds.take(1)), None) is None if isinstance(ds, IterableDataset) else len(ds) == 0
 
 

@@ -29,8 +29,6 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import pyarrow.compute as pc
-from datasets import Features, IterableDataset, List, Value
 
 from recurrent_lm.data.config import DataConfig
 from recurrent_lm.data.corpus import AnyDataset, iter_texts, load_corpus, source_signature
@@ -139,6 +137,9 @@ def pack_split(ds: AnyDataset, tokenizer: WrappedTokenizer, path: Path, num_proc
 
     `num_proc` worker processes tokenize a map-style dataset; a streaming one is tokenized as it is read.
     """
+    import pyarrow.compute as pc  # here, not at the top: a prepared cache trains without datasets/pyarrow
+    from datasets import Features, IterableDataset, List, Value
+
     dtype = token_dtype(tokenizer.vocab_size)
     eos = tokenizer.eos_id
 
