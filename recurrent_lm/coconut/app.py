@@ -48,10 +48,10 @@ def _hf_config(coconut: CoconutConfig, tokenizer: ThoughtTokenizer):
 
 def build_tokenizer(cfg: TrainConfig, run_dir: Path) -> ThoughtTokenizer:
     """The run's tokenizer: the one saved in ``run_dir`` (a resume), else made as the module docstring says."""
+    coconut = cfg.coconut
     saved = run_dir / TOKENIZER_FILE
     if saved.is_file():
-        return ThoughtTokenizer.from_file(saved)
-    coconut = cfg.coconut
+        return ThoughtTokenizer.from_file(saved, coconut.markers)
     if coconut.hf_model is not None and not coconut.hf_model.startswith(CONFIG_PREFIX):
         from tokenizers import Tokenizer
 
@@ -60,14 +60,17 @@ def build_tokenizer(cfg: TrainConfig, run_dir: Path) -> ThoughtTokenizer:
             if not (source / TOKENIZER_FILE).is_file():
                 raise FileNotFoundError(f"coconut.hf_model={coconut.hf_model}: no {TOKENIZER_FILE} in that directory; "
                                         "Coconut needs a fast (tokenizers) tokenizer saved beside the model")
-            return add_thought_tokens(Tokenizer.from_file(str(source / TOKENIZER_FILE)))
-        return add_thought_tokens(Tokenizer.from_pretrained(coconut.hf_model))  # a hub name: online users only
+            return add_thought_tokens(Tokenizer.from_file(str(source / TOKENIZER_FILE)), markers=coconut.markers)
+        return add_thought_tokens(Tokenizer.from_pretrained(coconut.hf_model),  # a hub name: online users only
+                                  markers=coconut.markers)
     from recurrent_lm.data.tokenizer import TextTokenizer
 
     records = load_records(coconut.train_file, require_steps=False)
     texts = (text for r in records for text in (r.question, *r.steps, r.answer))
-    atomic_write(saved, TextTokenizer.train(texts, cfg.model.vocab_size).save)  # other ranks wait for this file
-    return ThoughtTokenizer.from_file(saved)
+    bpe = TextTokenizer.train(texts, cfg.model.vocab_size).tokenizer
+    add_thought_tokens(bpe, markers=coconut.markers)  # no-op for the recurrent_lm preset (its reserved ids)
+    atomic_write(saved, lambda tmp: bpe.save(str(tmp)))  # other ranks wait for this file
+    return ThoughtTokenizer.from_file(saved, coconut.markers)
 
 
 def build_model(coconut: CoconutConfig, tokenizer: ThoughtTokenizer) -> Optional[nn.Module]:
@@ -80,7 +83,7 @@ def build_model(coconut: CoconutConfig, tokenizer: ThoughtTokenizer) -> Optional
         model = AutoModelForCausalLM.from_config(_hf_config(coconut, tokenizer))
     else:
         model = AutoModelForCausalLM.from_pretrained(coconut.hf_model)
-    add_thought_tokens(tokenizer.tokenizer, model)  # grows the embeddings to the tokenizer (markers included)
+    add_thought_tokens(tokenizer.tokenizer, model, coconut.markers)  # grows the embeddings to the tokenizer if needed
     return model.float()
 
 
@@ -104,6 +107,7 @@ def build(cfg: TrainConfig, run_dir: Path) -> tuple[CoconutDataModule, CoconutMo
         if on:  # the recompute would attend over a cache that later thoughts' K/V have already grown
             raise ValueError(f"{key}=true cannot train Coconut: a recomputed block would re-read the KV cache "
                              f"after later thoughts extended it; set {key}=false")
+    cfg.coconut.require_data()
     generate_data(cfg.coconut, cfg.seed)
     tokenizer = build_tokenizer(cfg, run_dir)
     lm = build_model(cfg.coconut, tokenizer)
@@ -121,14 +125,17 @@ def build(cfg: TrainConfig, run_dir: Path) -> tuple[CoconutDataModule, CoconutMo
 
 
 def export_and_score(cfg: TrainConfig, model: nn.Module, tokenizer: ThoughtTokenizer, run_dir: Path,
-                     export_dir: Path) -> dict[str, Any]:
-    """Export the model (with its tokenizer and coconut.json), then score ``num_eval`` records of the eval file by
-    exact match, as ``recurrent-lm-coconut-eval`` would; the figures go to ``<run_dir>/coconut_eval.json``."""
+                     export_dir: Path, stage: Optional[int] = None) -> dict[str, Any]:
+    """Export the model (with its tokenizer and coconut.json, recording ``stage``, the curriculum stage training
+    reached, as ``eval_stage``), then score ``num_eval`` records of the eval file by exact match at that stage, as
+    ``recurrent-lm-coconut-eval`` would; the figures go to ``<run_dir>/coconut_eval.json``."""
+    import dataclasses
+
     from recurrent_lm.coconut.evaluate import evaluate_model, needs_steps
     from recurrent_lm.coconut.export import save_coconut_model
     from recurrent_lm.train.run_dir import write_text_atomic
 
-    coconut = cfg.coconut
+    coconut = cfg.coconut if stage is None else dataclasses.replace(cfg.coconut, eval_stage=stage)
     summary: dict[str, Any] = {}
     if cfg.export:
         summary["export"] = save_coconut_model(model, tokenizer, coconut, export_dir)

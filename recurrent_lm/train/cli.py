@@ -219,7 +219,8 @@ def train(cfg: TrainConfig, resume: Resume) -> dict[str, Any]:
         from recurrent_lm.coconut.app import export_and_score
 
         summary["tokenizer"] = None  # no free-text sample: the report shows the Coconut evaluation instead
-        summary.update(export_and_score(cfg, model, tokenizer, run_dir, run_dir / EXPORT_DIR))
+        summary.update(export_and_score(cfg, model, tokenizer, run_dir, run_dir / EXPORT_DIR,
+                                        stage=module.stage_at(trainer.global_step)))
         return summary
     if cfg.export:
         summary["export"] = export_model(model, run_dir, run_dir / EXPORT_DIR)
