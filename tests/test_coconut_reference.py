@@ -309,3 +309,27 @@ def test_every_records_loader_accepts_the_real_prosqa_key_set(reference_run, tmp
                          "--out", str(tmp_path / "table")]) == 0
     row = json.loads((tmp_path / "table.json").read_text())["rows"][0]
     assert row["examples"] == 2 and row["stage"] == 7 and row["thought_counts"] == {"2": 2}
+
+
+def test_an_imported_reference_checkpoint_continues_training_through_init_from(reference_run, tmp_path):
+    from test_coconut_train import coconut_overrides
+    from train_support import compose_cfg, step_losses
+
+    from recurrent_lm.train.cli import run
+
+    assert convert(["--from", "coconut-ref", "--to", "coconut", str(reference_run["checkpoint"]), str(tmp_path / "a"),
+                    "--base", str(reference_run["base"])]) == 0
+    imported = load_coconut_model(tmp_path / "a")[0]
+    data = tmp_path / "records.json"
+    data.write_text(json.dumps(RECORDS * 4))  # short questions: the tiny base model has 256 positions
+    files = {f"coconut.{key}": str(data) for key in ("train_file", "val_file", "test_file")}
+    summary = run(compose_cfg(coconut_overrides(tmp_path / "run", "coconut_gpt2", **{
+        "init_from": str(tmp_path / "a"), "coconut.markers": "reference", "trainer.max_steps": 2,
+        "coconut.max_latent_stage": 2, "coconut.num_eval": 2, "coconut.generate": "null", **files})))
+    assert len(step_losses(tmp_path / "run")) == 2
+    continued, tokenizer, config = load_coconut_model(summary["export"])
+    assert tokenizer.ids == load_coconut_model(tmp_path / "a")[1].ids and config.marker_names.names == REFERENCE
+    moved = [n for n, p in continued.state_dict().items() if not torch.equal(p, imported.state_dict()[n])]
+    assert moved  # trained on from the imported weights (same shapes, new values)
+    with pytest.raises(ValueError, match=r"trained with the markers .*set coconut.markers='reference'"):
+        run(compose_cfg(coconut_overrides(tmp_path / "run2", "coconut_gpt2", init_from=str(tmp_path / "a"))))

@@ -23,6 +23,7 @@ from recurrent_lm.coconut.datamodule import CoconutDataModule
 from recurrent_lm.coconut.module import CoconutModule
 from recurrent_lm.coconut.records import load_records
 from recurrent_lm.coconut.tokens import ThoughtTokenizer, add_thought_tokens
+from recurrent_lm.model import RecurrentDepthLM
 from recurrent_lm.model.io import TOKENIZER_FILE, atomic_write
 from recurrent_lm.train.parallel import planned_world_size
 
@@ -46,12 +47,31 @@ def _hf_config(coconut: CoconutConfig, tokenizer: ThoughtTokenizer):
     return config
 
 
-def build_tokenizer(cfg: TrainConfig, run_dir: Path) -> ThoughtTokenizer:
-    """The run's tokenizer: the one saved in ``run_dir`` (a resume), else made as the module docstring says."""
+def initial_export(cfg: TrainConfig) -> Optional[tuple[nn.Module, ThoughtTokenizer]]:
+    """``init_from``'s model and tokenizer: a Coconut export of a Hugging Face model whose markers are the run's."""
+    if cfg.init_from is None:
+        return None
+    from recurrent_lm.coconut.export import load_coconut_model
+
+    model, tokenizer, trained = load_coconut_model(Path(cfg.init_from).expanduser())
+    if isinstance(model, RecurrentDepthLM):
+        raise ValueError(f"init_from={cfg.init_from} holds a recurrent_lm Coconut model; continue it by resuming its "
+                         "run (same run_dir) instead. init_from with coconut= takes a Hugging Face Coconut export")
+    if trained.marker_names != cfg.coconut.marker_names:
+        raise ValueError(f"init_from={cfg.init_from} was trained with the markers {trained.marker_names.names} but "
+                         f"coconut.markers={cfg.coconut.markers!r}; set coconut.markers={trained.markers!r}")
+    return model.float().train(), tokenizer
+
+
+def build_tokenizer(cfg: TrainConfig, run_dir: Path, initial: Optional[ThoughtTokenizer] = None) -> ThoughtTokenizer:
+    """The run's tokenizer: the one saved in ``run_dir`` (a resume), else ``initial`` (init_from's), else made as
+    the module docstring says."""
     coconut = cfg.coconut
     saved = run_dir / TOKENIZER_FILE
     if saved.is_file():
         return ThoughtTokenizer.from_file(saved, coconut.markers)
+    if initial is not None:
+        return initial
     if coconut.hf_model is not None and not coconut.hf_model.startswith(CONFIG_PREFIX):
         from tokenizers import Tokenizer
 
@@ -109,8 +129,11 @@ def build(cfg: TrainConfig, run_dir: Path) -> tuple[CoconutDataModule, CoconutMo
                              f"after later thoughts extended it; set {key}=false")
     cfg.coconut.require_data()
     generate_data(cfg.coconut, cfg.seed)
-    tokenizer = build_tokenizer(cfg, run_dir)
-    lm = build_model(cfg.coconut, tokenizer)
+    initial = initial_export(cfg)
+    tokenizer = build_tokenizer(cfg, run_dir, initial[1] if initial else None)
+    lm = build_model(cfg.coconut, tokenizer) if initial is None else initial[0]
+    if initial is not None:
+        add_thought_tokens(tokenizer.tokenizer, lm, cfg.coconut.markers)  # a CoT import grows to hold the markers
     if lm is None and tokenizer.vocab_size > cfg.model.vocab_size:
         raise ValueError(f"the tokenizer has {tokenizer.vocab_size} tokens but model.vocab_size={cfg.model.vocab_size}; "
                          "raise model.vocab_size")

@@ -245,7 +245,7 @@ def evaluate_task(task: TaskConfig, model: torch.nn.Module, run_dir: Path, expor
 
 def run(cfg: DictConfig) -> dict[str, Any]:
     typed: TrainConfig = OmegaConf.to_object(cfg)  # runs every dataclass __post_init__ check
-    if typed.init_from is not None:  # architecture and tokenizer are init_from's: resolved before anything is built
+    if typed.init_from is not None and typed.coconut is None:  # architecture and tokenizer are init_from's (Coconut: coconut/app.py)
         typed.model = model_config_from(typed.init_from, typed.model)
         cfg.model = OmegaConf.structured(typed.model)
         if typed.task is None and typed.data.tokenizer_path is None:
