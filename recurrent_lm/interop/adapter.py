@@ -34,16 +34,6 @@ class StateDictAdapter(Protocol):
         """Their tensors ``names`` (default: all of the key map) built from our state dict."""
 
 
-def groups(adapter: StateDictAdapter) -> dict[str, frozenset[str]]:
-    """Their tensor name -> every tensor of theirs that must arrive with it (those filling the same tensor of ours)."""
-    fills: dict[str, set[str]] = {}
-    for theirs, ours in adapter.key_map().items():
-        for name in ours:
-            fills.setdefault(name, set()).add(theirs)
-    return {theirs: frozenset(t for name in ours for t in fills[name]) | {theirs}
-            for theirs, ours in adapter.key_map().items()}
-
-
 def check_names(adapter: StateDictAdapter, names: Iterable[str], origin: str, ignored: Iterable[str] = ()) -> None:
     """Refuse a checkpoint whose tensor names differ from the adapter's key map, naming what is missing or extra."""
     expected, found = set(adapter.key_map()), set(names) - set(ignored)
