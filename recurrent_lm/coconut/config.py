@@ -96,7 +96,8 @@ class CoconutConfig:
         if self.generate not in (None, "prosqa"):
             raise ValueError(f"coconut.generate={self.generate!r} is unknown; use prosqa or null")
         if len(self.generate_sizes) != 3 or min(self.generate_sizes) < 1:
-            raise ValueError(f"coconut.generate_sizes={self.generate_sizes} must be three counts >= 1 (train, valid, test)")
+            raise ValueError(f"coconut.generate_sizes={self.generate_sizes} must be three counts >= 1 "
+                             "(train, valid, test)")
         if self.eval_stage is not None and not 0 <= self.eval_stage <= self.last_stage:
             raise ValueError(f"coconut.eval_stage={self.eval_stage} must be null or in 0..{self.last_stage} "
                              "(max_latent_stage + 1 is the last stage)")
@@ -114,6 +115,12 @@ class CoconutConfig:
     def last_stage(self) -> int:
         """The stage past max_latent_stage, where every step is replaced (0 for CoT and no-CoT)."""
         return self.max_latent_stage + 1 if self.thinks else 0
+
+    def evaluation_stage(self, stage: Optional[int] = None) -> int:
+        """``stage`` if given, else the stage training reached (``eval_stage``), else the last stage."""
+        if stage is not None:
+            return stage
+        return self.last_stage if self.eval_stage is None else self.eval_stage
 
     @property
     def marker_names(self) -> Markers:

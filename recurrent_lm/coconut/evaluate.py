@@ -44,7 +44,8 @@ from recurrent_lm.model.device import pick_device
 PROG = "recurrent-lm-coconut-eval"
 SLACK = 16
 """Tokens allowed beyond the longest reference continuation before a generation is cut."""
-COLUMNS = ("method", "stage", "accuracy %", "tokens", "thoughts", "thoughts used (count×rows)", "core iterations / token")
+COLUMNS = ("method", "stage", "accuracy %", "tokens", "thoughts", "thoughts used (count×rows)",
+           "core iterations / token")
 
 
 class InputError(ValueError):
@@ -78,7 +79,7 @@ def evaluate_model(model: nn.Module, tokenizer: ThoughtTokenizer, config: Coconu
     thoughts).
     """
     lm = ContinuousThoughtLM(backend_for(model, s0_seed=0))
-    stage = (config.last_stage if config.eval_stage is None else config.eval_stage) if stage is None else stage
+    stage = config.evaluation_stage(stage)
     examples = [final_example(r, config, tokenizer.ids, stage) for r in encode_records(tokenizer, records, config)]
     max_new_tokens = answer_budget(examples) if max_new_tokens is None else max_new_tokens
     correct = tokens = core = 0

@@ -64,7 +64,8 @@ class CoconutGeneration:
 def generate(lm: ContinuousThoughtLM, prefixes: Sequence[Sequence[int]], thoughts: Union[int, Sequence[int]],
              ids: SpecialIds, *, max_new_tokens: int = 64, thought_exit: Optional[ExitSpec] = None,
              depth: Depth = FIXED, temperature: float = 0.0, top_k: Optional[int] = None,
-             top_p: Optional[float] = None, seed: int = 0, openers: Optional[Sequence[int]] = None) -> CoconutGeneration:
+             top_p: Optional[float] = None, seed: int = 0,
+             openers: Optional[Sequence[int]] = None) -> CoconutGeneration:
     """Think, then decode, for every prefix (token ids ending in <bot>, or in pause <latent>s) in one batch.
 
     ``thoughts`` is the bound per row (one int for all); ``thought_exit`` stops a row's thinking early
@@ -90,7 +91,8 @@ def generate(lm: ContinuousThoughtLM, prefixes: Sequence[Sequence[int]], thought
         model.train(was_training)
 
 
-def _generate(lm: ContinuousThoughtLM, prefixes: list[list[int]], bounds: list[int], openers: list[int], ids: SpecialIds,
+def _generate(lm: ContinuousThoughtLM, prefixes: list[list[int]], bounds: list[int], openers: list[int],
+              ids: SpecialIds,
               max_new_tokens: int, thought_exit: Optional[ExitSpec], depth: Depth,
               sampling: tuple[float, Optional[int], Optional[float]], seed: int) -> CoconutGeneration:
     backend = lm.backend

@@ -20,7 +20,8 @@ design and checked by the tests:
 
 Sizes (both include the person): ProsQA graphs average about 23 nodes and 36 edges, hence the
 default ranges below. This is the project's one ProsQA generator: Coconut training data and lm-eval's
-``rlm_prosqa`` multiple-choice task (:meth:`ProsQAProblem.multiple_choice`) both come from it. Each problem carries its graph under extra keys (``idx_to_symbol``, ``edges``,
+``rlm_prosqa`` multiple-choice task (:meth:`ProsQAProblem.multiple_choice`) both come from it.
+Each problem carries its graph under extra keys (``idx_to_symbol``, ``edges``,
 ``root``, ``target``, ``neg_target``, ``hops``, as ProsQA's files do); :func:`load_records` ignores them.
 """
 

@@ -110,12 +110,11 @@ def build_example(record: EncodedRecord, stage: int, config: CoconutConfig, ids:
     return ThoughtExample(prefix, 0 if pause else shape.thoughts, suffix)
 
 
-def final_example(record: EncodedRecord, config: CoconutConfig, ids: SpecialIds, stage: int | None = None) -> ThoughtExample:
-    """``record`` as evaluation lays it out: at ``stage``, else ``config.eval_stage`` (the stage an export's training
-    reached), else the last stage. Generation starts from its prefix, thought bound and first suffix token."""
-    if stage is None:
-        stage = config.last_stage if config.eval_stage is None else config.eval_stage
-    return build_example(record, stage, config, ids)
+def final_example(record: EncodedRecord, config: CoconutConfig, ids: SpecialIds,
+                  stage: int | None = None) -> ThoughtExample:
+    """``record`` as evaluation lays it out (:meth:`CoconutConfig.evaluation_stage`). Generation starts from its
+    prefix, thought bound and first suffix token."""
+    return build_example(record, config.evaluation_stage(stage), config, ids)
 
 
 def collate(examples: Sequence[ThoughtExample], pad_id: int) -> dict[str, Tensor]:

@@ -33,7 +33,8 @@ class ThoughtTokenizer(WrappedTokenizer):
     ordinary tokens, never the marker, so no record can inject control tokens.
     """
 
-    def __init__(self, tokenizer: Tokenizer, origin: str = "the tokenizer", markers: MarkerSetting = "recurrent_lm") -> None:
+    def __init__(self, tokenizer: Tokenizer, origin: str = "the tokenizer",
+                 markers: MarkerSetting = "recurrent_lm") -> None:
         tokenizer.encode_special_tokens = True
         super().__init__(tokenizer)
         self.markers = Markers.parse(markers)
