@@ -11,7 +11,8 @@
     recurrent-lm-convert --from coconut --to coconut-ref SRC checkpoint_0  # our Coconut export (HF) -> the reference
 
 SRC and DST are directories; for --from hf, SRC may also be a Hub name (owner/name), downloaded with
-huggingface_hub. --prelude/--core/--coda are half-open slices of the source's decoder layers (as in Python;
+huggingface_hub; for --from coconut-ref SRC, and for --to coconut-ref DST, is the reference's checkpoint file
+(read with weights_only=True). --prelude/--core/--coda are half-open slices of the source's decoder layers (as in Python;
 prelude and coda may be left out, layers in no slice are dropped). Weights stream shard by shard (one copy in
 memory); the tokenizer files come along. A model the target format cannot express is refused before
 anything is written. See docs/interop.md.

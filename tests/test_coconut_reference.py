@@ -308,7 +308,8 @@ def test_every_records_loader_accepts_the_real_prosqa_key_set(reference_run, tmp
     assert coconut_eval(["--model", f"ref={tmp_path / 'a'}", "--data", str(path), "--max-new-tokens", "2",
                          "--out", str(tmp_path / "table")]) == 0
     row = json.loads((tmp_path / "table.json").read_text())["rows"][0]
-    assert row["examples"] == 2 and row["stage"] == 7 and row["thought_counts"] == {"2": 2}
+    assert row["examples"] == 2 and row["thought_counts"] == {"2": 2}
+    assert (row["stage"], row["stage_source"]) == (7, "last")  # no --stage at import: the last, and it says so
 
 
 def test_an_imported_reference_checkpoint_continues_training_through_init_from(reference_run, tmp_path):
@@ -333,3 +334,19 @@ def test_an_imported_reference_checkpoint_continues_training_through_init_from(r
     assert moved  # trained on from the imported weights (same shapes, new values)
     with pytest.raises(ValueError, match=r"trained with the markers .*set coconut.markers='reference'"):
         run(compose_cfg(coconut_overrides(tmp_path / "run2", "coconut_gpt2", init_from=str(tmp_path / "a"))))
+
+
+def test_an_export_from_before_layouts_and_markers_were_settings_is_read_as_it_was_trained(reference_run, tmp_path):
+    """coconut.json without layout / markers / eval_stage: the legacy layout, recurrent_lm's markers, the last stage."""
+    from recurrent_lm.coconut.export import COCONUT_FILE, save_coconut_model
+
+    model = gpt2(10)
+    tokenizer = add_thought_tokens(byte_bpe(), model)
+    save_coconut_model(model, tokenizer, CoconutConfig(method="coconut", max_latent_stage=2), tmp_path)
+    raw = json.loads((tmp_path / COCONUT_FILE).read_text())
+    for key in ("layout", "markers", "eval_stage"):
+        raw.pop(key)
+    (tmp_path / COCONUT_FILE).write_text(json.dumps(raw))
+    _, loaded, config = load_coconut_model(tmp_path)
+    assert config.layout == "legacy" and config.marker_names.names == ("<bot>", "<eot>", "<latent>")
+    assert config.evaluation_stage() == 3 and loaded.ids == tokenizer.ids

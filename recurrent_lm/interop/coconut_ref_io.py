@@ -4,13 +4,13 @@ Import: the ``.pt`` state dict (read with ``weights_only=True``), plus the Huggi
 was built on (its config.json and tokenizer.json), becomes our Coconut export: the Hugging Face model with those
 weights, its tokenizer with the reference's three markers (ids as the reference assigns them), and coconut.json
 (method from the key prefix, ``markers=reference``, ``layout=reference``, the run's curriculum from its args YAML,
-the stage to evaluate at). Export: a Coconut export of a Hugging Face model becomes the state dict the reference's
+and ``--stage``, the stage the checkpoint reached, if given: evaluation then lays questions out there, else at
+the last stage, and says which). Export: a Coconut export of a Hugging Face model becomes the state dict the reference's
 ``run.py`` loads with ``--load_model_path`` (keys under ``base_causallm.`` for Coconut / pause, plain for CoT).
 """
 
 from __future__ import annotations
 
-import dataclasses
 from pathlib import Path
 from typing import Any, Optional
 
@@ -77,9 +77,7 @@ def import_coconut_ref(checkpoint: Path, base: Path, target: Path, method: Optio
     if method in ("coconut", "pause") and max(tokenizer.ids.bot, tokenizer.ids.eot, tokenizer.ids.latent) >= rows:
         raise FormatError(f"{checkpoint}: the embedding has {rows} rows but the markers get ids {tokenizer.ids}; the "
                           f"tokenizer in {base} is not the one the run started from")
-    config = CoconutConfig(method=method, markers="reference", layout="reference", **settings)
-    config = dataclasses.replace(config, eval_stage=config.last_stage if stage is None else stage)
-    CoconutConfig.from_dict(config.to_dict())  # validates eval_stage against the curriculum
+    config = CoconutConfig(method=method, markers="reference", layout="reference", eval_stage=stage, **settings)
     make_writable_dir(Path(target))
     return save_coconut_model(model.float().eval(), tokenizer, config, Path(target))
 
