@@ -350,3 +350,14 @@ def test_an_export_from_before_layouts_and_markers_were_settings_is_read_as_it_w
     _, loaded, config = load_coconut_model(tmp_path)
     assert config.layout == "legacy" and config.marker_names.names == ("<bot>", "<eot>", "<latent>")
     assert config.evaluation_stage() == 3 and loaded.ids == tokenizer.ids
+
+
+def test_a_bf16_reference_checkpoint_round_trips_in_bf16(reference_run, tmp_path):
+    """The reference can train in bf16 (its args' bf16: True): the import keeps the dtype, so the way back is exact."""
+    original = {k: v.to(torch.bfloat16) for k, v in torch.load(reference_run["checkpoint"], weights_only=True).items()}
+    torch.save(original, tmp_path / "checkpoint_bf16")
+    assert convert(["--from", "coconut-ref", "--to", "coconut", str(tmp_path / "checkpoint_bf16"), str(tmp_path / "a"),
+                    "--base", str(reference_run["base"])]) == 0
+    assert convert(["--from", "coconut", "--to", "coconut-ref", str(tmp_path / "a"), str(tmp_path / "back")]) == 0
+    back = torch.load(tmp_path / "back", weights_only=True)
+    assert all(back[k].dtype == torch.bfloat16 and torch.equal(back[k], original[k]) for k in original)

@@ -265,12 +265,11 @@ def _run(args: argparse.Namespace) -> int:
                                  thought_exit=s.thought_exit, max_new_tokens=args.max_new_tokens,
                                  stage=stages[s.name], progress=s.label, samples=logged)
         samples += [{"row": s.label, **sample} for sample in logged or []]
-        reached = "reached" if stages[s.name] is None and config.eval_stage is not None else \
-            "last" if stages[s.name] is None else "--stage"
+        source = "--stage" if stages[s.name] is not None else "last" if config.eval_stage is None else "reached"
         rows.append({"label": s.label, "model": s.name, "method": config.method, "num_steps": s.depth.num_steps,
                      "depth_exit": s.depth.exit.settings() if s.depth.exit else None,
                      "thought_exit": s.thought_exit.settings() if s.thought_exit else None,
-                     "stage_source": reached, **figures})
+                     "stage_source": source, **figures})
     if args.log_samples:
         path = Path(args.log_samples)
         path.parent.mkdir(parents=True, exist_ok=True)

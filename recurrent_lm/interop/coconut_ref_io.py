@@ -55,7 +55,7 @@ def _base_model(base: Path, state: dict[str, torch.Tensor], prefix: str) -> nn.M
     rows = state[prefix + embedding].shape[0]
     if rows != model.get_input_embeddings().weight.shape[0]:
         model.resize_token_embeddings(rows, mean_resizing=False)
-    return model
+    return model.to(state[prefix + embedding].dtype)  # a bf16 run stays bf16: the round trip is bit-identical
 
 
 def import_coconut_ref(checkpoint: Path, base: Path, target: Path, method: Optional[str] = None,
@@ -63,8 +63,8 @@ def import_coconut_ref(checkpoint: Path, base: Path, target: Path, method: Optio
     """Reference checkpoint + its base model directory -> our Coconut export in ``target``."""
     state, wrapped = read_reference_checkpoint(checkpoint)
     settings: dict[str, Any] = settings_from_args(reference_args)
-    method = method_of(wrapped, method or settings.pop("method", None), str(checkpoint))
-    settings.pop("method", None)
+    from_args = settings.pop("method", None)
+    method = method_of(wrapped, method or from_args, str(checkpoint))
     model = _base_model(Path(base), state, CoconutRefAdapter((), wrapped).prefix)
     adapter = CoconutRefAdapter(model.state_dict(), wrapped)
     tied = [n for n in adapter.key_map() if n not in state and _tied(model, n.removeprefix(adapter.prefix))]
@@ -79,7 +79,7 @@ def import_coconut_ref(checkpoint: Path, base: Path, target: Path, method: Optio
                           f"tokenizer in {base} is not the one the run started from")
     config = CoconutConfig(method=method, markers="reference", layout="reference", eval_stage=stage, **settings)
     make_writable_dir(Path(target))
-    return save_coconut_model(model.float().eval(), tokenizer, config, Path(target))
+    return save_coconut_model(model.eval(), tokenizer, config, Path(target))
 
 
 def _tied(model: nn.Module, name: str) -> bool:
