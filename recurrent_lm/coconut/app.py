@@ -60,7 +60,7 @@ def initial_export(cfg: TrainConfig) -> Optional[tuple[nn.Module, ThoughtTokeniz
     if trained.marker_names != cfg.coconut.marker_names:
         raise ValueError(f"init_from={cfg.init_from} was trained with the markers {trained.marker_names.names} but "
                          f"coconut.markers={cfg.coconut.markers!r}; set coconut.markers={trained.markers!r}")
-    return model.float().train(), tokenizer
+    return model.train(), tokenizer
 
 
 def build_tokenizer(cfg: TrainConfig, run_dir: Path, initial: Optional[ThoughtTokenizer] = None) -> ThoughtTokenizer:
@@ -93,13 +93,17 @@ def build_tokenizer(cfg: TrainConfig, run_dir: Path, initial: Optional[ThoughtTo
     return ThoughtTokenizer.from_file(saved, coconut.markers)
 
 
-def build_model(coconut: CoconutConfig, tokenizer: ThoughtTokenizer) -> Optional[nn.Module]:
-    """The Hugging Face model of the run (None: recurrent_lm's model, built by the module from model.*)."""
-    if coconut.hf_model is None:
+def build_model(coconut: CoconutConfig, tokenizer: ThoughtTokenizer,
+                initial: Optional[nn.Module] = None) -> Optional[nn.Module]:
+    """The Hugging Face model of the run: ``initial`` (init_from's), else coconut.hf_model's (None: recurrent_lm's
+    model, built by the module from model.*). Its embeddings grow to hold the markers if they must (a CoT import)."""
+    if initial is None and coconut.hf_model is None:
         return None
     from transformers import AutoModelForCausalLM
 
-    if coconut.hf_model.startswith(CONFIG_PREFIX):
+    if initial is not None:
+        model = initial
+    elif coconut.hf_model.startswith(CONFIG_PREFIX):
         model = AutoModelForCausalLM.from_config(_hf_config(coconut, tokenizer))
     else:
         model = AutoModelForCausalLM.from_pretrained(coconut.hf_model)
@@ -131,9 +135,7 @@ def build(cfg: TrainConfig, run_dir: Path) -> tuple[CoconutDataModule, CoconutMo
     generate_data(cfg.coconut, cfg.seed)
     initial = initial_export(cfg)
     tokenizer = build_tokenizer(cfg, run_dir, initial[1] if initial else None)
-    lm = build_model(cfg.coconut, tokenizer) if initial is None else initial[0]
-    if initial is not None:
-        add_thought_tokens(tokenizer.tokenizer, lm, cfg.coconut.markers)  # a CoT import grows to hold the markers
+    lm = build_model(cfg.coconut, tokenizer, initial[0] if initial else None)
     if lm is None and tokenizer.vocab_size > cfg.model.vocab_size:
         raise ValueError(f"the tokenizer has {tokenizer.vocab_size} tokens but model.vocab_size={cfg.model.vocab_size}; "
                          "raise model.vocab_size")
