@@ -220,8 +220,21 @@ def test_export_import_is_bit_identical(tmp_path, shape):
     _assert_same_state(model, again)
     assert again.config == config  # what the format lacks travels in config.json's "recurrent_lm" block
     raw = json.loads((tmp_path / "huginn" / "config.json").read_text())
-    assert raw["auto_map"]["AutoModelForCausalLM"] == "raven_modeling_minimal.RavenForCausalLM"
     assert raw["n_layers_in_recurrent_block"] == core and raw["rope_base"] == 50_000.0
+    assert_loadable_with_remote_code(raw)
+
+
+def assert_loadable_with_remote_code(raw: dict) -> None:
+    """What transformers' AutoConfig / AutoModelForCausalLM(trust_remote_code=True) need from config.json: the
+    model type and architecture, and an auto_map whose ``repo--module.Class`` entries name the published repository
+    and its two files (transformers splits at "--", fetches ``module``.py from ``repo`` and takes ``Class``)."""
+    assert raw["model_type"] == "huginn_raven" and raw["architectures"] == ["RavenForCausalLM"]
+    expected = {"AutoConfig": ("raven_config_minimal", "RavenConfig"),
+                "AutoModelForCausalLM": ("raven_modeling_minimal", "RavenForCausalLM")}
+    assert set(raw["auto_map"]) == set(expected)
+    for auto, (module, cls) in expected.items():
+        repo, reference = raw["auto_map"][auto].split("--")
+        assert repo == "tomg-group-umd/huginn-0125" and reference.rsplit(".", 1) == [module, cls]
 
 
 # ---------------------------------------------------------------------------------------------- errors

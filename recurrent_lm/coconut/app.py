@@ -23,6 +23,7 @@ from recurrent_lm.coconut.datamodule import CoconutDataModule
 from recurrent_lm.coconut.module import CoconutModule
 from recurrent_lm.coconut.records import load_records
 from recurrent_lm.coconut.tokens import ThoughtTokenizer, add_thought_tokens
+from recurrent_lm.model import RecurrentDepthLM
 from recurrent_lm.model.io import TOKENIZER_FILE, atomic_write
 from recurrent_lm.train.parallel import planned_world_size
 
@@ -46,12 +47,31 @@ def _hf_config(coconut: CoconutConfig, tokenizer: ThoughtTokenizer):
     return config
 
 
-def build_tokenizer(cfg: TrainConfig, run_dir: Path) -> ThoughtTokenizer:
-    """The run's tokenizer: the one saved in ``run_dir`` (a resume), else made as the module docstring says."""
+def initial_export(cfg: TrainConfig) -> Optional[tuple[nn.Module, ThoughtTokenizer]]:
+    """``init_from``'s model and tokenizer: a Coconut export of a Hugging Face model whose markers are the run's."""
+    if cfg.init_from is None:
+        return None
+    from recurrent_lm.coconut.export import load_coconut_model
+
+    model, tokenizer, trained = load_coconut_model(Path(cfg.init_from).expanduser())
+    if isinstance(model, RecurrentDepthLM):
+        raise ValueError(f"init_from={cfg.init_from} holds a recurrent_lm Coconut model; continue it by resuming its "
+                         "run (same run_dir) instead. init_from with coconut= takes a Hugging Face Coconut export")
+    if trained.marker_names != cfg.coconut.marker_names:
+        raise ValueError(f"init_from={cfg.init_from} was trained with the markers {trained.marker_names.names} but "
+                         f"coconut.markers={cfg.coconut.markers!r}; set coconut.markers={trained.markers!r}")
+    return model.train(), tokenizer
+
+
+def build_tokenizer(cfg: TrainConfig, run_dir: Path, initial: Optional[ThoughtTokenizer] = None) -> ThoughtTokenizer:
+    """The run's tokenizer: the one saved in ``run_dir`` (a resume), else ``initial`` (init_from's), else made as
+    the module docstring says."""
+    coconut = cfg.coconut
     saved = run_dir / TOKENIZER_FILE
     if saved.is_file():
-        return ThoughtTokenizer.from_file(saved)
-    coconut = cfg.coconut
+        return ThoughtTokenizer.from_file(saved, coconut.markers)
+    if initial is not None:
+        return initial
     if coconut.hf_model is not None and not coconut.hf_model.startswith(CONFIG_PREFIX):
         from tokenizers import Tokenizer
 
@@ -60,27 +80,34 @@ def build_tokenizer(cfg: TrainConfig, run_dir: Path) -> ThoughtTokenizer:
             if not (source / TOKENIZER_FILE).is_file():
                 raise FileNotFoundError(f"coconut.hf_model={coconut.hf_model}: no {TOKENIZER_FILE} in that directory; "
                                         "Coconut needs a fast (tokenizers) tokenizer saved beside the model")
-            return add_thought_tokens(Tokenizer.from_file(str(source / TOKENIZER_FILE)))
-        return add_thought_tokens(Tokenizer.from_pretrained(coconut.hf_model))  # a hub name: online users only
+            return add_thought_tokens(Tokenizer.from_file(str(source / TOKENIZER_FILE)), markers=coconut.markers)
+        return add_thought_tokens(Tokenizer.from_pretrained(coconut.hf_model),  # a hub name: online users only
+                                  markers=coconut.markers)
     from recurrent_lm.data.tokenizer import TextTokenizer
 
     records = load_records(coconut.train_file, require_steps=False)
     texts = (text for r in records for text in (r.question, *r.steps, r.answer))
-    atomic_write(saved, TextTokenizer.train(texts, cfg.model.vocab_size).save)  # other ranks wait for this file
-    return ThoughtTokenizer.from_file(saved)
+    bpe = TextTokenizer.train(texts, cfg.model.vocab_size).tokenizer
+    add_thought_tokens(bpe, markers=coconut.markers)  # no-op for the recurrent_lm preset (its reserved ids)
+    atomic_write(saved, lambda tmp: bpe.save(str(tmp)))  # other ranks wait for this file
+    return ThoughtTokenizer.from_file(saved, coconut.markers)
 
 
-def build_model(coconut: CoconutConfig, tokenizer: ThoughtTokenizer) -> Optional[nn.Module]:
-    """The Hugging Face model of the run (None: recurrent_lm's model, built by the module from model.*)."""
-    if coconut.hf_model is None:
+def build_model(coconut: CoconutConfig, tokenizer: ThoughtTokenizer,
+                initial: Optional[nn.Module] = None) -> Optional[nn.Module]:
+    """The Hugging Face model of the run: ``initial`` (init_from's), else coconut.hf_model's (None: recurrent_lm's
+    model, built by the module from model.*). Its embeddings grow to hold the markers if they must (a CoT import)."""
+    if initial is None and coconut.hf_model is None:
         return None
     from transformers import AutoModelForCausalLM
 
-    if coconut.hf_model.startswith(CONFIG_PREFIX):
+    if initial is not None:
+        model = initial
+    elif coconut.hf_model.startswith(CONFIG_PREFIX):
         model = AutoModelForCausalLM.from_config(_hf_config(coconut, tokenizer))
     else:
         model = AutoModelForCausalLM.from_pretrained(coconut.hf_model)
-    add_thought_tokens(tokenizer.tokenizer, model)  # grows the embeddings to the tokenizer (markers included)
+    add_thought_tokens(tokenizer.tokenizer, model, coconut.markers)  # grows the embeddings to the tokenizer if needed
     return model.float()
 
 
@@ -104,9 +131,11 @@ def build(cfg: TrainConfig, run_dir: Path) -> tuple[CoconutDataModule, CoconutMo
         if on:  # the recompute would attend over a cache that later thoughts' K/V have already grown
             raise ValueError(f"{key}=true cannot train Coconut: a recomputed block would re-read the KV cache "
                              f"after later thoughts extended it; set {key}=false")
+    cfg.coconut.require_data()
     generate_data(cfg.coconut, cfg.seed)
-    tokenizer = build_tokenizer(cfg, run_dir)
-    lm = build_model(cfg.coconut, tokenizer)
+    initial = initial_export(cfg)
+    tokenizer = build_tokenizer(cfg, run_dir, initial[1] if initial else None)
+    lm = build_model(cfg.coconut, tokenizer, initial[0] if initial else None)
     if lm is None and tokenizer.vocab_size > cfg.model.vocab_size:
         raise ValueError(f"the tokenizer has {tokenizer.vocab_size} tokens but model.vocab_size={cfg.model.vocab_size}; "
                          "raise model.vocab_size")
@@ -121,14 +150,17 @@ def build(cfg: TrainConfig, run_dir: Path) -> tuple[CoconutDataModule, CoconutMo
 
 
 def export_and_score(cfg: TrainConfig, model: nn.Module, tokenizer: ThoughtTokenizer, run_dir: Path,
-                     export_dir: Path) -> dict[str, Any]:
-    """Export the model (with its tokenizer and coconut.json), then score ``num_eval`` records of the eval file by
-    exact match, as ``recurrent-lm-coconut-eval`` would; the figures go to ``<run_dir>/coconut_eval.json``."""
+                     export_dir: Path, stage: Optional[int] = None) -> dict[str, Any]:
+    """Export the model (with its tokenizer and coconut.json, recording ``stage``, the curriculum stage training
+    reached, as ``eval_stage``), then score ``num_eval`` records of the eval file by exact match at that stage, as
+    ``recurrent-lm-coconut-eval`` would; the figures go to ``<run_dir>/coconut_eval.json``."""
+    import dataclasses
+
     from recurrent_lm.coconut.evaluate import evaluate_model, needs_steps
     from recurrent_lm.coconut.export import save_coconut_model
     from recurrent_lm.train.run_dir import write_text_atomic
 
-    coconut = cfg.coconut
+    coconut = cfg.coconut if stage is None else dataclasses.replace(cfg.coconut, eval_stage=stage)
     summary: dict[str, Any] = {}
     if cfg.export:
         summary["export"] = save_coconut_model(model, tokenizer, coconut, export_dir)

@@ -19,7 +19,9 @@ design and checked by the tests:
    shortest path of exactly ``h`` hops and the distractor stays unreachable.
 
 Sizes (both include the person): ProsQA graphs average about 23 nodes and 36 edges, hence the
-default ranges below. Each problem carries its graph under extra keys (``idx_to_symbol``, ``edges``,
+default ranges below. This is the project's one ProsQA generator: Coconut training data and lm-eval's
+``rlm_prosqa`` multiple-choice task (:meth:`ProsQAProblem.multiple_choice`) both come from it.
+Each problem carries its graph under extra keys (``idx_to_symbol``, ``edges``,
 ``root``, ``target``, ``neg_target``, ``hops``, as ProsQA's files do); :func:`load_records` ignores them.
 """
 
@@ -88,6 +90,8 @@ class ProsQAProblem:
     neg_target: int
     hops: int
     root: int = 0
+    options: tuple[int, int] = (0, 0)
+    """The two nodes the question offers, in the order it names them."""
 
     @property
     def record(self) -> ReasoningRecord:
@@ -98,8 +102,15 @@ class ProsQAProblem:
         """The JSON object: the three record keys first, then the graph metadata."""
         data = asdict(self)
         data["steps"], data["idx_to_symbol"] = list(self.steps), list(self.idx_to_symbol)
-        data["edges"] = [list(e) for e in self.edges]
+        data["edges"], data["options"] = [list(e) for e in self.edges], list(self.options)
         return data
+
+    def multiple_choice(self) -> dict[str, Any]:
+        """The problem as a two-way multiple-choice row (lm-eval's ``rlm_prosqa``): the record and graph keys plus
+        the person (``entity``), the two concepts in question order (``choices``) and the reachable one's index."""
+        choices = [self.idx_to_symbol[i] for i in self.options]
+        return {**self.to_dict(), "entity": self.idx_to_symbol[self.root], "choices": choices,
+                "label": self.options.index(self.target)}
 
 
 class _Graph:
@@ -191,16 +202,16 @@ def make_problem(rng: np.random.Generator, config: ProsQAConfig = ProsQAConfig()
     edges = sorted(graph.edges)
     facts = [_sentence(names, u, v) for u, v in edges]
     facts = [facts[i] for i in rng.permutation(len(facts))]
-    options = [names[graph.target], names[graph.distractor]]
+    options = [graph.target, graph.distractor]
     if rng.integers(2):
         options.reverse()
     path = graph.shortest_path(rng)
     return ProsQAProblem(
-        question=" ".join(facts) + f" Is {names[0]} a {options[0]} or {options[1]}?",
+        question=" ".join(facts) + f" Is {names[0]} a {names[options[0]]} or {names[options[1]]}?",
         steps=tuple(_sentence(names, u, v) for u, v in zip(path, path[1:])),
         answer=f"{names[0]} is a {names[graph.target]}.",
         idx_to_symbol=tuple(names), edges=tuple(edges),
-        target=graph.target, neg_target=graph.distractor, hops=hops)
+        target=graph.target, neg_target=graph.distractor, hops=hops, options=(options[0], options[1]))
 
 
 def generate_split(n: int, seed: int, split: str, config: ProsQAConfig = ProsQAConfig(),

@@ -219,7 +219,8 @@ def train(cfg: TrainConfig, resume: Resume) -> dict[str, Any]:
         from recurrent_lm.coconut.app import export_and_score
 
         summary["tokenizer"] = None  # no free-text sample: the report shows the Coconut evaluation instead
-        summary.update(export_and_score(cfg, model, tokenizer, run_dir, run_dir / EXPORT_DIR))
+        summary.update(export_and_score(cfg, model, tokenizer, run_dir, run_dir / EXPORT_DIR,
+                                        stage=module.stage_at(trainer.global_step)))
         return summary
     if cfg.export:
         summary["export"] = export_model(model, run_dir, run_dir / EXPORT_DIR)
@@ -244,7 +245,7 @@ def evaluate_task(task: TaskConfig, model: torch.nn.Module, run_dir: Path, expor
 
 def run(cfg: DictConfig) -> dict[str, Any]:
     typed: TrainConfig = OmegaConf.to_object(cfg)  # runs every dataclass __post_init__ check
-    if typed.init_from is not None:  # architecture and tokenizer are init_from's: resolved before anything is built
+    if typed.init_from is not None and typed.coconut is None:  # architecture and tokenizer are init_from's (Coconut: coconut/app.py)
         typed.model = model_config_from(typed.init_from, typed.model)
         cfg.model = OmegaConf.structured(typed.model)
         if typed.task is None and typed.data.tokenizer_path is None:

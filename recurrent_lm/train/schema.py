@@ -151,7 +151,9 @@ class TrainConfig:
     init_from: Optional[str] = None
     """A model directory (config.json + safetensors) whose weights the run starts from, e.g. a Hugging Face model
     retrofitted by recurrent-lm-convert. Its config.json fixes the architecture; model.* may set only the recipe
-    fields (train/init_from.py), so use it with model=pretrained. A resume takes the weights from the checkpoint."""
+    fields (train/init_from.py), so use it with model=pretrained. A resume takes the weights from the checkpoint.
+    With coconut=, a Coconut export of a Hugging Face model (a run's export/, or recurrent-lm-convert --from
+    coconut-ref): its model and tokenizer replace coconut.hf_model's."""
     name: str = "default"
     run_dir: str = "runs/${name}"
     """Everything of a run lives here: checkpoints/, logs/, config.yaml, export/."""
@@ -172,10 +174,6 @@ class TrainConfig:
     def __post_init__(self) -> None:
         if self.task is not None and self.coconut is not None:
             raise ValueError("task= and coconut= are both set; a run trains on one of them (task=null or coconut=null)")
-        if self.init_from is not None and self.coconut is not None:
-            raise ValueError(f"init_from={self.init_from} with coconut= is not supported: Coconut builds its model "
-                             "and adds its marker tokens itself; drop init_from (or use coconut.hf_model for a "
-                             "Hugging Face model)")
 
 
 def register_configs() -> None:
