@@ -84,13 +84,13 @@ def slice_table(slices: Sequence[SliceFit]) -> str:
 def report_markdown(runs: Sequence[Run], keys: Sequence[str], aliases: dict[str, list[str]], rows_: list[dict],
                     slices: Sequence[SliceFit], law: PowerLaw, depth: str, command: str) -> str:
     counts = {s: sum(r.status == s for r in runs) for s in STATUSES if any(r.status == s for r in runs)}
-    folded = [f"`{k}` (with {', '.join(f'`{a}`' for a in v)})" if v else f"`{k}`" for k, v in aliases.items()
-              if k in keys]
+    folded = [f"`{k}` (with {', '.join(f'`{a}`' for a in v)})" if v else f"`{k}`" for k, v in aliases.items()]
     parts = [
         "# Sweep report", "",
         f"Command: `{command}`", "",
         f"{len(runs)} runs: " + ", ".join(f"{n} {s}" for s, n in counts.items()) + ".",
-        "Settings that differ between runs: " + (", ".join(folded) if folded else "none") + ".", "",
+        "Settings that differ between runs: " + (", ".join(folded) if folded else "none") + "; the tables are "
+        "sorted by " + (", ".join(f"`{k}`" for k in keys) or "run") + ".", "",
         "Losses are validation losses; `train_flops` are model FLOPs at the depths the sampler drew "
         "(recurrent_lm/model/accounting.py); `train_time_s` is the throughput monitor's training time, "
         "summed over resumed sessions.", "",
@@ -143,6 +143,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         return 2
     swept = table.swept_overrides(args.paths)
     keys, aliases = table.differing_keys(runs, swept)
+    keys = [k for k in keys if k in swept] or keys  # a multirun's own keys; derived settings stay in the header
     runs = table.sort_runs(runs, keys)
     root = Path(os.path.commonpath([str(r.path) for r in runs])) if len(runs) > 1 else runs[0].path.parent
     rows_ = table.rows(runs, keys, root)

@@ -104,7 +104,7 @@ def find_run_dirs(paths: list[Path], max_depth: int = 4) -> list[Path]:
 
 def _natural_key(path: Path) -> list[Any]:
     """Job directories 0, 1, …, 10 in numeric order."""
-    return [int(part) if part.isdigit() else part for part in path.parts]
+    return [(0, int(part), "") if part.isdigit() else (1, 0, part) for part in path.parts]
 
 
 def merged_rows(path: Path) -> dict[int, dict[str, float]]:
@@ -168,7 +168,7 @@ def _lock_state(run_dir: Path) -> Optional[str]:
     return "stale" if _stale_reason(holder) is not None else "live"
 
 
-def _status(run: Run, run_dir: Path, rows: dict[int, dict[str, float]]) -> tuple[str, str]:
+def _status(run: Run, run_dir: Path, rows: dict[int, dict[str, float]], saved: Optional[int]) -> tuple[str, str]:
     losses = {s: v["train/loss"] for s, v in rows.items() if "train/loss" in v}
     if run.steps >= run.max_steps:
         return "finished", "" if run.curve and run.curve[-1].steps >= run.max_steps else "no final validation"
@@ -178,7 +178,6 @@ def _status(run: Run, run_dir: Path, rows: dict[int, dict[str, float]]) -> tuple
     bad = [s for s, v in losses.items() if not math.isfinite(v)]
     if bad:
         return "failed", f"non-finite loss at step {bad[0]}"
-    saved = _checkpoint_step(run_dir)
     if saved is None:
         return "failed", f"stopped after {run.steps}/{run.max_steps} steps with no checkpoint to resume from"
     if lock == "stale":
@@ -213,7 +212,9 @@ def collect_run(run_dir: Path) -> Run:
     run = Run(run_dir, config, "finished", max_steps=int(trainer.get("max_steps", 0)))
     rows = merged_rows(run_dir / LOG_DIR / METRICS_FILE)
     train_steps = [s for s, v in rows.items() if "train/loss" in v]
-    run.steps = max(train_steps) + 1 if train_steps else 0
+    # Rows are logged every trainer.log_every_n_steps; a checkpoint records the exact step count.
+    saved = _checkpoint_step(run_dir)
+    run.steps = max(max(train_steps) + 1 if train_steps else 0, saved or 0)
     run.train_time_s = _train_time(rows)
     run.accuracy = _accuracy(run_dir)
     if "model" in config and "sampler" in config:
@@ -231,7 +232,7 @@ def collect_run(run_dir: Path) -> Run:
         if run.steps:
             run.mean_depth = float(np.mean([sum(draw(s)) for s in range(run.steps)]))
         run.curve = [ValPoint(n, float(cumulative[n]), loss) for n, loss in _val_points(rows, run.steps)]
-    run.status, run.note = _status(run, run_dir, rows)
+    run.status, run.note = _status(run, run_dir, rows, saved)
     if not rows:
         run.status, run.note = "failed", "no metrics.csv rows: the run never trained a step"
     return run

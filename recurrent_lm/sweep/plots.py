@@ -76,7 +76,8 @@ def isoflop(slices: Sequence[SliceFit], law: PowerLaw, depth: str | int, path: P
     left.set_xlabel("mean recurrence r̄ (training)")
     left.set_ylabel(f"validation loss at {_depth_label(depth)} (lower is better)")
     left.set_title("iso-FLOP slices (★ fitted minimum)")
-    left.legend(fontsize=8)
+    if any(fit.depths for fit in slices):
+        left.legend(fontsize=8)
     left.grid(alpha=0.3)
     fitted = [s for s in slices if s.optimum is not None]
     for fit in fitted:
@@ -94,6 +95,8 @@ def isoflop(slices: Sequence[SliceFit], law: PowerLaw, depth: str | int, path: P
                    va="center", fontsize=8)
     right.set_xscale("log")
     right.set_yscale("log", base=2)
+    if slices:
+        right.set_xlim(min(s.budget for s in slices) / 1.5, max(s.budget for s in slices) * 1.5)
     right.set_xlabel("training FLOPs C")
     right.set_ylabel("compute-optimal mean recurrence r*")
     right.set_title("compute-optimal depth")
