@@ -94,6 +94,23 @@ def test_steps_for_budget_reach_the_budget_with_the_fewest_steps(tiny_config):
         steps_for_budget(model, sampler, 0.0, tokens=512)
 
 
+def test_isoflop_experiment_derives_steps_from_the_budget():
+    from train_support import compose_cfg
+
+    def composed(r_bar: int):
+        cfg = compose_cfg(["experiment=isoflop", "flop_budget=5e10", f"model.mean_recurrence={r_bar}"])
+        return cfg, model_config(cfg.model), sampler_config(cfg.sampler)
+
+    cfg, model, sampler = composed(2)
+    tokens = cfg.trainer.micro_batch_size * model.block_size
+    assert cfg.trainer.max_steps == steps_for_budget(model, sampler, 5e10, tokens) > 0
+    assert cfg.trainer.val_check_interval == -(-cfg.trainer.max_steps // 3)
+    deeper, model8, sampler8 = composed(8)
+    assert deeper.trainer.max_steps < cfg.trainer.max_steps  # same FLOPs, deeper steps: fewer of them
+    flops8 = step_flops(model8, sampler8, deeper.trainer.max_steps, tokens).sum()
+    assert 5e10 <= flops8 < 5e10 + step_flops(model8, sampler8, deeper.trainer.max_steps, tokens).max()
+
+
 # ---------------------------------------------------------------------------------------------- real runs
 SWEEP = {"trainer.max_steps": 8, "trainer.checkpoint_every_n_steps": 4, "trainer.val_check_interval": 3,
          "trainer.eval_depths": "[1,2]", "sample_tokens": 0, "export": False}
@@ -105,12 +122,14 @@ def sweep_dir(corpus_dir, tmp_path_factory) -> Path:
     re-running the sweep, plus a run that fails with a non-finite loss, in the same directory."""
     root = tmp_path_factory.mktemp("sweep") / "isoflop"
     base = [a for a in overrides(corpus_dir, root / "unused", **SWEEP) if not a.startswith("run_dir=")]
-    grid = ["model.mean_recurrence=2,3", "model.d_model=32,64", f"hydra.sweep.dir={root}"]
+    # experiment=isoflop for its end-of-sweep report (the overrides below replace its budget-derived steps).
+    grid = ["experiment=isoflop", "model.mean_recurrence=2,3", "model.d_model=32,64", f"hydra.sweep.dir={root}"]
     killed = launch(["-m"] + base + grid, fault="step:6")
     assert killed.returncode == -9, killed.stdout[-3000:]
     resumed = launch(["-m"] + base + grid)
     assert resumed.returncode == 0, resumed.stdout[-3000:]
     assert "resuming from" in resumed.stdout
+    assert len(list(csv.DictReader(open(root / "report" / "sweep.csv")))) == 4  # the multirun ended with its report
     failed = launch(base + [f"run_dir={root / 'failed'}", "model.mean_recurrence=4"], fault="nan_loss:2")
     assert failed.returncode == 2, failed.stdout[-3000:]
     return root
