@@ -81,6 +81,8 @@ def test_fits_say_when_the_data_cannot_support_them():
     assert two.alpha == pytest.approx(ALPHA) and two.alpha_sigma is None and "no uncertainty" in two.reason
     none = fit_power_law([edge, concave])
     assert none.alpha is None and "2 refused" in none.reason
+    kept = fit_slice(1e12, [1, 2, 4, 8], [3.0, 3.1, 3.3, 3.6], extrapolate=True)  # the trend, marked as such
+    assert kept.extrapolated and kept.optimum < 1 and "edge" in kept.reason
 
 
 def test_steps_for_budget_reach_the_budget_with_the_fewest_steps(tiny_config):

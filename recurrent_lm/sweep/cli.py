@@ -34,6 +34,9 @@ def parse_args(argv: Optional[Sequence[str]]) -> argparse.Namespace:
     p.add_argument("--budgets", default=None,
                    help="comma-separated FLOP budgets for the iso-FLOP slices (default: the runs' flop_budget "
                         "values; runs without one count at every budget their curve reaches)")
+    p.add_argument("--extrapolate", action="store_true",
+                   help="keep a slice's parabola minimum even outside the swept depths (marked as extrapolated): "
+                        "where the trend points when the grid does not bracket the optimum")
     args = p.parse_args(argv)
     if args.depth not in ("train", "best") and not args.depth.isdigit():
         p.error(f"--depth {args.depth}: use train, best or a positive integer eval depth")
@@ -56,6 +59,8 @@ def fit_summary(slices: Sequence[SliceFit], law: PowerLaw) -> list[str]:
             lines.append(f"C = {fit.budget:.3g}: no optimum ({fit.reason})")
             continue
         sigma = f" (ln r* ± {fit.log_sigma:.2f})" if fit.log_sigma is not None else ""
+        if fit.extrapolated:
+            sigma += " EXTRAPOLATED"
         caveat = f"; {fit.reason}" if fit.reason else ""
         lines.append(f"C = {fit.budget:.3g}: r* = {fit.optimum:.3g}{sigma}, loss {fit.loss_at_optimum:.4f} "
                      f"from {len(fit.depths)} runs{caveat}")
@@ -63,8 +68,10 @@ def fit_summary(slices: Sequence[SliceFit], law: PowerLaw) -> list[str]:
         lines.append(f"power law: not fitted ({law.reason})")
     else:
         sigma = f" ± {law.alpha_sigma:.2f} (1 s.e.)" if law.alpha_sigma is not None else f" ({law.reason})"
+        beyond = (f"; EXTRAPOLATED: {law.extrapolated} of the optima lie outside the swept depths, so this is where "
+                  "the trend points, not a measurement") if law.extrapolated else ""
         lines.append(f"power law: r* ∝ C^{law.alpha:.3f}{sigma} over {len(law.budgets)} budgets "
-                     f"({min(law.budgets):.3g}–{max(law.budgets):.3g} FLOPs)")
+                     f"({min(law.budgets):.3g}–{max(law.budgets):.3g} FLOPs){beyond}")
     return lines
 
 
@@ -149,7 +156,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     rows_ = table.rows(runs, keys, root)
     budgets = args.budgets or budgets_of(runs)
     depth: str | int = int(args.depth) if args.depth.isdigit() else args.depth
-    slices = iso_slices(runs, budgets, depth, matched=args.budgets is None)
+    slices = iso_slices(runs, budgets, depth, matched=args.budgets is None, extrapolate=args.extrapolate)
     law = fit_power_law(slices)
     labels = [", ".join(f"{k.split('.')[-1]}={table._fmt(row[k])}" for k in keys) or row["run"] for row in rows_]
     command = "recurrent-lm-sweep " + " ".join(sys.argv[1:] if argv is None else list(argv))

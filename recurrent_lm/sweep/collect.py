@@ -211,10 +211,12 @@ def collect_run(run_dir: Path) -> Run:
     trainer = config.get("trainer", {})
     run = Run(run_dir, config, "finished", max_steps=int(trainer.get("max_steps", 0)))
     rows = merged_rows(run_dir / LOG_DIR / METRICS_FILE)
-    train_steps = [s for s, v in rows.items() if "train/loss" in v]
-    # Rows are logged every trainer.log_every_n_steps; a checkpoint records the exact step count.
+    # Training rows come every trainer.log_every_n_steps; a checkpoint records the exact step count, and a
+    # validation logged at step s follows s + 1 steps (the one after fit: all of them).
+    trained = [s + 1 for s, v in rows.items() if "train/loss" in v]
+    validated = [min(s + 1, run.max_steps) for s, v in rows.items() if any(k.startswith("val/loss_r") for k in v)]
     saved = _checkpoint_step(run_dir)
-    run.steps = max(max(train_steps) + 1 if train_steps else 0, saved or 0)
+    run.steps = max(trained + validated + [saved or 0])
     run.train_time_s = _train_time(rows)
     run.accuracy = _accuracy(run_dir)
     if "model" in config and "sampler" in config:

@@ -57,10 +57,14 @@ class SliceFit:
     """Why no optimum was fitted, or a caveat."""
     coefficients: tuple[float, float, float] = (math.nan, math.nan, math.nan)
     """(c, b, a) of L = a + b·x + c·x², x = ln r̄ (numpy.polyfit order)."""
+    extrapolated: bool = False
+    """The optimum lies outside the swept depths (kept only when extrapolation was asked for)."""
 
 
-def fit_slice(budget: float, depths: Sequence[float], losses: Sequence[float]) -> SliceFit:
-    """Parabola in ln r̄ through one slice; see the module doc for when it refuses."""
+def fit_slice(budget: float, depths: Sequence[float], losses: Sequence[float],
+              extrapolate: bool = False) -> SliceFit:
+    """Parabola in ln r̄ through one slice; see the module doc for when it refuses. ``extrapolate`` keeps a
+    minimum outside the swept depths instead (marked as such): a diagnostic of where the trend points."""
     order = np.argsort(depths)
     r = np.asarray(depths, dtype=np.float64)[order]
     y = np.asarray(losses, dtype=np.float64)[order]
@@ -82,14 +86,17 @@ def fit_slice(budget: float, depths: Sequence[float], losses: Sequence[float]) -
     if not x[0] <= x_opt <= x[-1]:
         side = "below the smallest" if x_opt < x[0] else "above the largest"
         fit.reason = f"minimum at the edge: the parabola's minimum (r̄ ≈ {math.exp(x_opt):.3g}) lies {side} swept depth"
-        return fit
+        if not extrapolate:
+            return fit
+        fit.extrapolated = True
     fit.optimum = float(math.exp(x_opt))
     fit.loss_at_optimum = float(a + b * x_opt + c * x_opt**2)
     if cov is not None and np.all(np.isfinite(cov)):
         grad = np.array([b / (2 * c * c), -1 / (2 * c), 0.0])  # d x_opt / d(c, b, a)
         fit.log_sigma = float(math.sqrt(max(grad @ cov @ grad, 0.0)))
     else:
-        fit.reason = "3 depths: the parabola passes through every point, so r* has no uncertainty of its own"
+        fit.reason = (fit.reason + "; " if fit.reason else "") + \
+            "3 depths: the parabola passes through every point, so r* has no uncertainty of its own"
     lowest = int(np.argmin(y))
     if lowest in (0, len(y) - 1):
         fit.reason = (fit.reason + "; " if fit.reason else "") + "the lowest measured loss is at an edge depth"
@@ -107,6 +114,8 @@ class PowerLaw:
     """Standard error of alpha from the log-log residuals (needs three or more budgets)."""
     log_a: Optional[float] = None
     reason: str = ""
+    extrapolated: int = 0
+    """How many of the optima lie outside their slice's swept depths."""
 
     def predict(self, budget: float) -> float:
         assert self.alpha is not None and self.log_a is not None
@@ -117,6 +126,7 @@ def fit_power_law(slices: Sequence[SliceFit]) -> PowerLaw:
     """Least squares of ln r* on ln C over the slices that have an optimum."""
     usable = [s for s in slices if s.optimum is not None]
     law = PowerLaw([s.budget for s in usable], [s.optimum for s in usable])  # type: ignore[misc]
+    law.extrapolated = sum(s.extrapolated for s in usable)
     if len(usable) < 2:
         refused = len(slices) - len(usable)
         law.reason = (f"{len(usable)} budget(s) with a fitted optimum ({refused} refused); a power law needs 2 or "
@@ -164,7 +174,7 @@ def budgets_of(runs: Sequence["Run"]) -> list[float]:
 
 
 def iso_slices(runs: Sequence["Run"], budgets: Sequence[float], depth: str | int = "train",
-               matched: bool = True, tolerance: float = 0.02) -> list[SliceFit]:
+               matched: bool = True, tolerance: float = 0.02, extrapolate: bool = False) -> list[SliceFit]:
     """One fitted slice per budget. ``matched``: a run counts only at the budget it was trained for (its
     learning-rate schedule ended there; earlier points of a longer run are mid-schedule and read too high)."""
     fits = []
@@ -181,5 +191,5 @@ def iso_slices(runs: Sequence["Run"], budgets: Sequence[float], depth: str | int
             if value is not None and math.isfinite(value):
                 depths.append(run.mean_recurrence)
                 losses.append(value)
-        fits.append(fit_slice(budget, depths, losses))
+        fits.append(fit_slice(budget, depths, losses, extrapolate))
     return fits

@@ -70,12 +70,13 @@ def isoflop(slices: Sequence[SliceFit], law: PowerLaw, depth: str | int, path: P
         if math.isfinite(c):
             x = np.linspace(math.log(min(fit.depths)), math.log(max(fit.depths)), 100)
             left.plot(np.exp(x), a + b * x + c * x * x, "--", color=color, lw=1)
-        if fit.optimum is not None:
-            left.plot([fit.optimum], [fit.loss_at_optimum], "*", ms=14, color=color, mec="black")
+        if fit.optimum is not None:  # hollow: a minimum outside the swept depths (--extrapolate)
+            left.plot([fit.optimum], [fit.loss_at_optimum], "*", ms=14, color=color, mec="black",
+                      mfc="white" if fit.extrapolated else color)
     left.set_xscale("log", base=2)
     left.set_xlabel("mean recurrence r̄ (training)")
     left.set_ylabel(f"validation loss at {_depth_label(depth)} (lower is better)")
-    left.set_title("iso-FLOP slices (★ fitted minimum)")
+    left.set_title("iso-FLOP slices (★ fitted minimum, ☆ extrapolated)")
     if any(fit.depths for fit in slices):
         left.legend(fontsize=8)
     left.grid(alpha=0.3)
@@ -88,7 +89,8 @@ def isoflop(slices: Sequence[SliceFit], law: PowerLaw, depth: str | int, path: P
     if law.alpha is not None:
         c = np.geomspace(min(law.budgets) / 1.5, max(law.budgets) * 1.5, 50)
         sigma = f" ± {law.alpha_sigma:.2f}" if law.alpha_sigma is not None else " (no uncertainty)"
-        right.plot(c, [law.predict(v) for v in c], "k--", label=f"r* ∝ C^{law.alpha:.2f}{sigma}")
+        beyond = f", {law.extrapolated} extrapolated r*" if law.extrapolated else ""
+        right.plot(c, [law.predict(v) for v in c], "k--", label=f"r* ∝ C^{law.alpha:.2f}{sigma}{beyond}")
         right.legend(fontsize=8)
     else:
         right.text(0.5, 0.5, "no power law:\n" + _wrap(law.reason), transform=right.transAxes, ha="center",
@@ -107,7 +109,7 @@ def isoflop(slices: Sequence[SliceFit], law: PowerLaw, depth: str | int, path: P
 def loss_vs_depth(runs: Sequence[Run], labels: Sequence[str], path: Path) -> Path:
     """Final validation loss against test-time depth, one line per run; ▲ marks its training mean."""
     plt = _pyplot()
-    fig, ax = plt.subplots(figsize=(7, 4.5))
+    fig, ax = plt.subplots(figsize=(10, 4.5))
     colors = _colors([r.mean_recurrence for r in runs if math.isfinite(r.mean_recurrence)])
     for run, label in zip(runs, labels):
         final = run.final
@@ -122,7 +124,7 @@ def loss_vs_depth(runs: Sequence[Run], labels: Sequence[str], path: Path) -> Pat
     ax.set_xlabel("test-time depth r (core iterations)")
     ax.set_ylabel("final validation loss (lower is better)")
     ax.set_title("loss against test-time depth (▲ = training mean)")
-    ax.legend(fontsize=6, ncol=2)
+    ax.legend(fontsize=6, loc="upper left", bbox_to_anchor=(1.01, 1.0))  # outside: one entry per run
     ax.grid(alpha=0.3)
     return _save(fig, path)
 
