@@ -201,3 +201,31 @@ def test_metrics_columns_sort_depths_numerically(tmp_path):
     assert header == ["step", "epoch", "train/loss", "val/loss_r1", "val/loss_r2", "val/loss_r4", "val/loss_r8",
                       "val/loss_r16"]
     assert rows[0]["val/loss_r16"] == "1.0" and rows[1]["val/loss_r8"] == "2.4"
+
+
+def test_reasoning_accuracy_reaches_the_table(sweep_dir, tmp_path):
+    """A run directory holding the reasoning evaluation (written as a task run writes it) gets its accuracy
+    columns, difficulty by depth, in numeric order."""
+    import shutil
+
+    import torch
+
+    from recurrent_lm.model import ModelConfig, RecurrentDepthLM
+    from recurrent_lm.reasoning.config import TaskConfig
+    from recurrent_lm.reasoning.evaluate import evaluate, save_report
+    from recurrent_lm.reasoning.tasks import vocab_size
+    from recurrent_lm.sweep.table import rows
+
+    run_dir = tmp_path / "task_run"
+    shutil.copytree(next(p for p in sweep_dir.iterdir() if (p / "config.yaml").is_file()), run_dir)
+    task = TaskConfig(name="parity", train_max=4, eval_difficulties=[2, 10], eval_depths=[1, 2], num_eval=8,
+                      exit_criteria=[])
+    torch.manual_seed(0)
+    model = RecurrentDepthLM(ModelConfig(vocab_size=vocab_size(task), block_size=32, d_model=32, n_heads=2,
+                                         mlp_hidden=64, mean_recurrence=2, mean_backprop_depth=1)).eval()
+    report = evaluate(model, task, batch_size=8)
+    save_report(report, run_dir / "reasoning_eval.md")
+    (run,) = collect([run_dir])
+    assert run.accuracy == {f"d{d}@r{r}": v for (d, r), v in report.accuracy.items()}
+    [row] = rows([run], [])
+    assert [k for k in row if k.startswith("acc_")] == ["acc_d2@r1", "acc_d2@r2", "acc_d10@r1", "acc_d10@r2"]
