@@ -16,7 +16,7 @@ from recurrent_lm.sweep.cli import main as sweep_main
 from recurrent_lm.sweep.collect import Run, ValPoint, collect, find_run_dirs
 from recurrent_lm.sweep.flops import model_config, sampler_config, step_flops, steps_for_budget
 from recurrent_lm.sweep.isoflop import fit_power_law, fit_slice, interpolate_log_flops, iso_slices
-from recurrent_lm.sweep.table import differing_keys
+from recurrent_lm.sweep.table import differing_keys, swept_overrides
 
 # ---------------------------------------------------------------------------------------------- synthetic
 ALPHA, A = 0.4, 2.0 / 1e10**0.4  # r*(C) = A·C^0.4: 2 at 1e10, ≈ 31.7 at 1e13
@@ -132,7 +132,8 @@ def sweep_dir(corpus_dir, tmp_path_factory) -> Path:
     assert resumed.returncode == 0, resumed.stdout[-3000:]
     assert "resuming from" in resumed.stdout
     assert len(list(csv.DictReader(open(root / "report" / "sweep.csv")))) == 4  # the multirun ended with its report
-    failed = launch(base + [f"run_dir={root / 'failed'}", "model.mean_recurrence=4"], fault="nan_loss:2")
+    failed = launch(base + ["experiment=isoflop", f"run_dir={root / 'failed'}", "model.mean_recurrence=4"],
+                    fault="nan_loss:2")
     assert failed.returncode == 2, failed.stdout[-3000:]
     return root
 
@@ -158,8 +159,10 @@ def test_collector_reads_a_resumed_a_failed_and_differently_sized_runs(sweep_dir
              if row.get("train/time")]
     assert any(b < a for a, b in zip(times, times[1:]))  # the monitor's clock restarted at the resume
     assert resumed.train_time_s > max(times)
-    keys, aliases = differing_keys(list(runs.values()) + [failed])
-    assert keys[:2] == ["model.mean_recurrence", "model.d_model"] and "sampler.mean" in aliases[keys[0]]
+    swept = swept_overrides([sweep_dir])
+    assert swept == ["model.mean_recurrence", "model.d_model"]
+    keys, aliases = differing_keys(list(runs.values()) + [failed], swept)
+    assert keys == swept and "sampler.mean" in aliases[keys[0]]
 
 
 def test_partial_sweep_lists_a_killed_job(corpus_dir, tmp_path):

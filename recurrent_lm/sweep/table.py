@@ -31,14 +31,15 @@ def flatten(config: dict[str, Any], prefix: str = "") -> dict[str, Any]:
 
 def swept_overrides(paths: Sequence[Path]) -> list[str]:
     """Keys a hydra multirun swept (``k=a,b`` in multirun.yaml's task overrides) under ``paths``."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    parser = OverridesParser.create()
     keys: list[str] = []
     for path in paths:
         for record in sorted(path.rglob("multirun.yaml")):
             overrides = (yaml.safe_load(record.read_text()) or {}).get("hydra", {}).get("overrides", {})
-            for item in overrides.get("task", []):
-                key, _, value = str(item).partition("=")
-                if "," in value or value.startswith(("range(", "choice(", "glob(")):
-                    keys.append(key.lstrip("+~"))
+            parsed = parser.parse_overrides([str(item) for item in overrides.get("task", [])])
+            keys += [o.key_or_group for o in parsed if o.is_sweep_override()]  # a=1,2 sweeps; a=[1,2] is a list
     return list(dict.fromkeys(keys))
 
 
