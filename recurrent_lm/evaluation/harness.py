@@ -22,9 +22,10 @@ from __future__ import annotations
 
 import logging
 import os
+import contextlib
 from collections import defaultdict
 from pathlib import Path
-from typing import Any, Optional, Union
+from typing import Any, Iterator, Optional, Union
 
 import torch
 import torch.nn.functional as F
@@ -46,6 +47,8 @@ from recurrent_lm.model.io import TOKENIZER_FILE
 log = logging.getLogger(__name__)
 
 MODEL_NAME = "recurrent_lm"
+_kept: Optional[list["RecurrentLMEval"]] = None
+"""Inside :func:`keep_models`, every model constructed (lm-eval's own CLI builds it out of reach)."""
 
 @register_model(MODEL_NAME)
 class RecurrentLMEval(TemplateLM):
@@ -127,6 +130,8 @@ class RecurrentLMEval(TemplateLM):
         self.chat = parse_chat(chat_template, system_prompt, self.model_dir, specials)
         self._init_states = self.model.initial_state_table(self.seed)  # per position: batching-independent
         self.reset_steps()
+        if _kept is not None:
+            _kept.append(self)
         self._request_type = "loglikelihood"
 
     # ------------------------------------------------------------------ lm-eval plumbing
@@ -349,3 +354,16 @@ class RecurrentLMEval(TemplateLM):
             record[0] += sum(prompt_steps) + sum(steps[1:])
             record[1] += len(prompt_steps) + len(steps) - 1
         return list(result.texts)
+
+
+@contextlib.contextmanager
+def keep_models() -> Iterator[list["RecurrentLMEval"]]:
+    """Collect the models constructed inside the block, so ``recurrent-lm-eval run`` can record their settings and
+    step counts in the results file (lm-eval records only the model-args string it was given). Outside the block
+    nothing is kept alive."""
+    global _kept
+    _kept = []
+    try:
+        yield _kept
+    finally:
+        _kept = None

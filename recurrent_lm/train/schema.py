@@ -170,6 +170,9 @@ class TrainConfig:
     sample_tokens: int = 48
     dry_run: bool = False
     """Compose, validate and print the config, build the model, then exit."""
+    flop_budget: Optional[float] = None
+    """Training FLOPs this run is meant to spend (an iso-FLOP grid point); conf/experiment/isoflop.yaml derives
+    trainer.max_steps from it with the ${iso_flop_steps:...} resolver. Recorded for recurrent-lm-sweep."""
 
     def __post_init__(self) -> None:
         if self.task is not None and self.coconut is not None:
@@ -177,4 +180,7 @@ class TrainConfig:
 
 
 def register_configs() -> None:
+    from recurrent_lm.sweep.flops import register_resolver
+
+    register_resolver()
     ConfigStore.instance().store(name="base_config", node=TrainConfig)
