@@ -9,13 +9,17 @@ entropy, argmax) must decode the state to logits at every check, which is why th
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from typing import Callable, Optional
+from typing import Any, Callable, Optional
 
 import torch
 from torch import Tensor
 
-Readout = Callable[[Tensor], Tensor]
-"""Maps a state (*elements, H) to next-token logits (*elements, V)."""
+from recurrent_lm.loop.compaction import Subset
+
+Readout = Callable[..., Tensor]
+"""``readout(state)`` maps a state (*elements, H) to next-token logits (*elements, V); under compaction
+``readout(part, subset)`` decodes a gathered (B', M, H) sub-batch of the elements in ``subset``
+(:class:`recurrent_lm.loop.compaction.Subset`) to (B', M, V)."""
 
 
 class ExitCriterion(ABC):
@@ -43,16 +47,21 @@ class ExitCriterion(ABC):
         criteria need no axis; see :class:`Convergence` for the ones that do."""
         self.sequence_axis = sequence_axis
 
-    @abstractmethod
-    def converged(self, prev: Tensor, new: Tensor, delta: Tensor,
-                  readout: Optional[Readout]) -> tuple[Tensor, int]:
-        """Return (bool mask over elements, number of readout calls made)."""
+    def attach(self, model: Any) -> None:
+        """Take what the criterion needs from the model it will run in (see :class:`LearnedExit`)."""
 
-    def _readout(self, readout: Optional[Readout], state: Tensor) -> Tensor:
+    @abstractmethod
+    def converged(self, prev: Tensor, new: Tensor, delta: Tensor, readout: Optional[Readout],
+                  subset: Optional[Subset] = None) -> tuple[Tensor, int]:
+        """Return (bool mask over elements, number of readout calls made). ``subset``: the elements this step
+        computed under compaction (None: all); a decision about the others is ignored by the loop, so
+        criteria that pay per element (a readout) decode the subset only."""
+
+    def _readout(self, readout: Optional[Readout], state: Tensor, subset: Optional[Subset] = None) -> Tensor:
         if readout is None:
             raise ValueError(f"exit criterion '{self.name}' decodes the state to logits at each check, "
                              "but the loop was given no readout; pass readout= to unroll")
-        return readout(state).float()
+        return (readout(state) if subset is None else readout(subset.gather(state), subset)).float()
 
 
 class Convergence(ExitCriterion):
@@ -88,7 +97,7 @@ class Convergence(ExitCriterion):
                              "use 'convergence', which decides per element")
         super().bind(sequence_axis)
 
-    def converged(self, prev, new, delta, readout):
+    def converged(self, prev, new, delta, readout, subset=None):
         still = delta < self.threshold  # (*elements)
         if self.scope == "token":
             return still, 0
@@ -118,12 +127,14 @@ class _OutputCriterion(ExitCriterion):
     def reset(self) -> None:
         self._prev_logprobs: Optional[Tensor] = None
 
-    def converged(self, prev, new, delta, readout):
+    def converged(self, prev, new, delta, readout, subset=None):
         calls = 0
         if self._prev_logprobs is None:
             self._prev_logprobs = torch.log_softmax(self._readout(readout, prev), dim=-1)
             calls += 1
-        logprobs = torch.log_softmax(self._readout(readout, new), dim=-1)  # (*elements, V)
+        logprobs = torch.log_softmax(self._readout(readout, new, subset), dim=-1)  # (*elements | B', M, V)
+        if subset is not None:  # the others exited: their memory stays, their decision is ignored
+            logprobs = subset.scatter(self._prev_logprobs, logprobs)
         calls += 1
         done = self._compare(self._prev_logprobs, logprobs)
         self._prev_logprobs = logprobs

@@ -24,6 +24,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from recurrent_lm.loop import DepthRequest, ExitCriterion, LoopStats, resolve_depth, unroll
+from recurrent_lm.loop.compaction import Subset
 from recurrent_lm.model.attention import AttnContext, check_backend
 from recurrent_lm.model.block import Block
 from recurrent_lm.model.cache import RecurrentKVCache
@@ -76,6 +77,10 @@ class RecurrentDepthLM(nn.Module):
         cos, sin = rope_tables(config.head_dim, config.block_size, config.rope_theta, config.rope_scaling)
         self.register_buffer("rope_cos", cos, persistent=False)  # (block_size, D/2)
         self.register_buffer("rope_sin", sin, persistent=False)
+        self.compact_exits = True
+        """Under an exit criterion, run each core iteration on the still-active tokens only (compaction;
+        same result as masking). A runtime switch, not architecture: benchmarks turn it off to time the
+        masked computation. The flash backend takes causal masks only, so it always masks."""
         self.reset_parameters()
 
     # ------------------------------------------------------------------ init
@@ -160,11 +165,14 @@ class RecurrentDepthLM(nn.Module):
         return x
 
     def core_step(self, state: Tensor, e: Tensor, ctx: AttnContext, iteration: int,
-                  active: Optional[Tensor] = None) -> Tensor:
-        """One iteration of the recurrent block: inject e, run the core layers. (B, T, H) -> (B, T, H)."""
-        x = self.adapter(torch.cat((state, e), dim=-1)) if self.adapter is not None else state + e
-        if ctx.cache is not None:
+                  active: Optional[Union[Tensor, Subset]] = None) -> Tensor:
+        """One iteration of the recurrent block: inject e, run the core layers. (B, T, H) -> (B, T, H); under
+        compaction ``active`` is a :class:`Subset` and ``state`` its gathered (B', M, H) tokens."""
+        if isinstance(active, Subset):
+            e, ctx = active.gather(e), ctx.select(active)  # (B', M, H)
+        elif ctx.cache is not None:
             ctx = replace(ctx, cache=ctx.cache.cache.view(active=active))
+        x = self.adapter(torch.cat((state, e), dim=-1)) if self.adapter is not None else state + e
         for i, block in enumerate(self.core):
             x = block(x, ctx, ("core", iteration, i))
         return x
@@ -238,7 +246,8 @@ class RecurrentDepthLM(nn.Module):
             checkpoint=self.training and self.config.activation_checkpointing,
             criterion=exit_criterion,
             sequence_axis=1,  # the state is (B, T, H): tokens run along axis 1
-            readout=lambda s: self.decode(s, readout_ctx),
+            readout=lambda s, subset=None: self.decode(s, readout_ctx if subset is None else readout_ctx.select(subset)),
+            compact=exit_criterion is not None and self.compact_exits and self.config.attn_backend != "flash",
             record_stats=record_stats,
             observe=read_depth if wanted else None,
         )
