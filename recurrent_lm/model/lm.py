@@ -246,7 +246,7 @@ class RecurrentDepthLM(nn.Module):
             checkpoint=self.training and self.config.activation_checkpointing,
             criterion=exit_criterion,
             sequence_axis=1,  # the state is (B, T, H): tokens run along axis 1
-            readout=lambda s, subset=None: self.decode(s, readout_ctx if subset is None else readout_ctx.select(subset)),
+            readout=lambda s, subset=None: self.decode(s, readout_ctx.select(subset) if subset else readout_ctx),
             compact=exit_criterion is not None and self.compact_exits and self.config.attn_backend != "flash",
             record_stats=record_stats,
             observe=read_depth if wanted else None,
