@@ -182,12 +182,45 @@ class ArgmaxStable(_OutputCriterion):
         return self._stable >= max(1, int(self.threshold))
 
 
+class LearnedExit(ExitCriterion):
+    """Ouro's learned exit: a gate on the state after each step gives λ_t, the probability of exiting there;
+    an element exits once the exit distribution's CDF 1 − ∏_{j ≤ t}(1 − λ_j) reaches ``threshold``.
+
+    The gate is the model's (:meth:`attach` takes ``model.exit_logit``, which refuses a model without a gate);
+    it costs one norm and a dot product per element and step, far below a readout.
+    """
+
+    name = "learned"
+
+    def __init__(self, threshold: float, min_steps: int = 1, max_steps: Optional[int] = None) -> None:
+        super().__init__(threshold, min_steps=min_steps, max_steps=max_steps)
+        if not 0 < self.threshold <= 1:
+            raise ValueError(f"threshold={self.threshold!r} is not a probability; exit=learned stops a token once "
+                             "its exit probability so far reaches the threshold: give a value in (0, 1], e.g. 0.9")
+        self._logit: Optional[Callable[[Tensor], Tensor]] = None
+
+    def attach(self, model: Any) -> None:
+        model.require_exit_gate()  # refuses a model without one, by name
+        self._logit = model.exit_logit
+
+    def reset(self) -> None:
+        self._survival: Optional[Tensor] = None  # ∏ (1 − λ_j) so far, per element
+
+    def converged(self, prev, new, delta, readout, subset=None):
+        if self._logit is None:
+            raise ValueError("exit=learned runs the model's exit gate: pass the criterion to the model's forward "
+                             "(it attaches the gate), not to a bare loop")
+        survival = self._survival if self._survival is not None else torch.ones_like(delta)
+        self._survival = survival * torch.sigmoid(-self._logit(new))  # 1 − λ = σ(−logit); (*elements)
+        return 1 - self._survival >= self.threshold, 0
+
+
 CRITERIA: dict[str, type[ExitCriterion]] = {
     c.name: c for c in (Convergence, CausalConvergence, SequenceConvergence, KLDivergence, EntropyChange,
-                        ArgmaxStable)
+                        ArgmaxStable, LearnedExit)
 }
 DEFAULT_THRESHOLDS = {"convergence": 0.03, "causal_convergence": 0.03, "sequence_convergence": 0.03,
-                      "kl": 5e-4, "entropy": 1e-3, "argmax": 4}
+                      "kl": 5e-4, "entropy": 1e-3, "argmax": 4, "learned": 0.9}
 
 
 def build_criterion(name: Optional[str], threshold: Optional[float] = None, min_steps: int = 1,

@@ -30,6 +30,7 @@ from recurrent_lm.model.block import Block
 from recurrent_lm.model.cache import RecurrentKVCache
 from recurrent_lm.model.config import ModelConfig
 from recurrent_lm.model.context import attention_context
+from recurrent_lm.model.exit_gate import ExitGate
 from recurrent_lm.model.norm import RMSNorm
 from recurrent_lm.model.rope import rope_tables
 
@@ -57,6 +58,8 @@ class RecurrentLMOutput:
     stats: Optional[LoopStats]
     depth_logits: dict[int, Tensor] = field(default_factory=dict)
     """r -> (B, T, V) logits after r core iterations, for each r of ``readout_depths``."""
+    depth_states: dict[int, Tensor] = field(default_factory=dict)
+    """r -> (B, T, H) core state after r iterations, for each r of ``readout_depths`` (what the exit gate reads)."""
 
 
 class RecurrentDepthLM(nn.Module):
@@ -81,6 +84,9 @@ class RecurrentDepthLM(nn.Module):
         """Under an exit criterion, run each core iteration on the still-active tokens only (compaction;
         same result as masking). A runtime switch, not architecture: benchmarks turn it off to time the
         masked computation. The flash backend takes causal masks only, so it always masks."""
+        self.exit_gate: Optional[ExitGate] = None
+        """The learned exit gate (``exit=learned``), when the model directory holds one; see
+        :mod:`recurrent_lm.model.exit_gate`. Not part of the architecture: it is trained after the LM."""
         self.reset_parameters()
 
     # ------------------------------------------------------------------ init
@@ -177,6 +183,18 @@ class RecurrentDepthLM(nn.Module):
             x = block(x, ctx, ("core", iteration, i))
         return x
 
+    def require_exit_gate(self) -> ExitGate:
+        """The learned exit gate, or the refusal of ``exit=learned`` on a model without one."""
+        if self.exit_gate is None:
+            raise ValueError("exit=learned needs a learned exit gate, and this model has none (no "
+                             "exit_gate.safetensors in its directory); train one with `recurrent-lm-train exitgate=stage2 model=pretrained "
+                             "init_from=<model dir>`, or choose another exit")
+        return self.exit_gate
+
+    def exit_logit(self, state: Tensor) -> Tensor:
+        """(*, H) state -> (*,) the exit gate's logit on the normalised state (λ = σ of it), fp32."""
+        return self.require_exit_gate()(self.norm(state)).float()
+
     def decode_hidden(self, state: Tensor, ctx: AttnContext) -> Tensor:
         """(B, T, H) final state -> (B, T, H) last hidden state: norm (if norm_before_coda), coda, norm. The LM
         head's input, and what Coconut feeds back as the next thought's input embedding."""
@@ -218,6 +236,8 @@ class RecurrentDepthLM(nn.Module):
         x = self.embed_tokens(input_ids) if inputs_embeds is None else inputs_embeds  # (B, T, H)
         batch, seq, _ = x.shape
         n_no_grad, n_grad = self.resolve_steps(num_steps)
+        if exit_criterion is not None:
+            exit_criterion.attach(self)  # a criterion that needs the model's parts (the gate) takes or refuses them
         cache = past_key_values
         if cache is None and exit_criterion is not None:
             # An exited token must keep serving its latest K/V to later iterations, exactly as in
@@ -233,8 +253,11 @@ class RecurrentDepthLM(nn.Module):
         if wanted and not 1 <= min(wanted) <= max(wanted) <= n_no_grad + n_grad:
             raise ValueError(f"readout_depths={sorted(wanted)}: each must be in 1..{n_no_grad + n_grad} (num_steps)")
         depth_logits: dict[int, Tensor] = {}
+        depth_states: dict[int, Tensor] = {}
 
         def read_depth(steps: int, state: Tensor) -> None:
+            if steps in wanted:
+                depth_states[steps] = state
             if steps in wanted and steps < n_no_grad + n_grad:  # the last depth is the final decode below
                 depth_logits[steps] = self.decode(state, readout_ctx)
 
@@ -254,6 +277,7 @@ class RecurrentDepthLM(nn.Module):
         hidden = self.decode_hidden(loop.state, ctx)
         logits = self.lm_head(hidden)
         depth_logits.update({r: logits for r in wanted - depth_logits.keys()})
+        depth_states.update({r: loop.state for r in wanted - depth_states.keys()})
         if past_key_values is not None:
             past_key_values.commit(seq)
         loss = None
@@ -261,7 +285,8 @@ class RecurrentDepthLM(nn.Module):
             loss = F.cross_entropy(logits.flatten(0, 1).float(), labels.flatten(), ignore_index=IGNORE_INDEX)
         return RecurrentLMOutput(logits=logits, loss=loss, state=loop.state, hidden=hidden, steps_used=loop.steps_used,
                                  num_steps=(n_no_grad, n_grad), readouts=loop.readouts, stats=loop.stats,
-                                 depth_logits=dict(sorted(depth_logits.items())))
+                                 depth_logits=dict(sorted(depth_logits.items())),
+                                 depth_states=dict(sorted(depth_states.items())))
 
     # ------------------------------------------------------------------ persistence
     def save_pretrained(self, directory: Union[str, os.PathLike]) -> Path:
