@@ -31,7 +31,7 @@ import torch
 from recurrent_lm.loop import ExitSpec
 from recurrent_lm.model import RecurrentDepthLM
 from recurrent_lm.model.cache import RecurrentKVCache
-from recurrent_lm.model.lm import IGNORE_INDEX
+from recurrent_lm.model.lm import COMPACT_FILL, IGNORE_INDEX
 from recurrent_lm.reasoning.evaluate import load_task
 from recurrent_lm.reasoning.tasks import TEST_SPLIT, collate, fixed_examples
 
@@ -52,6 +52,8 @@ def parse_args(argv: Optional[list[str]] = None) -> argparse.Namespace:
                    help="name=threshold; 'learned' is skipped for a model without an exit gate")
     p.add_argument("--modes", nargs="+", choices=MODES, default=list(MODES))
     p.add_argument("--repeats", type=int, default=3)
+    p.add_argument("--compact", type=float, default=COMPACT_FILL,
+                   help="the model's compact_exits for the compacted runs (largest sub-batch fraction compacted)")
     p.add_argument("--widths", type=int, nargs="*", default=[256, 512],
                    help="widths of the random models the compaction table adds (none: this model only)")
     p.add_argument("--threads", type=int, default=1)
@@ -77,7 +79,7 @@ def run_batch(model: RecurrentDepthLM, ids: torch.Tensor, watch: torch.Tensor, n
     return torch.cat(logits, 1), torch.cat(steps, 1)
 
 
-def measure(model, batches, noise, depth, spec, mode, compact: bool, repeats: int) -> dict:
+def measure(model, batches, noise, depth, spec, mode, compact: float, repeats: int) -> dict:
     """Exact match, mean iterations per answer token and the median time over ``repeats`` passes of all batches."""
     model.compact_exits = compact
     times, exact, steps = [], [], []
@@ -92,7 +94,7 @@ def measure(model, batches, noise, depth, spec, mode, compact: bool, repeats: in
                     answer = b["labels"] != IGNORE_INDEX
                     exact.append(((logits.argmax(-1) == b["labels"]) | ~answer).all(-1))
                     steps.append(used[answer].float())
-    model.compact_exits = True
+    model.compact_exits = COMPACT_FILL
     return {"acc": 100 * torch.cat(exact).float().mean().item(), "iters": torch.cat(steps).mean().item(),
             "seconds": statistics.median(times), "spread": max(times) - min(times)}
 
@@ -107,10 +109,10 @@ def core_loop_time(model: RecurrentDepthLM, ids: torch.Tensor, depth: int, activ
     budget = torch.full((b, t), depth)
     stopped = torch.randperm(b * t, generator=torch.Generator().manual_seed(0))[: max(1, round((1 - active) * b * t))]
     budget.view(-1)[stopped] = 1
-    times: dict[bool, list[float]] = {False: [], True: []}
+    times: dict[float, list[float]] = {0.0: [], 1.0: []}
     with torch.no_grad():
         for _ in range(repeats):
-            for compact in (False, True):
+            for compact in times:
                 cache = RecurrentKVCache("latest")
                 ctx = model.attention_context(b, t, ids.device, cache=cache)
                 e = model.run_layers(model.prelude, model.embed_tokens(ids), ctx, "prelude")
@@ -118,7 +120,7 @@ def core_loop_time(model: RecurrentDepthLM, ids: torch.Tensor, depth: int, activ
                 unroll(lambda s, i, on: model.core_step(s, e, ctx, i, on), torch.zeros_like(e), 0, depth,
                        budget=budget, compact=compact, sequence_axis=1)
                 times[compact].append(time.perf_counter() - start)
-    masked, compact = statistics.median(times[False]), statistics.median(times[True])
+    masked, compact = statistics.median(times[0.0]), statistics.median(times[1.0])
     return {"width": model.config.d_model, "tokens": b * t, "active": 1 - len(stopped) / (b * t), "depth": depth,
             "masked": masked, "compact": compact, "ratio": compact / masked}
 
@@ -169,12 +171,12 @@ def main(argv: Optional[list[str]] = None) -> int:
                     "examples": len(examples), "batch_size": args.batch_size, "machine": platform.platform(),
                     "threads": args.threads, "modes": {}}
     for mode in args.modes:
-        fixed = {r: measure(model, batches, noise, r, None, mode, False, args.repeats) for r in args.depths}
+        fixed = {r: measure(model, batches, noise, r, None, mode, 0.0, args.repeats) for r in args.depths}
         best = max(m["acc"] for m in fixed.values())
         rows = []
         for spec in specs:
-            masked = measure(model, batches, noise, args.cap, spec, mode, False, args.repeats)
-            compact = measure(model, batches, noise, args.cap, spec, mode, True, args.repeats)
+            masked = measure(model, batches, noise, args.cap, spec, mode, 0.0, args.repeats)
+            compact = measure(model, batches, noise, args.cap, spec, mode, args.compact, args.repeats)
             base = equal_quality(fixed, compact["acc"])
             rows.append({"exit": f"{spec.criterion}={spec.threshold:g}", "masked": masked, "compact": compact,
                          "equal_depth": base})

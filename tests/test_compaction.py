@@ -35,14 +35,15 @@ def left_padded_batch() -> tuple[torch.Tensor, torch.Tensor]:
 
 
 def run_both(model, fn):
-    """fn() under masking, then under compaction (restoring the model's switch)."""
+    """fn() under masking, then compacting every step where a token has exited (restoring the model's setting)."""
     results = []
-    for compact in (False, True):
+    default = model.compact_exits
+    for compact in (0.0, 1.0):
         model.compact_exits = compact
         try:
             results.append(fn())
         finally:
-            model.compact_exits = True
+            model.compact_exits = default
     return results
 
 
@@ -119,22 +120,27 @@ def test_compaction_leaves_gradients_unchanged(model):
 def test_compacted_loop_computes_only_active_elements():
     """The loop's element-step count: masked computes every element each step, compacted only the active."""
     state = torch.randn(2, 5, 8)
-    rates = torch.linspace(0.1, 0.9, 10).view(2, 5, 1)  # each element contracts at its own rate
+    # each element contracts at its own rate: row 0 fast (its tokens exit one after another), row 1 slowly
+    rates = torch.cat((torch.linspace(0.05, 0.3, 5), torch.full((5,), 0.97))).view(2, 5, 1)
 
-    def step(s, i, active):
+    def step(s, i, active):  # s -> r s + (1 − r): converges to 1, the faster the smaller r
         r = rates if not isinstance(active, Subset) else active.gather(rates)
-        return s * r
+        return r * s + (1 - r)
 
     masked = unroll(step, state, 0, 20, criterion=ExitSpec("convergence", 0.05).build(), sequence_axis=1)
     compact = unroll(step, state, 0, 20, criterion=ExitSpec("convergence", 0.05).build(), sequence_axis=1,
-                     compact=True)
+                     compact=1.0)
+    half = unroll(step, state, 0, 20, criterion=ExitSpec("convergence", 0.05).build(), sequence_axis=1,
+                  compact=0.5)  # compacts only once at most half of the batch's padded sub-batch is left
     assert torch.equal(compact.steps_used, masked.steps_used)
     torch.testing.assert_close(compact.state, masked.state)
     assert masked.computed == masked.steps_run * 10
     assert compact.computed == int(masked.steps_used.sum()) < masked.computed
+    torch.testing.assert_close(half.state, masked.state)
+    assert compact.computed < half.computed < masked.computed
 
 
 def test_compaction_is_refused_on_a_state_without_a_sequence_axis():
-    with pytest.raises(ValueError, match="compact=True gathers"):
-        unroll(lambda s, i, a: s, torch.zeros(4, 8), 0, 2, compact=True,
+    with pytest.raises(ValueError, match="compact=1.0 gathers"):
+        unroll(lambda s, i, a: s, torch.zeros(4, 8), 0, 2, compact=1.0,
                criterion=ExitSpec("convergence").build())

@@ -37,6 +37,12 @@ class Subset:
     flat_index: Tensor
     """(N,) long: the position of each active element."""
 
+    @staticmethod
+    def padded_size_of(mask: Tensor) -> int:
+        """B'·M of the subset of ``mask`` (B, T), without building it: the cost of a compacted step."""
+        counts = mask.sum(1)  # (B,)
+        return int((counts > 0).sum()) * int(counts.max())
+
     @classmethod
     def of(cls, mask: Tensor) -> "Subset":
         """The subset of the True entries of ``mask`` (B, T)."""

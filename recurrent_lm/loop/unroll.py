@@ -29,7 +29,7 @@ StepFn = Callable[[Tensor, int, Optional[Union[Tensor, Subset]]], Tensor]
 ``i`` is the 0-based iteration index (no-grad steps included); ``active`` is None when every element
 runs every step (no exit criterion, no budget), else a bool mask over elements that have not exited
 yet — the recurrent core uses it to keep exited tokens' KV-cache entries frozen along with their
-state. Under ``compact=True``, once some element has exited, ``active`` is a :class:`Subset` and
+state. Under ``compact``, once enough elements have exited, ``active`` is a :class:`Subset` and
 ``state`` is its gathered (B', M, H) sub-batch: the step computes only those elements (gathering its
 other inputs with the subset) and returns their new state, which the loop scatters back.
 
@@ -78,7 +78,7 @@ def unroll(
     sequence_axis: Optional[int] = None,
     exit_sync: Optional[ExitSync] = None,
     budget: Optional[Tensor] = None,
-    compact: bool = False,
+    compact: float = 0.0,
 ) -> LoopResult:
     """Run ``n_no_grad`` steps without autograd, then ``n_grad`` steps with it.
 
@@ -95,10 +95,12 @@ def unroll(
     unroll. ``budget`` (long, element shape) caps each element's steps on its own (Coconut: thoughts per
     row); an element whose budget is spent is frozen like an exited one.
 
-    ``compact`` (with a criterion or budget, on a (B, T, H) state with ``sequence_axis=1``) runs each step
-    on the still-active elements only, gathered into a dense sub-batch (:class:`Subset`), so exited
-    elements stop costing compute; the result equals the masked computation. Steps where every
-    element is active run dense, at no overhead.
+    ``compact`` (with a criterion or budget, on a (B, T, H) state with ``sequence_axis=1``) runs a step on
+    the still-active elements only, gathered into a dense sub-batch (:class:`Subset`), whenever that
+    sub-batch (padding included) is at most this fraction of the batch: exited elements stop costing
+    compute, and the result equals the masked computation. 0 never compacts; 1 compacts as soon as
+    one element has exited; in between, steps with nearly every element active run masked, where the
+    gather and scatter would cost more than they save (see benchmarks/RESULTS.md).
 
     ``sequence_axis`` is the axis of ``state`` that runs along a sequence (1 for the core's (B, T, H)
     state), for criteria whose scope is causal or a whole sequence; a state without one (Coconut's
@@ -117,8 +119,10 @@ def unroll(
     if sequence_axis is not None and not (-state.dim() <= sequence_axis < state.dim() and axis < state.dim() - 1):
         raise ValueError(f"unroll: sequence_axis={sequence_axis} is not an element axis of a state of shape "
                          f"{tuple(state.shape)} (the last axis holds the features)")
+    if not 0 <= compact <= 1:
+        raise ValueError(f"unroll: compact={compact} is the largest sub-batch fraction to compact, in [0, 1]")
     if compact and (state.dim() != 3 or axis != 1):
-        raise ValueError(f"unroll: compact=True gathers (B, T, H) states along sequence_axis=1; got a state of "
+        raise ValueError(f"unroll: compact={compact} gathers (B, T, H) states along sequence_axis=1; got a state of "
                          f"shape {tuple(state.shape)} with sequence_axis={sequence_axis}")
     element_shape = state.shape[:-1]
     if budget is not None and budget.shape != element_shape:
@@ -144,7 +148,9 @@ def unroll(
 
     for i in range(total):
         active = ~exited if per_element else None
-        subset = Subset.of(active) if compact and active is not None and not bool(active.all()) else None
+        # Compact when some element has exited and the padded sub-batch is small enough to pay; else mask.
+        worth = compact and active is not None and Subset.padded_size_of(active) <= compact * active.numel()
+        subset = Subset.of(active) if worth and not bool(active.all()) else None
         with_grad = i >= n_no_grad and torch.is_grad_enabled()
         args = (state, i, active) if subset is None else (subset.gather(state), i, subset)
         with torch.set_grad_enabled(with_grad):

@@ -104,7 +104,7 @@ class RecurrentKVCache:
         if not read_only:
             self._store[key] = (full_k, full_v)
             self._written.add(key)
-        if subset is not None:
+        if subset is not None and subset.rows.numel() < full_k.shape[0]:
             return full_k[subset.rows], full_v[subset.rows]
         return full_k, full_v
 

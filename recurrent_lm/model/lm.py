@@ -35,6 +35,9 @@ from recurrent_lm.model.norm import RMSNorm
 from recurrent_lm.model.rope import rope_tables
 
 NumSteps = Union[DepthRequest, tuple[int, int]]
+COMPACT_FILL = 0.5
+"""Default of ``compact_exits``: compaction pays once at most half the batch is left (benchmarks/adaptive.py's
+table: near-full sub-batches cost 1.1-1.4x the masked step on CPU, half-full ones 0.77-1.06x)."""
 IGNORE_INDEX = -100
 """Label of positions that carry no loss (cross_entropy's ignore_index); the one definition."""
 
@@ -80,10 +83,11 @@ class RecurrentDepthLM(nn.Module):
         cos, sin = rope_tables(config.head_dim, config.block_size, config.rope_theta, config.rope_scaling)
         self.register_buffer("rope_cos", cos, persistent=False)  # (block_size, D/2)
         self.register_buffer("rope_sin", sin, persistent=False)
-        self.compact_exits = True
-        """Under an exit criterion, run each core iteration on the still-active tokens only (compaction;
-        same result as masking). A runtime switch, not architecture: benchmarks turn it off to time the
-        masked computation. The flash backend takes causal masks only, so it always masks."""
+        self.compact_exits = COMPACT_FILL
+        """Under an exit criterion, run a core iteration on the still-active tokens only (compaction, same
+        result as masking) when their padded sub-batch is at most this fraction of the batch (unroll's
+        ``compact``; 0 = always mask). A runtime setting, not architecture: benchmarks set it to compare.
+        The flash backend takes causal masks only, so it always masks."""
         self.exit_gate: Optional[ExitGate] = None
         """The learned exit gate (``exit=learned``), when the model directory holds one; see
         :mod:`recurrent_lm.model.exit_gate`. Not part of the architecture: it is trained after the LM."""
@@ -270,7 +274,7 @@ class RecurrentDepthLM(nn.Module):
             criterion=exit_criterion,
             sequence_axis=1,  # the state is (B, T, H): tokens run along axis 1
             readout=lambda s, subset=None: self.decode(s, readout_ctx.select(subset) if subset else readout_ctx),
-            compact=exit_criterion is not None and self.compact_exits and self.config.attn_backend != "flash",
+            compact=self.compact_exits if exit_criterion is not None and self.config.attn_backend != "flash" else 0.0,
             record_stats=record_stats,
             observe=read_depth if wanted else None,
         )
