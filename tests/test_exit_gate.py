@@ -78,3 +78,32 @@ def test_a_gate_trained_on_a_model_whose_depth_does_not_pay_exits_earlier(corpus
     before = untrained(ids, num_steps=6, exit_criterion=spec.build()).steps_used.float().mean()
     after = gated(ids, num_steps=6, exit_criterion=spec.build()).steps_used.float().mean()
     assert before == 6 and after < before - 0.5
+
+
+def test_exit_learned_in_lm_eval_and_the_reasoning_evaluation(tmp_path):
+    """A model directory with a gate of λ = 0.5 everywhere: exit=learned at 0.9 gives every token 4 iterations
+    in the lm-eval model and in the reasoning evaluation; the same directory without its gate file refuses."""
+    pytest.importorskip("lm_eval")
+    from eval_support import make_model_dir
+    from lm_eval.api.instance import Instance
+
+    from recurrent_lm.evaluation.harness import RecurrentLMEval
+    from recurrent_lm.reasoning import TaskConfig
+    from recurrent_lm.reasoning.evaluate import evaluate
+
+    directory = make_model_dir(tmp_path / "model")
+    model = RecurrentDepthLM.from_pretrained(directory)
+    model.exit_gate = ExitGate(model.config.d_model)
+    torch.nn.init.constant_(model.exit_gate.proj.bias, 0.0)
+    model.save_pretrained(directory)
+    lm = RecurrentLMEval(pretrained=str(directory), num_steps=8, exit="learned", threshold=0.9)
+    lm.loglikelihood([Instance(request_type="loglikelihood", doc={}, arguments=("Tom is", " a wumpus"), idx=0)],
+                     disable_tqdm=True)
+    assert lm.steps_summary()["mean_steps_used"] == 4
+    task = TaskConfig(name="parity", eval_difficulties=[8], eval_depths=[2, 8], num_eval=4, exit_criteria=["learned"],
+                      threshold=0.9)
+    report = evaluate(RecurrentDepthLM.from_pretrained(directory), task)
+    assert report.exits[0].name == "learned" and report.exits[0].mean_steps[8] == 4
+    (directory / GATE_FILE).unlink()
+    with pytest.raises(ValueError, match="exit=learned needs a learned exit gate"):
+        evaluate(RecurrentDepthLM.from_pretrained(directory), task)
