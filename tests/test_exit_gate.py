@@ -32,6 +32,10 @@ def test_stage2_target_on_a_hand_made_loss_curve():
     entropy = -(w * w.log() + (1 - w) * (1 - w).log()).mean()
     torch.testing.assert_close(stage2_loss(logits, ce, torch.tensor(True)), entropy.float())
     assert stage2_loss(logits + 1, ce, torch.tensor(True)) > entropy
+    # Lookahead: iteration t is worth leaving only if no later one gains more than the margin.
+    best_later = [1.937, 1.937, 1.937, 1.937, 1.937]
+    want = [sigmoid(50 * (max(0.0, c - b) - 0.005)) for c, b in zip(ce[:-1].tolist(), best_later)]
+    torch.testing.assert_close(stage2_targets(ce, lookahead=True), torch.tensor(want, dtype=torch.float64))
 
 
 def test_exit_depth_is_the_first_iteration_whose_exit_cdf_reaches_the_threshold():

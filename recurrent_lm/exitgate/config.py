@@ -16,6 +16,8 @@ class ExitGateConfig:
     """k in the target w_t = σ(k·(I_t − margin)): how sharply an improvement turns into "continue"."""
     margin: float = 0.005
     """γ: the loss improvement (nats) an iteration must bring to count as worth continuing."""
+    lookahead: bool = False
+    """False: Ouro's target (did iteration t pay?). True: did any later iteration pay? (see exitgate/objective.py)."""
     threshold: float = 0.9
     """Exit CDF threshold the validation metrics use (val/exit_depth, val/loss_exit), as ``exit=learned threshold=``."""
 

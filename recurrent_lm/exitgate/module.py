@@ -54,9 +54,13 @@ class ExitGateModule(L.LightningModule):
             states = torch.stack([out.depth_states[r] for r in depths])  # (R, B, T, H)
         return self.model.exit_logit(states), ce, labels != IGNORE_INDEX
 
+    def loss(self, logits: Tensor, ce: Tensor, valid: Tensor) -> Tensor:
+        c = self.config
+        return stage2_loss(logits, ce, valid, c.sharpness, c.margin, c.lookahead)
+
     def training_step(self, batch: dict[str, Tensor], batch_idx: int) -> Tensor:
         logits, ce, valid = self.per_depth(batch)
-        loss = stage2_loss(logits, ce, valid, self.config.sharpness, self.config.margin)
+        loss = self.loss(logits, ce, valid)
         self.log("train/loss", loss, prog_bar=True)
         return loss
 
@@ -65,7 +69,7 @@ class ExitGateModule(L.LightningModule):
         depth = exit_depth(logits, self.config.threshold)  # (B, T)
         at_exit = ce.gather(0, (depth - 1)[None]).squeeze(0)  # (B, T) the loss where each token exits
         n = valid.sum().clamp_min(1)
-        self.log_dict({"val/gate_loss": stage2_loss(logits, ce, valid, self.config.sharpness, self.config.margin),
+        self.log_dict({"val/gate_loss": self.loss(logits, ce, valid),
                        "val/exit_depth": (depth * valid).sum() / n, "val/loss_exit": (at_exit * valid).sum() / n,
                        "val/loss_full": (ce[-1] * valid).sum() / n}, sync_dist=True)
 

@@ -7,6 +7,11 @@ With the LM frozen and CE_t the per-token cross-entropy after t core iterations:
     L   = BCE(1 − λ_t, w_t)                λ_t = σ(gate(norm(s_t))), averaged over t ≥ 2 and supervised tokens
 
 so the gate learns to keep going where the last iteration still paid and to stop where it did not.
+
+That target is myopic: a token waiting for a solution that propagates along the sequence (a reasoning
+model's "wave") gains nothing for several iterations and then a lot, and is taught to stop while it waits.
+``lookahead=True`` (not Ouro's) asks instead whether *any later* iteration still pays,
+I_t = max(0, CE_t − min_{j > t} CE_j), and pairs it with λ_t for t = 1..R−1: the decision taken after t.
 """
 
 from __future__ import annotations
@@ -16,20 +21,26 @@ import torch.nn.functional as F
 from torch import Tensor
 
 
-def stage2_targets(ce: Tensor, sharpness: float = 50.0, margin: float = 0.005) -> Tensor:
-    """(R, *) per-iteration losses -> (R − 1, *) targets w_t for t = 2..R (CE_0 does not exist)."""
-    improvement = (ce[:-1] - ce[1:]).clamp_min(0)  # I_t, t = 2..R
+def stage2_targets(ce: Tensor, sharpness: float = 50.0, margin: float = 0.005, lookahead: bool = False) -> Tensor:
+    """(R, *) per-iteration losses -> (R − 1, *) targets w_t: for t = 2..R (CE_0 does not exist), or with
+    ``lookahead`` for t = 1..R−1 (nothing comes after R)."""
+    if lookahead:
+        later_best = torch.cummin(ce[1:].flip(0), dim=0).values.flip(0)  # min_{j > t} CE_j, t = 1..R−1
+        improvement = (ce[:-1] - later_best).clamp_min(0)
+    else:
+        improvement = (ce[:-1] - ce[1:]).clamp_min(0)  # I_t, t = 2..R
     return torch.sigmoid(sharpness * (improvement - margin))
 
 
 def stage2_loss(gate_logits: Tensor, ce: Tensor, valid: Tensor, sharpness: float = 50.0,
-                margin: float = 0.005) -> Tensor:
-    """Mean BCE(1 − λ_t, w_t) over t = 2..R and the ``valid`` (*) elements.
+                margin: float = 0.005, lookahead: bool = False) -> Tensor:
+    """Mean BCE(1 − λ_t, w_t) over the targets' iterations and the ``valid`` (*) elements.
 
     gate_logits (R, *): logit of λ_t (1 − λ_t = σ(−logit)); ce (R, *) detached losses.
     """
-    target = stage2_targets(ce.detach().float(), sharpness, margin)  # (R − 1, *)
-    bce = F.binary_cross_entropy_with_logits(-gate_logits[1:].float(), target, reduction="none")
+    target = stage2_targets(ce.detach().float(), sharpness, margin, lookahead)  # (R − 1, *)
+    paired = gate_logits[:-1] if lookahead else gate_logits[1:]
+    bce = F.binary_cross_entropy_with_logits(-paired.float(), target, reduction="none")
     weight = valid.expand_as(bce).float()
     return (bce * weight).sum() / weight.sum().clamp_min(1)
 
