@@ -64,7 +64,8 @@ class ExitGateModule(L.LightningModule):
         self.log("train/loss", loss, prog_bar=True)
         return loss
 
-    def validation_step(self, batch: dict[str, Tensor], batch_idx: int) -> None:
+    def validation_step(self, batch: dict[str, Tensor], batch_idx: int, dataloader_idx: int = 0) -> None:
+        """Per validation set (a task has one per difficulty: keys then end in /dataloader_idx_k)."""
         logits, ce, valid = self.per_depth(batch)
         depth = exit_depth(logits, self.config.threshold)  # (B, T)
         at_exit = ce.gather(0, (depth - 1)[None]).squeeze(0)  # (B, T) the loss where each token exits
