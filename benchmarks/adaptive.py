@@ -195,8 +195,9 @@ def print_mode(mode: str, fixed: dict[int, dict], rows: list[dict], best: float,
     for r, m in sorted(fixed.items()):
         print(f"| {r} | {m['acc']:.1f} | {m['seconds']:.3f} ({m['spread']:.3f}) |")
     print(f"\n| exit (cap {args.cap}) | iters/token | exact match % | vs best fixed ({best:.1f}) | masked s | "
-          "compact s | compact / masked | equal-quality fixed r | its s | saving (fixed s / compact s) |")
-    print("|---|---|---|---|---|---|---|---|---|---|")
+          "compact s | compact / masked | equal-quality fixed r | its s | saving (fixed s / compact s) | "
+          "goal (≤ 1% cost, ≥ 2×) |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|")
     for row in rows:
         m, c, r = row["masked"], row["compact"], row["equal_depth"]
         base = fixed[r]["seconds"] if r is not None else None
