@@ -27,6 +27,9 @@ class ExitCriterion(ABC):
 
     name: str = ""
     needs_readout: bool = False
+    needs_delta: bool = True
+    """Whether :meth:`converged` reads the relative latent change (else the loop passes None and saves
+    computing it every step: the learned and output-based criteria look at other things)."""
 
     def __init__(self, threshold: float, min_steps: int = 1, max_steps: Optional[int] = None) -> None:
         # Imported here: exit_spec imports this module. The spec is the one check of these settings.
@@ -51,7 +54,7 @@ class ExitCriterion(ABC):
         """Take what the criterion needs from the model it will run in (see :class:`LearnedExit`)."""
 
     @abstractmethod
-    def converged(self, prev: Tensor, new: Tensor, delta: Tensor, readout: Optional[Readout],
+    def converged(self, prev: Tensor, new: Tensor, delta: Optional[Tensor], readout: Optional[Readout],
                   subset: Optional[Subset] = None) -> tuple[Tensor, int]:
         """Return (bool mask over elements, number of readout calls made). ``subset``: the elements this step
         computed under compaction (None: all); a decision about the others is ignored by the loop, so
@@ -123,6 +126,7 @@ class _OutputCriterion(ExitCriterion):
     """Shared memory handling for criteria that compare successive output distributions."""
 
     needs_readout = True
+    needs_delta = False
 
     def reset(self) -> None:
         self._prev_logprobs: Optional[Tensor] = None
@@ -191,6 +195,7 @@ class LearnedExit(ExitCriterion):
     """
 
     name = "learned"
+    needs_delta = False
 
     def __init__(self, threshold: float, min_steps: int = 1, max_steps: Optional[int] = None) -> None:
         super().__init__(threshold, min_steps=min_steps, max_steps=max_steps)
@@ -210,7 +215,7 @@ class LearnedExit(ExitCriterion):
         if self._logit is None:
             raise ValueError("exit=learned runs the model's exit gate: pass the criterion to the model's forward "
                              "(it attaches the gate), not to a bare loop")
-        survival = self._survival if self._survival is not None else torch.ones_like(delta)
+        survival = self._survival if self._survival is not None else new.new_ones(new.shape[:-1], dtype=torch.float32)
         self._survival = survival * torch.sigmoid(-self._logit(new))  # 1 − λ = σ(−logit); (*elements)
         return 1 - self._survival >= self.threshold, 0
 

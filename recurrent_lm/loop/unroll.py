@@ -166,7 +166,7 @@ def unroll(
         elif active is not None:
             new = torch.where(active.unsqueeze(-1), new, state)  # exited elements stay frozen (delta 0)
         computed += subset.size if subset is not None else steps_used.numel()
-        needs_delta = stats is not None or criterion is not None
+        needs_delta = stats is not None or (criterion is not None and criterion.needs_delta)
         delta = relative_change(state, new) if needs_delta else None  # shape: element_shape
         if active is not None:
             steps_used += active.long()
