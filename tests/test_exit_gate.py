@@ -70,6 +70,14 @@ def test_a_gate_trained_on_a_model_whose_depth_does_not_pay_exits_earlier(corpus
         "trainer.val_check_interval": 25, "trainer.val_batches": 1, "optim.lr": 0.2})))
     export = run_dir / "export"
     assert (export / GATE_FILE).is_file() and summary["step"] == 25
+    # The run resumes like any other, and recurrent-lm-export rebuilds the gate from its checkpoint.
+    resumed = run(compose_cfg(overrides(corpus_dir, run_dir, init_from=str(source_export), **{
+        "model": "pretrained", "exitgate": "stage2", "exitgate.num_steps": 6, "trainer.max_steps": 26,
+        "trainer.val_check_interval": "null", "optim.lr": 0.2, "export": False})))
+    assert resumed["step"] == 26
+    from recurrent_lm.train.export import export_run
+
+    assert (export_run(run_dir, tmp_path / "re-export") / GATE_FILE).is_file()
     assert summary["val"]["val/exit_depth"] < 6
     source, gated = RecurrentDepthLM.from_pretrained(source_export), RecurrentDepthLM.from_pretrained(export)
     assert source.exit_gate is None and gated.exit_gate is not None

@@ -24,6 +24,8 @@ class ExitGateModule(L.LightningModule):
 
     def __init__(self, model: RecurrentDepthLM, config: ExitGateConfig, lr: float) -> None:
         super().__init__()
+        # The model config under the key the run directory's resume check and recurrent-lm-export read.
+        self.save_hyperparameters({"model": model.config.to_dict(), "exitgate": vars(config).copy(), "lr": lr})
         self.model = model.float()
         self.model.requires_grad_(False)
         if self.model.exit_gate is None:
