@@ -172,6 +172,10 @@ def build_run(cfg: TrainConfig, run_dir: Path, resuming: bool = False
         datamodule, module = build(cfg, run_dir)
         atomic_write(run_dir / TOKENIZER_FILE, datamodule.tokenizer.save)  # whole or absent: other ranks wait on it
         return datamodule, module, datamodule.tokenizer
+    if cfg.exitgate is not None:  # exit-gate app hook (issue 21); the lead moves it onto the app registry
+        from recurrent_lm.exitgate.app import build as build_exitgate
+
+        return build_exitgate(cfg, run_dir)
     datamodule = build_datamodule(cfg)
     datamodule.prepare_data()
     datamodule.setup("fit")

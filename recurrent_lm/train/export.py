@@ -16,6 +16,7 @@ from recurrent_lm.model import ModelConfig, RecurrentDepthLM
 from recurrent_lm.data.tokenizer_dir import TOKENIZER_FILES
 from recurrent_lm.model.io import atomic_write
 from recurrent_lm.train.run_dir import CHECKPOINT_DIR, EXPORT_DIR, LAST_CHECKPOINT, newest_checkpoint, read_checkpoint
+from recurrent_lm.model.exit_gate import GATE_PREFIX, ExitGate
 from recurrent_lm.train.sharded import load_full_state
 
 
@@ -37,7 +38,10 @@ def model_from_checkpoint(path: Path) -> RecurrentDepthLM:
         if path.is_dir():
             load_full_state(path, model)
         else:
-            model.load_state_dict({k.removeprefix("model."): v for k, v in checkpoint["state_dict"].items()})
+            state = {k.removeprefix("model."): v for k, v in checkpoint["state_dict"].items()}
+            if any(k.startswith(GATE_PREFIX) for k in state):  # an exitgate run: the LM and its trained gate
+                model.exit_gate = ExitGate(model.config.d_model)
+            model.load_state_dict(state)
     except KeyError as err:
         raise ValueError(f"checkpoint {path} lacks {err}; it was not written by recurrent-lm-train") from err
     return model.eval()

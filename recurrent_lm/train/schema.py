@@ -15,6 +15,7 @@ from lightning.fabric.connector import _PRECISION_INPUT_STR, _PRECISION_INPUT_ST
 
 from recurrent_lm.coconut.config import CoconutConfig
 from recurrent_lm.data.config import DataConfig
+from recurrent_lm.exitgate.config import ExitGateConfig
 from recurrent_lm.loop.samplers import SamplerConfig
 from recurrent_lm.model.config import ModelConfig
 from recurrent_lm.reasoning.config import TaskConfig
@@ -148,6 +149,8 @@ class TrainConfig:
     coconut: Optional[CoconutConfig] = None
     """Coconut continuous-thought training on {question, steps, answer} records (conf/coconut/) instead of the
     text corpus; with coconut.hf_model a Hugging Face causal LM replaces model.*."""
+    exitgate: Optional[ExitGateConfig] = None
+    """Train a learned exit gate on the frozen init_from model instead of pretraining (recurrent_lm/exitgate)."""
     init_from: Optional[str] = None
     """A model directory (config.json + safetensors) whose weights the run starts from, e.g. a Hugging Face model
     retrofitted by recurrent-lm-convert. Its config.json fixes the architecture; model.* may set only the recipe
@@ -175,6 +178,9 @@ class TrainConfig:
     trainer.max_steps from it with the ${iso_flop_steps:...} resolver. Recorded for recurrent-lm-sweep."""
 
     def __post_init__(self) -> None:
+        if self.exitgate is not None and self.coconut is not None:
+            raise ValueError("exitgate= and coconut= are both set; the gate trains on a pretrained model's text or "
+                             "task data: set coconut=null")
         if self.task is not None and self.coconut is not None:
             raise ValueError("task= and coconut= are both set; a run trains on one of them (task=null or coconut=null)")
 
