@@ -129,3 +129,27 @@ def test_cli_refusal_exits_2_and_writes_nothing(finished, corpus_copy, tmp_path)
     assert result.returncode == 2 and "Traceback" not in result.stdout, result.stdout[-3000:]
     assert "recurrent-lm-train: error: loader state was saved with" in result.stdout
     assert tree_hash(run_dir) == before
+
+
+def test_export_refuses_a_live_run_and_records_its_step(finished, tmp_path, capsys):
+    """recurrent-lm-export RUN while a training holds RUN's lock exported an intermediate checkpoint silently; now it
+    is refused naming the holder. A finished run's export says (and records in export.json) which step it is, and a
+    second export onto it needs --overwrite."""
+    from recurrent_lm.train.export import EXPORT_RECORD, main as export_main
+
+    run_dir = tmp_path / "run"
+    shutil.copytree(finished, run_dir)
+    _live_lock(run_dir)
+    before = tree_hash(run_dir)
+    assert export_main([str(run_dir)]) == 2
+    assert f"is being trained by pid {os.getpid()} on host" in capsys.readouterr().err
+    assert tree_hash(run_dir) == before
+    (run_dir / LOCK_FILE).unlink()
+    assert export_main([str(run_dir)]) == 0
+    assert f"exported step 4 ({run_dir / 'checkpoints' / 'last.ckpt'}) -> {run_dir / 'export'}" in capsys.readouterr().out
+    assert json.loads((run_dir / "export" / EXPORT_RECORD).read_text())["step"] == 4
+    assert export_main([str(run_dir)]) == 2
+    assert "export already exists and is not empty; pass --overwrite" in capsys.readouterr().err
+    assert export_main([str(run_dir / "checkpoints" / "step-4.ckpt"), "--overwrite"]) == 0
+    assert json.loads((run_dir / "export" / EXPORT_RECORD).read_text())["checkpoint"].endswith("step-4.ckpt")
+    assert not [p for p in run_dir.iterdir() if p.name.endswith(".tmp")]

@@ -249,7 +249,8 @@ def train(cfg: TrainConfig, resume: Resume, config_yaml: str = "") -> dict[str, 
         summary.update(export_and_score(cfg, model, tokenizer, run_dir, run_dir / EXPORT_DIR))
         return summary
     if cfg.export:
-        summary["export"] = export_model(model, run_dir, run_dir / EXPORT_DIR)
+        summary["export"] = export_model(model, run_dir, run_dir / EXPORT_DIR, trainer.global_step,
+                                         "the end of training")
     if cfg.task is not None:
         summary["reasoning"] = evaluate_task(cfg.task, model, run_dir, summary.get("export"), cfg.seed)
     return summary

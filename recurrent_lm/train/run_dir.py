@@ -111,6 +111,15 @@ class RunDirLock:
         except (OSError, json.JSONDecodeError):
             return None
 
+    def live_holder(self) -> Optional[str]:
+        """Who holds the lock now ("pid P on host H (SLURM job J) since T"), or None when nobody or a stale holder
+        does: for readers of a run directory (the export) that must not mistake a running run for a finished one."""
+        holder = self._read_holder() if self.path.exists() else None
+        if holder is None or _stale_reason(holder) is not None:
+            return None
+        job = f" (SLURM job {holder['slurm_job_id']})" if holder.get("slurm_job_id") else ""
+        return f"pid {holder.get('pid')} on host {holder.get('host')}{job} since {holder.get('started')}"
+
     def release(self) -> None:
         if self.held:
             self.path.unlink(missing_ok=True)
