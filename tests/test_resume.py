@@ -168,7 +168,7 @@ def test_sweep_jobs_get_their_own_run_dirs_and_sweeps_do_not_share(corpus_dir, t
     assert second.returncode == 0, second.stdout[-3000:]
     assert "resuming from" not in second.stdout
     [job] = [p for p in (tmp_path / "multirun").glob("*/*") if p.is_dir()]
-    assert "model.mean_recurrence=8" in job.name and sorted(step_losses(job)) == [0, 1]
+    assert "mean_recurrence: 8" in (job / "config.yaml").read_text() and sorted(step_losses(job)) == [0, 1]
 
 
 def test_default_sweep_dir_is_per_sweep():
