@@ -155,6 +155,21 @@ def run_dir_probes() -> list[Probe]:
             return ws.train(run_dir, *extra)
         return go
 
+    def second_live_run(ws: Workspace) -> subprocess.CompletedProcess:
+        run_dir = state["locked"] = ws.fresh()
+        first = launch(overrides(ws.corpus, run_dir, **{**STEPS, "trainer.max_steps": 100_000,
+                                                        "trainer.checkpoint_every_n_steps": 2}), wait=False)
+        deadline = time.time() + 300
+        while not (run_dir / "checkpoints" / "last.ckpt").exists() and time.time() < deadline:
+            time.sleep(0.05)
+        try:
+            second = ws.train(run_dir)
+            state["export_live"] = cli("recurrent-lm-export", str(run_dir))
+            return second
+        finally:
+            first.kill()
+            first.wait()
+
     def stale_lock(ws: Workspace) -> subprocess.CompletedProcess:
         return ws.train(state["locked"], **{"trainer.max_steps": 2})
 

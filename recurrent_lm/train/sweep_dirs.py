@@ -24,7 +24,8 @@ MAX_NAME = 120
 
 def swept_keys(argv: Sequence[str]) -> set[str]:
     """The keys that the command line sweeps (``model.mean_recurrence=4,8``, ``range(...)``): they go first in a job's
-    name, so a cut name still says what differs. Empty where the command line is not the sweep's (a submitit job)."""
+    name, so a cut name still says what differs. Empty where the command line is not the sweep's: a submitit job
+    names its directory in its own process, where the keys then come in hydra's (sorted) order."""
     from hydra.core.override_parser.overrides_parser import OverridesParser
 
     try:
