@@ -303,15 +303,15 @@ def file_probes() -> list[Probe]:
         def go(ws: Workspace) -> subprocess.CompletedProcess:
             cache = ws.root / f"cache_{fill}"
             shutil.copytree(ws.corpus.parent / "cache", cache)
-            train = next(cache.glob("*/train.bin"))
-            data = bytearray(train.read_bytes())
-            if fill == "one id":
-                data[:180_000] = (7).to_bytes(2, "little") * 90_000
-            else:
-                import random
+            for train in cache.glob("*/train.bin"):  # every recipe's entry: other probes add entries
+                data = bytearray(train.read_bytes())
+                if fill == "one id":
+                    data[:180_000] = (7).to_bytes(2, "little") * 90_000
+                else:
+                    import random
 
-                data[:] = random.Random(0).randbytes(len(data))
-            train.write_bytes(bytes(data))
+                    data[:] = random.Random(0).randbytes(len(data))
+                train.write_bytes(bytes(data))
             return ws.train(ws.fresh(), f"data.cache_dir={cache}")
         return go
 
