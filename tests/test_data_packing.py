@@ -159,9 +159,9 @@ def test_corpus_shorter_than_one_block_names_split_count_and_fix(jsonl_source, t
 
 
 def test_an_empty_corpus_is_refused_before_training_a_tokenizer(tmp_path) -> None:
-    (tmp_path / "empty.txt").write_text("")
+    (tmp_path / "blank.txt").write_text("\n  \n\n")  # lines, but no document (an empty file is refused by name)
     with pytest.raises(ValueError, match="corpus is empty"):
-        prepare_data(small_config(str(tmp_path / "empty.txt"), tmp_path), block_size=16)
+        prepare_data(small_config(str(tmp_path / "blank.txt"), tmp_path), block_size=16)
     assert not any((tmp_path / "cache").glob("*/tokenizer.json"))
 
 
