@@ -55,6 +55,7 @@ CARRIED: dict[str, tuple[str, str]] = {
     "pydantic-core": ("pydantic_core", "pydantic"),
     "annotated-types": ("annotated_types", "pydantic"),
     "typing-inspection": ("typing_inspection", "pydantic"),
+    "xxhash": ("xxhash", "packed data cache checksum"),
 }
 SOURCE_ONLY = {"antlr4-python3-runtime", "deepspeed"}
 

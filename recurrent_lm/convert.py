@@ -15,7 +15,9 @@ huggingface_hub; for --from coconut-ref SRC, and for --to coconut-ref DST, is th
 (read with weights_only=True). --prelude/--core/--coda are half-open slices of the source's decoder layers (as in Python;
 prelude and coda may be left out, layers in no slice are dropped). Weights stream shard by shard (one copy in
 memory); the tokenizer files come along. A model the target format cannot express is refused before
-anything is written. See docs/interop.md.
+anything is written. A non-empty DST is refused unless --overwrite is given; the output is written into a
+hidden sibling of DST and moved into place when complete, so a failure (a full disk) leaves DST as it was.
+See docs/interop.md.
 """
 
 from __future__ import annotations
@@ -26,6 +28,8 @@ from pathlib import Path
 from typing import Callable, Optional
 
 import torch
+
+from recurrent_lm.output_dir import staged_dir
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 Converter = Callable[[argparse.Namespace], Path]
@@ -105,6 +109,8 @@ def main(argv: Optional[list[str]] = None) -> int:
     parser.add_argument("src", type=Path, metavar="SRC",
                         help="source checkpoint directory (for --from hf also a Hub name, owner/name)")
     parser.add_argument("dst", type=Path, metavar="DST", help="output directory (created if absent)")
+    parser.add_argument("--overwrite", action="store_true",
+                        help="replace a DST that is not empty (once the new output is complete)")
     parser.add_argument("--dtype", choices=sorted(DTYPES), default=None,
                         help="cast the weights while importing (default: keep the stored dtype)")
     parser.add_argument("--max-shard-size", default="5GB", type=_size,
@@ -139,7 +145,10 @@ def main(argv: Optional[list[str]] = None) -> int:
     if args.dst.resolve() == args.src.resolve():
         parser.error("DST must differ from SRC (the conversion would overwrite its own input)")
     try:
-        print(convert(args))
+        dst = args.dst
+        with staged_dir(dst, args.overwrite) as args.dst:
+            convert(args)
+        print(dst)
     except (ValueError, OSError) as err:  # a format mismatch, a missing file, a full disk: one line, exit 2
         print(f"recurrent-lm-convert: error: {err}", file=sys.stderr)
         return 2

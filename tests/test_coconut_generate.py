@@ -303,6 +303,15 @@ def test_eval_cli_bad_input_exits_2_with_an_error_line(exports, capsys, case, fl
     assert err[-1].startswith(f"recurrent-lm-coconut-eval: error: {flag}") and "Traceback" not in err
 
 
+def test_eval_cli_question_longer_than_the_context_is_one_error_line(exports, capsys):
+    long = exports["root"] / "long.json"
+    long.write_text(json.dumps([{"question": "Every wumpus is a yumpus. " * 400, "steps": ["a"], "answer": "b"}]))
+    assert main(["--model", f"coconut={exports['coconut']}", "--data", str(long)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert "exceed the model's" in err[-1] and err[-1].startswith("recurrent-lm-coconut-eval: error:")
+    assert "Traceback" not in "\n".join(err)
+
+
 def test_the_default_answer_budget_covers_the_longest_reference_continuation():
     """CoT answers run through every step: a fixed small budget would cut them before '### answer'."""
     from recurrent_lm.coconut.evaluate import SLACK, answer_budget

@@ -299,6 +299,30 @@ def test_cli_converts_both_ways_with_the_tokenizer(checkpoint, tmp_path, capsys)
         convert_main(["--from", "huginn", "--to", "huginn", str(directory), str(tmp_path / "y")])
 
 
+def test_cli_refuses_a_non_empty_destination_and_replaces_it_whole_with_overwrite(checkpoint, tmp_path, capsys):
+    """DST holding the user's model: refused without --overwrite (every byte kept); with it, DST becomes exactly the
+    conversion (no old files mixed in); a failed conversion leaves DST as it was and no temp sibling behind."""
+    directory, _, _ = checkpoint
+    ours = tmp_path / "ours"
+    assert convert_main(["--from", "huginn", "--to", "recurrent_lm", str(directory), str(ours)]) == 0
+    dst = tmp_path / "users_model"
+    dst.mkdir()
+    (dst / "config.json").write_text("{}")
+    (dst / "notes.txt").write_text("mine")
+    args = ["--from", "recurrent_lm", "--to", "huginn", str(ours), str(dst)]
+    assert convert_main(args) == 2
+    assert "users_model already exists and is not empty; pass --overwrite" in capsys.readouterr().err
+    assert {p.name: p.read_text() for p in dst.iterdir()} == {"config.json": "{}", "notes.txt": "mine"}
+    assert convert_main(["--from", "recurrent_lm", "--to", "huginn", str(directory), str(dst), "--overwrite"]) == 2
+    assert (dst / "notes.txt").read_text() == "mine"  # the failed conversion changed nothing
+    assert convert_main(args + ["--overwrite"]) == 0
+    assert "notes.txt" not in {p.name for p in dst.iterdir()}
+    _assert_same_state(RecurrentDepthLM.from_pretrained(ours), load_huginn(dst))
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["ours", "users_model"]  # no temp sibling left
+    assert convert_main(["--from", "recurrent_lm", "--to", "huginn", str(directory), str(tmp_path / "new")]) == 2
+    assert not (tmp_path / "new").exists()  # a refused conversion leaves no empty DST
+
+
 def test_lm_eval_scores_an_imported_checkpoint_with_exits_and_a_chat_template(tmp_path):
     from lm_eval.api.instance import Instance
 

@@ -111,18 +111,47 @@ def build_model(coconut: CoconutConfig, tokenizer: ThoughtTokenizer,
     return model.float()
 
 
-def generate_data(coconut: CoconutConfig, seed: int) -> None:
-    """Write the ProsQA-style splits named by the config if any is missing (``coconut.generate=prosqa``)."""
-    files = {"train": coconut.train_file, "valid": coconut.val_file, "test": coconut.eval_file}
-    if coconut.generate is None or all(Path(f).is_file() for f in files.values()):
+DATA_KEYS = {"train": "coconut.train_file", "valid": "coconut.val_file", "test": "coconut.test_file"}
+"""The data-file keys by ProsQA split, as the user sets them (docs/coconut.md)."""
+
+
+def generate_data(coconut: CoconutConfig, seed: int, run_dir: Path) -> None:
+    """``coconut.generate=prosqa``: write the ProsQA-style splits that are missing, and only into the run directory.
+
+    A file that exists is never touched, whoever named it (a regenerated split once replaced the user's own
+    prosqa_valid.json because a sibling file was missing). A missing file outside ``run_dir`` is a path the user
+    named: refused, since writing there could land on their data. Missing splits are generated with the questions
+    of the existing ones excluded, so no question is shared between splits.
+    """
+    if coconut.generate is None:
         return
-    from recurrent_lm.coconut.prosqa import generate_splits
+    from recurrent_lm.coconut.prosqa import generate_split
     from recurrent_lm.coconut.records import write_records
 
+    files = {"train": Path(coconut.train_file), "valid": Path(coconut.val_file), "test": Path(coconut.eval_file)}
+    missing = {split: path for split, path in files.items() if not path.is_file()}
+    outside = [split for split, path in missing.items() if not path.resolve().is_relative_to(run_dir.resolve())]
+    if outside:
+        named = ", ".join(f"{DATA_KEYS[s]}={missing[s]}" for s in outside)
+        raise FileNotFoundError(f"{named}: no such file, and coconut.generate={coconut.generate} writes only into the "
+                                f"run directory ({run_dir}), never to a path you set. Point the key at an existing "
+                                "file, leave it at its default (under run_dir/data/) to have it generated, or write "
+                                "the data first: python -m recurrent_lm.coconut.make_data prosqa --out DIR")
+    if not missing:
+        return
     sizes = dict(zip(("train", "valid", "test"), coconut.generate_sizes))
-    for split, problems in generate_splits(sizes, seed).items():
-        write_records((p.to_dict() for p in problems), files[split])
-    print(f"generated ProsQA-style data: {', '.join(f'{n} {s}' for s, n in sizes.items())} -> {files['train']} ...")
+    taken = {r.question for split, path in files.items() if split not in missing
+             for r in load_records(path, require_steps=False)}
+    written: dict[Path, str] = {}  # test_file empty: the test split is the valid file, generated once
+    for split, path in missing.items():
+        if path not in written:
+            problems = generate_split(sizes[split], seed, split, exclude=taken)
+            taken.update(p.question for p in problems)
+            write_records((p.to_dict() for p in problems), path)
+            written[path] = f"{len(problems)} {split} -> {path}"
+    kept = [f"{DATA_KEYS[s]}={p}" for s, p in files.items() if s not in missing]
+    print("generated ProsQA-style data: " + ", ".join(written.values())
+          + (f" (kept the existing {', '.join(kept)})" if kept else ""))
 
 
 def build(cfg: TrainConfig, run_dir: Path) -> tuple[CoconutDataModule, CoconutModule]:
@@ -132,7 +161,7 @@ def build(cfg: TrainConfig, run_dir: Path) -> tuple[CoconutDataModule, CoconutMo
             raise ValueError(f"{key}=true cannot train Coconut: a recomputed block would re-read the KV cache "
                              f"after later thoughts extended it; set {key}=false")
     cfg.coconut.require_data()
-    generate_data(cfg.coconut, cfg.seed)
+    generate_data(cfg.coconut, cfg.seed, run_dir)
     initial = initial_export(cfg)
     tokenizer = build_tokenizer(cfg, run_dir, initial[1] if initial else None)
     lm = build_model(cfg.coconut, tokenizer, initial[0] if initial else None)

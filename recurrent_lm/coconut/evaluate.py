@@ -158,7 +158,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return _run(args)
-    except InputError as err:
+    except (InputError, ValueError) as err:  # ValueError: a record the model cannot take (longer than its context)
         print(f"{PROG}: error: {err}", file=sys.stderr)
         return 2
 

@@ -46,6 +46,9 @@ def load_corpus(cfg: DataConfig) -> Corpus:
     files = local_files(cfg.source)
     if files is not None:
         builder = SUFFIX_BUILDERS[files[0].suffix]
+        empty = next((f for f in files if f.stat().st_size == 0), None)
+        if empty is not None:  # the text builder reads an empty file as no lines, silently: refuse it as json does
+            raise ValueError(f"data.source={cfg.source!r}: {empty} is empty; fix or remove that file")
         options = {"sample_by": cfg.text_unit} if builder == "text" else {}
         try:
             raw = load_dataset(builder, data_files={"train": [str(f) for f in files]}, streaming=cfg.streaming,

@@ -38,6 +38,7 @@ from tqdm import tqdm
 
 from recurrent_lm.evaluation.chat import parse_chat
 from recurrent_lm.evaluation.errors import EvalError
+from recurrent_lm.infer.depth_bound import check_depth
 from recurrent_lm.evaluation.model_args import (MODEL_ARGS, load_tokenizer, parse_batch_size, parse_cache,
                                                 parse_depth, parse_device, parse_dtype, parse_exit, parse_kv_window,
                                                 resolve_model_dir)
@@ -121,10 +122,10 @@ class RecurrentLMEval(TemplateLM):
         if self.tokenizer.vocab_size > config.vocab_size:
             raise EvalError(f"the tokenizer has {self.tokenizer.vocab_size} tokens but the model only "
                             f"{config.vocab_size} embeddings; pass the tokenizer the model was trained with")
-        self.set_num_steps(num_steps)
         self.max_length = config.block_size if max_length in (None, "", "none") else int(max_length)
         if not 2 <= self.max_length <= config.block_size:
             raise EvalError(f"max_length={max_length}: must be in [2, block_size={config.block_size}]")
+        self.set_num_steps(num_steps)
         specials = {"bos_token": self.tok_decode([self.tokenizer.bos_id]) if self.tokenizer.bos_id is not None else "",
                     "eos_token": self.tok_decode([self.tokenizer.eos_id])}
         self.chat = parse_chat(chat_template, system_prompt, self.model_dir, specials)
@@ -178,7 +179,14 @@ class RecurrentLMEval(TemplateLM):
     def set_num_steps(self, num_steps: Any) -> int:
         """Set (and return) the test-time depth: the cap of core iterations for the request ``num_steps``.
         A sweep calls it once per depth on one loaded model."""
-        self.num_steps = parse_depth(num_steps, self.model.config.mean_recurrence, self.exit_spec)
+        depth = parse_depth(num_steps, self.model.config.mean_recurrence, self.exit_spec)
+        try:
+            check_depth("max_steps" if self.exit_spec.max_steps is not None else "num_steps", depth, self.model.config,
+                        self.max_length, self.batch_size if isinstance(self.batch_size, int) else 1, self.kv_cache,
+                        self.kv_window, self._dtype.itemsize)
+        except ValueError as err:
+            raise EvalError(str(err)) from None
+        self.num_steps = depth
         return self.num_steps
 
     # ------------------------------------------------------------------ steps accounting

@@ -53,6 +53,8 @@ class ExitSpec:
             threshold = _number("threshold", threshold, float, fix)
             if threshold < 0:
                 raise _invalid("threshold", threshold, "is negative", fix)
+            if math.isinf(threshold):  # every token would pass the test at its first step: no depth at all
+                raise _invalid("threshold", threshold, "is infinite (every token would exit after one step)", fix)
         elif criterion is not None:
             threshold = DEFAULT_THRESHOLDS[criterion]
         min_steps = _steps("min_steps", self.min_steps, "iterations before the criterion is consulted")

@@ -16,7 +16,12 @@ Run directory (``run_dir``, default ``runs/<name>``)::
     export/            model.safetensors + config.json + tokenizer.json (RecurrentDepthLM.from_pretrained)
 
 Before anything is written the run directory is locked, partial writes of a killed run are removed,
-and the resume is chosen and checked (see :mod:`recurrent_lm.train.run_dir`): a refusal changes nothing.
+and the resume is chosen and checked (:mod:`recurrent_lm.train.run_dir`, :mod:`recurrent_lm.train.resume_guard`:
+shapes, recipe, data and tokenizer against the checkpoint's); ``config.yaml`` is written, and stale step-N
+checkpoints removed, only once the checkpoint has been restored. A refusal at any point changes nothing.
+
+Exit status: 0 finished; 2 bad input or a refusal (one line, ``recurrent-lm-train: error: ...``); 75
+(``PREEMPTED_EXIT``) stopped by SIGTERM/SIGUSR1/SIGUSR2 after saving ``last.ckpt``, to be resumed; 1 a crash.
 """
 
 from __future__ import annotations
@@ -36,9 +41,9 @@ from lightning.pytorch.plugins.environments import SLURMEnvironment
 from lightning.pytorch.loggers import Logger, TensorBoardLogger
 from omegaconf import DictConfig, OmegaConf
 
-from recurrent_lm.data.tokenizer_dir import save_tokenizer_dir
+from recurrent_lm.data.tokenizer_dir import load_tokenizer, save_tokenizer_dir
 from recurrent_lm.model.io import TOKENIZER_FILE, atomic_write, make_writable_dir
-from recurrent_lm.train.callbacks import DepthThroughputMonitor, Preemption, RunCheckpoint
+from recurrent_lm.train.callbacks import PREEMPTED_EXIT, DepthThroughputMonitor, OnRestored, Preemption, RunCheckpoint
 from recurrent_lm.train.checkpoint_io import SafeCheckpointIO
 from recurrent_lm.train.datamodule import TextDataModule
 from recurrent_lm.train.hardware import resolve_precision
@@ -48,9 +53,11 @@ from recurrent_lm.train.metrics_log import RunCSVLogger
 from recurrent_lm.train.module import RecurrentLMModule
 from recurrent_lm.train.report import print_report
 from recurrent_lm.train.parallel import build_strategy, check_launch, is_rank_zero, planned_world_size, wait_for_file
+from recurrent_lm.train.resume_guard import check_data, check_recipe
 from recurrent_lm.train.run_dir import (CHECKPOINT_DIR, EXPORT_DIR, LOG_DIR, Resume, RunDirInUse, RunDirLock,
-                                        check_compatible, check_parallel, clear_run, remove_partial_writes,
+                                        check_parallel, clear_run, enforce_retention, remove_partial_writes,
                                         resolve_resume, write_text_atomic)
+from recurrent_lm.train.sweep_dirs import register_job_dir_resolver
 from recurrent_lm.train.schema import TrainConfig, register_configs
 
 if TYPE_CHECKING:
@@ -123,14 +130,14 @@ def batch_positions(batch: Any) -> int:
     return batch["input_ids"].numel() if "input_ids" in batch else batch["prefix_ids"].numel() + batch["suffix_ids"].numel()
 
 
-def build_trainer(cfg: TrainConfig, run_dir: Path, resume: Resume) -> L.Trainer:
+def build_trainer(cfg: TrainConfig, run_dir: Path, resume: Resume, on_restored: OnRestored) -> L.Trainer:
     t = cfg.trainer
     loggers = build_loggers(cfg, run_dir, resume)
     checkpoint = RunCheckpoint(dirpath=run_dir / CHECKPOINT_DIR, filename="step-{step}", auto_insert_metric_name=False,
                                every_n_train_steps=t.checkpoint_every_n_steps or 0, every_n_epochs=0, save_last=True,
                                save_top_k=1, enable_version_counter=False)
     callbacks: list[Any] = [
-        checkpoint, Preemption(checkpoint),
+        checkpoint, Preemption(checkpoint), on_restored,
         DepthThroughputMonitor(batch_size_fn=batch_rows, length_fn=batch_positions, window_size=t.throughput_window),
     ]
     if cfg.coconut is not None:
@@ -159,18 +166,20 @@ def build_trainer(cfg: TrainConfig, run_dir: Path, resume: Resume) -> L.Trainer:
     )
 
 
-def build_run(cfg: TrainConfig, run_dir: Path, resuming: bool = False
+def build_run(cfg: TrainConfig, run_dir: Path, resume: Resume = Resume(None, None)
               ) -> tuple[L.LightningDataModule, L.LightningModule, Any]:
     """(datamodule, module, tokenizer) of a pretraining, reasoning-task or Coconut run; the tokenizer is saved
-    into the run directory, where a resume and the export find it. ``init_from``'s weights are loaded unless
-    ``resuming`` (the checkpoint then holds newer ones)."""
+    into the run directory, where a resume and the export find it, unless it is there already: a resume's data
+    and tokenizer are first checked against the checkpoint's (:func:`check_data`), so a refused resume writes
+    nothing. ``init_from``'s weights are loaded unless resuming (the checkpoint then holds newer ones)."""
     if not is_rank_zero() and cfg.task is None:
         wait_for_file(run_dir / TOKENIZER_FILE, "rank 0 to prepare the data")  # prepared once, by rank 0
     if cfg.coconut is not None:
         from recurrent_lm.coconut.app import build
 
         datamodule, module = build(cfg, run_dir)
-        atomic_write(run_dir / TOKENIZER_FILE, datamodule.tokenizer.save)  # whole or absent: other ranks wait on it
+        if not (run_dir / TOKENIZER_FILE).is_file():  # whole or absent: other ranks wait on it
+            atomic_write(run_dir / TOKENIZER_FILE, datamodule.tokenizer.save)
         return datamodule, module, datamodule.tokenizer
     if cfg.exitgate is not None:  # exit-gate app hook (issue 21); the lead moves it onto the app registry
         from recurrent_lm.exitgate.app import build as build_exitgate
@@ -184,8 +193,14 @@ def build_run(cfg: TrainConfig, run_dir: Path, resuming: bool = False
         if tokenizer.vocab_size > cfg.model.vocab_size:
             raise ValueError(f"tokenizer has {tokenizer.vocab_size} tokens but model.vocab_size="
                              f"{cfg.model.vocab_size}; raise model.vocab_size or use a smaller tokenizer")
-        save_tokenizer_dir(tokenizer, run_dir)
-    initial = load_initial_model(cfg.init_from, cfg.model) if cfg.init_from and not resuming else None
+        saved = run_dir / TOKENIZER_FILE
+        if isinstance(datamodule, TextDataModule) and is_rank_zero():
+            check_data(resume, (resume.checkpoint or {}).get(type(datamodule).__qualname__, {}).get("data"),
+                       datamodule.data_record(), saved,
+                       load_tokenizer(saved).fingerprint if saved.is_file() else None, cfg.allow_changes)
+        if resume.checkpoint is None or not saved.is_file():
+            save_tokenizer_dir(tokenizer, run_dir)
+    initial = load_initial_model(cfg.init_from, cfg.model) if cfg.init_from and resume.path is None else None
     module = RecurrentLMModule(cfg.model, cfg.sampler, cfg.optim, cfg.trainer.eval_depths,
                                compile_blocks=cfg.trainer.compile, telemetry_every=cfg.trainer.log_every_n_steps,
                                seed=cfg.seed, max_nonfinite_steps=cfg.trainer.max_nonfinite_steps,
@@ -193,18 +208,30 @@ def build_run(cfg: TrainConfig, run_dir: Path, resuming: bool = False
     return datamodule, module, tokenizer
 
 
-def train(cfg: TrainConfig, resume: Resume) -> dict[str, Any]:
-    """Fit (or resume), validate across depths, export. Returns a summary dict (used by the report)."""
+def record_session(config_yaml: str, run_dir: Path, resume: Resume) -> None:
+    """The writes a launch makes once its checkpoint is restored (never before: a refusal must change nothing):
+    the resolved config.yaml, and checkpoint retention over what earlier sessions left (rank 0 only)."""
+    if is_rank_zero():
+        write_text_atomic(run_dir / "config.yaml", config_yaml)
+        enforce_retention(run_dir, resume.step)
+
+
+def train(cfg: TrainConfig, resume: Resume, config_yaml: str = "") -> dict[str, Any]:
+    """Fit (or resume), validate across depths, export. Returns a summary dict (used by the report); a run stopped
+    by a signal returns ``preempted`` (the step saved) and nothing else is done."""
     run_dir = Path(cfg.run_dir)
     L.seed_everything(cfg.seed, workers=True, verbose=False)
-    datamodule, module, tokenizer = build_run(cfg, run_dir, resuming=resume.path is not None)
-    trainer = build_trainer(cfg, run_dir, resume)
+    datamodule, module, tokenizer = build_run(cfg, run_dir, resume)
+    on_restored = OnRestored(lambda: record_session(config_yaml, run_dir, resume))
+    trainer = build_trainer(cfg, run_dir, resume, on_restored)
     if resume.path is not None and is_rank_zero():
         print(f"resuming from {resume.path} (step {resume.step})")
     trainer.fit(module, datamodule=datamodule, ckpt_path=resume.path, weights_only=True)
+    on_restored.fire()  # a finished run re-run: the fit loop had nothing to do and never started training
     preempted = next(c.preempted_at for c in trainer.callbacks if isinstance(c, Preemption))
     if preempted is not None:  # no validation or export: the requeued job continues from the checkpoint
-        return {"run_dir": run_dir, "val": {}, "tokenizer": None, "model": None, "step": preempted}
+        return {"run_dir": run_dir, "val": {}, "tokenizer": None, "model": None, "step": preempted,
+                "preempted": preempted}
     # Lightning already validated at the last step when val_check_interval divides it: reuse that.
     val = {k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith("val")}
     interval = cfg.trainer.val_check_interval
@@ -227,7 +254,8 @@ def train(cfg: TrainConfig, resume: Resume) -> dict[str, Any]:
                                         stage=module.stage_at(trainer.global_step)))
         return summary
     if cfg.export:
-        summary["export"] = export_model(model, run_dir, run_dir / EXPORT_DIR)
+        summary["export"] = export_model(model, run_dir, run_dir / EXPORT_DIR, trainer.global_step,
+                                         "the end of training")
     if cfg.task is not None:
         summary["reasoning"] = evaluate_task(cfg.task, model, run_dir, summary.get("export"), cfg.seed)
     return summary
@@ -266,22 +294,24 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     t = typed.trainer
     check_launch(typed.parallel, t.devices, t.accelerator, t.num_nodes)
     make_writable_dir(run_dir, "run_dir")
+    config_yaml = OmegaConf.to_yaml(cfg, resolve=True)
     if not is_rank_zero():  # rank 0 guards the directory; the others follow its resume choice
-        return train(typed, resolve_resume(typed.resume, run_dir, overwrite=True))
+        return train(typed, resolve_resume(typed.resume, run_dir, overwrite=True), config_yaml)
     with RunDirLock(run_dir):
         remove_partial_writes(run_dir)
         resume = resolve_resume(typed.resume, run_dir, typed.overwrite)
-        check_compatible(resume, typed.model)
+        check_recipe(resume, typed.model, typed.sampler, typed.optim, typed.allow_changes)
         check_parallel(resume, typed.parallel.strategy, planned_world_size(t.devices, t.accelerator, t.num_nodes))
         if typed.resume == "none" and typed.overwrite:
             clear_run(run_dir)
-        write_text_atomic(run_dir / "config.yaml", OmegaConf.to_yaml(cfg, resolve=True))
-        summary = train(typed, resume)
-        print_report(typed, summary)
+        summary = train(typed, resume, config_yaml)
+        if "preempted" not in summary:
+            print_report(typed, summary)
     return summary
 
 
 register_configs()
+register_job_dir_resolver()
 
 
 USER_ERRORS = (ValueError, OSError, RunDirInUse, FloatingPointError)
@@ -293,7 +323,9 @@ def own_run_dir_per_sweep_job(cfg: DictConfig) -> None:
     """In a multirun, give each job its own run dir (hydra's sweep dir/subdir) unless run_dir= is set.
 
     ``run_dir`` defaults to ``runs/${name}``, the same for every job of a sweep: the second job would
-    find the first one's checkpoint and "resume" it (or, run in parallel, be refused by the lock).
+    find the first one's checkpoint and "resume" it (or, run in parallel, be refused by the lock). The sweep
+    dir is per sweep (``runs/multirun/<name>/<start time>``) and the job's is named after its overrides
+    (:mod:`recurrent_lm.train.sweep_dirs`), so a second sweep never lands on an earlier one's runs.
     """
     hydra_cfg = HydraConfig.get()
     if hydra_cfg.mode == RunMode.MULTIRUN and not any(o.startswith("run_dir=") for o in hydra_cfg.overrides.task):
@@ -308,21 +340,35 @@ def require_init_from(cfg: DictConfig) -> None:
                          "another model group")
 
 
+_composed: list[bool] = []
+"""Set once hydra has composed a config and called the app: an exit 1 before that is a composition error."""
+
+
 @hydra.main(config_path=str(conf_dir()), config_name="config", version_base="1.3")
 def _hydra_main(cfg: DictConfig) -> None:
+    _composed.append(True)
     own_run_dir_per_sweep_job(cfg)
     try:
         require_init_from(cfg)
-        run(cfg)
+        summary = run(cfg)
     except USER_ERRORS as err:
         if os.environ.get("HYDRA_FULL_ERROR") == "1":
             raise
         print(f"recurrent-lm-train: error: {err}\n(set HYDRA_FULL_ERROR=1 for the traceback)", file=sys.stderr)
         sys.exit(2)
+    if "preempted" in summary:  # saved, not finished: `recurrent-lm-train ... && next-step` must not go on
+        sys.exit(PREEMPTED_EXIT)
 
 
 def main() -> None:
-    _hydra_main()
+    """The console script. Hydra reports a bad override or an unknown config (``experiment=demoo``) with its own
+    message and exit status 1, the status of a crash; it is a user error, so it exits 2 like every other."""
+    try:
+        _hydra_main()
+    except SystemExit as exit_:
+        if exit_.code == 1 and not _composed:
+            sys.exit(2)
+        raise
 
 
 if __name__ == "__main__":

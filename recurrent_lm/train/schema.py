@@ -166,6 +166,9 @@ class TrainConfig:
     overwrite=true); or the path of a checkpoint."""
     overwrite: bool = False
     """With resume=none: delete the run dir's checkpoints, logs and export, then start fresh."""
+    allow_changes: list[str] = field(default_factory=list)
+    """Settings a resume may change from the checkpoint's recipe, by key or group: e.g. [model.mean_recurrence],
+    [optim], [data] (train/resume_guard.py). Any other change of model, sampler, optim or data is refused."""
     seed: int = 0
     export: bool = True
     """Write run_dir/export (safetensors + config.json + tokenizer.json) at the end."""
