@@ -1,13 +1,15 @@
 # Two commands do everything from a fresh clone:
 #   make demo   set up, then pretrain the `small` model on the embedded corpus (CPU, minutes)
 #   make test   set up, then run the test suite
+# On a GPU machine (no venv, no network needed): `make gpu-check` proves the GPU paths in < 8 minutes; where
+# there is network, `make gpu-wheels` first prepares what it carries (.whl/gpu, .cache/gpu_check).
 # Setup is idempotent: the venv is rebuilt only when pyproject.toml or constraints.txt change.
 PY ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: setup demo test test-slow bench clean
+.PHONY: setup demo test test-slow bench clean gpu-check gpu-wheels
 
 setup: $(STAMP)
 
@@ -28,6 +30,13 @@ test: setup
 
 test-slow: setup
 	$(BIN)/python -m pytest -q -m slow $(ARGS)
+
+# The interpreter that is there (the borrowed GPU image has no venv): it installs what it lacks itself.
+gpu-check:
+	$(PY) benchmarks/gpu_check.py $(ARGS)
+
+gpu-wheels: setup
+	$(BIN)/python benchmarks/gpu_wheels.py $(ARGS)
 
 clean:
 	rm -rf $(VENV) runs outputs multirun

@@ -1,6 +1,6 @@
 """Fault probes: faults and bad inputs against the training, export, generation and evaluation commands.
 
-    python benchmarks/faults.py [--only SUBSTRING] [--keep DIR]
+    python benchmarks/faults.py [--only SUBSTRING ...] [--keep DIR]
 
 Each probe runs a real command (a fresh process; SIGKILLs come from tests/fault_inject.py) on a
 tiny model trained here, then classifies what happened:
@@ -157,12 +157,15 @@ def run_dir_probes() -> list[Probe]:
 
     def second_live_run(ws: Workspace) -> subprocess.CompletedProcess:
         run_dir = state["locked"] = ws.fresh()
-        first = launch(overrides(ws.corpus, run_dir, **{**STEPS, "trainer.max_steps": 100_000}), wait=False)
-        deadline = time.time() + 120
-        while not (run_dir / ".lock").exists() and time.time() < deadline:
+        first = launch(overrides(ws.corpus, run_dir, **{**STEPS, "trainer.max_steps": 100_000,
+                                                        "trainer.checkpoint_every_n_steps": 2}), wait=False)
+        deadline = time.time() + 300
+        while not (run_dir / "checkpoints" / "last.ckpt").exists() and time.time() < deadline:
             time.sleep(0.05)
         try:
-            return ws.train(run_dir)
+            second = ws.train(run_dir)
+            state["export_live"] = cli("recurrent-lm-export", str(run_dir))
+            return second
         finally:
             first.kill()
             first.wait()
@@ -170,14 +173,75 @@ def run_dir_probes() -> list[Probe]:
     def stale_lock(ws: Workspace) -> subprocess.CompletedProcess:
         return ws.train(state["locked"], **{"trainer.max_steps": 2})
 
+    def rewritten_corpus(ws: Workspace) -> subprocess.CompletedProcess:
+        run_dir = state["refused"] = ws.copy_of_reference()
+        corpus = ws.root / "rewritten_corpus"
+        shutil.copytree(ws.corpus, corpus, dirs_exist_ok=True)
+        play = next(corpus.glob("*.txt"))
+        play.write_text(play.read_text()[::-1])
+        state["before"] = snapshot(run_dir)
+        result = launch(overrides(corpus, run_dir, **STEPS))
+        state["export_after"] = cli("recurrent-lm-export", str(run_dir), "--out", str(ws.fresh()))
+        return result
+
+    def tokenizer_kept(ws: Workspace) -> Optional[str]:
+        if unchanged(state["before"], state["refused"]):
+            return unchanged(state["before"], state["refused"])
+        export = state["export_after"]
+        return None if export.returncode == 0 else f"DATA LOSS: the export afterwards failed: {export.stdout[-200:]}"
+
+    def sigterm(ws: Workspace) -> subprocess.CompletedProcess:
+        run_dir = state["term"] = ws.fresh()
+        return ws.train(run_dir, fault="sigterm:7")
+
+    def stopped_not_finished(ws: Workspace) -> Optional[str]:
+        full = {r["step"] for r in metric_rows(ws.reference) if r.get("val/loss_r4")}
+        extra = [r["step"] for r in metric_rows(state["term"]) if r.get("val/loss_r4") and r["step"] not in full]
+        return f"SILENT: validation rows at steps {extra} that the full run does not have" if extra else None
+
+    def stale_step_files(ws: Workspace) -> subprocess.CompletedProcess:
+        run_dir = state["retention"] = ws.copy_of_reference()
+        for step in (4, 8):  # what killed sessions leave behind
+            shutil.copyfile(run_dir / "checkpoints" / "last.ckpt", run_dir / "checkpoints" / f"step-{step}.ckpt")
+        return ws.train(run_dir, **{"trainer.max_steps": 14})
+
+    def retention_applied(ws: Workspace) -> Optional[str]:
+        steps = sorted(p.name for p in (state["retention"] / "checkpoints").glob("step-*.ckpt"))
+        return None if steps == ["step-12.ckpt"] else f"SILENT: step checkpoints left after the restart: {steps}"
+
+    def second_sweep(ws: Workspace) -> subprocess.CompletedProcess:
+        args = [a for a in overrides(ws.corpus, ws.root, **{**STEPS, "trainer.max_steps": 2, "export": False})
+                if not a.startswith(("run_dir=", "model.mean_recurrence"))] + ["name=sweep"]
+        first = launch(["-m", "model.mean_recurrence=2,3"] + args)
+        state["sweep_before"] = {p: p.read_bytes() for p in (ws.root / "runs").rglob("*") if p.is_file()}
+        if first.returncode != 0:
+            return first
+        return launch(["-m", "model.mean_recurrence=8"] + args)
+
+    def sweeps_apart(ws: Workspace) -> Optional[str]:
+        changed = [str(p) for p, data in state["sweep_before"].items() if not p.is_file() or p.read_bytes() != data]
+        if changed:
+            return f"DATA LOSS: the second sweep changed {changed[:3]}"
+        sweeps = [p for p in (ws.root / "runs" / "multirun" / "sweep").iterdir() if p.is_dir()]
+        return None if len(sweeps) == 2 else f"SILENT: {len(sweeps)} sweep directories for two sweeps"
+
     return [
         Probe("plain re-run of a finished run", rerun, False, rows_kept),
         Probe("resume with another model.d_model", refused("model.d_model=96"), True,
               lambda ws: unchanged(state["before"], state["refused"])),
         Probe("resume=none over an existing run", refused("resume=none"), True,
               lambda ws: unchanged(state["before"], state["refused"])),
+        Probe("resume with another trainer.micro_batch_size (loader state)", refused("trainer.micro_batch_size=2"),
+              True, lambda ws: unchanged(state["before"], state["refused"])),
+        Probe("resume with another model.mean_recurrence (recipe)", refused("model.mean_recurrence=8"), True,
+              lambda ws: unchanged(state["before"], state["refused"])),
+        Probe("resume on a rewritten corpus (tokenizer), then export", rewritten_corpus, True, tokenizer_kept),
         Probe("second live run on the same run dir", second_live_run, True),
+        Probe("export while a training holds the lock", lambda ws: state["export_live"], True),
         Probe("stale lock of a killed run", stale_lock, False),
+        Probe("SIGTERM at step 7: exit status", sigterm, True, stopped_not_finished),
+        Probe("stale step-N files from killed sessions, restart", stale_step_files, False, retention_applied),
+        Probe("second hydra sweep after a first (-m model.mean_recurrence=8)", second_sweep, False, sweeps_apart),
     ]
 
 
@@ -194,6 +258,8 @@ def setting_probes() -> list[Probe]:
 
 
 def file_probes() -> list[Probe]:
+    state: dict[str, Path] = {}
+
     def data_file(name: str, content: bytes) -> Callable[[Workspace], subprocess.CompletedProcess]:
         def go(ws: Workspace) -> subprocess.CompletedProcess:
             path = ws.root / "data" / name
@@ -233,8 +299,81 @@ def file_probes() -> list[Probe]:
         finally:
             subprocess.run(["umount", str(mount)])
 
+    def corrupted_cache(fill: str) -> Callable[[Workspace], subprocess.CompletedProcess]:
+        def go(ws: Workspace) -> subprocess.CompletedProcess:
+            cache = ws.root / f"cache_{fill}"
+            shutil.copytree(ws.corpus.parent / "cache", cache)
+            for train in cache.glob("*/train.bin"):  # every recipe's entry: other probes add entries
+                data = bytearray(train.read_bytes())
+                if fill == "one id":
+                    data[:180_000] = (7).to_bytes(2, "little") * 90_000
+                else:
+                    import random
+
+                    data[:] = random.Random(0).randbytes(len(data))
+                train.write_bytes(bytes(data))
+            return ws.train(ws.fresh(), f"data.cache_dir={cache}")
+        return go
+
+    def empty_txt_among_files(ws: Workspace) -> subprocess.CompletedProcess:
+        data = ws.root / "with_empty"
+        shutil.copytree(ws.corpus, data, ignore=shutil.ignore_patterns("cache"), dirs_exist_ok=True)
+        (data / "zz_empty.txt").write_bytes(b"")
+        return ws.train(ws.fresh(), f"data.source={data}", f"data.cache_dir={ws.root / 'cache3'}")
+
+    def onto_users_dir(*command: str) -> Callable[[Workspace], subprocess.CompletedProcess]:
+        def go(ws: Workspace) -> subprocess.CompletedProcess:
+            dst = state["users_dir"] = ws.fresh()
+            dst.mkdir()
+            (dst / "config.json").write_text('{"mine": true}')
+            (dst / "notes.txt").write_text("mine")
+            state["users_before"] = snapshot(dst)
+            named = {"DST": str(dst), "SRC": export(ws), "RUN": str(ws.reference)}
+            return cli(*[named.get(a, a) for a in command])
+        return go
+
+    def coconut_users_files(ws: Workspace) -> subprocess.CompletedProcess:
+        mine = ws.root / "my_prosqa"
+        made = cli("recurrent-lm-coconut-data", "prosqa", "--out", str(mine), "--train", "40", "--valid", "30",
+                   "--test", "20")
+        if made.returncode != 0:
+            return made
+        state["users_dir"], state["users_before"] = mine, snapshot(mine)
+        run_dir = state["coconut"] = ws.fresh()
+        return launch(["experiment=coconut_prosqa", f"run_dir={run_dir}", f"coconut.train_file={mine}/prosqa_train.json",
+                       f"coconut.test_file={mine}/prosqa_test.json", "coconut.generate_sizes=[40,8,20]",
+                       "coconut.num_eval=2", "trainer.max_steps=2", "trainer.val_check_interval=2",
+                       "trainer.micro_batch_size=4", "trainer.val_batches=1", "trainer.precision=32-true",
+                       "trainer.enable_progress_bar=false", "logger.tensorboard=false", "trainer.accelerator=cpu",
+                       "trainer.devices=1", "model.d_model=32", "model.n_heads=2"])
+
+    def long_question(ws: Workspace) -> subprocess.CompletedProcess:
+        data = ws.root / "long.json"
+        data.write_text(json.dumps([{"question": "Every wumpus is a yumpus. " * 400, "steps": ["a"], "answer": "b"}]))
+        return cli("recurrent-lm-coconut-eval", "--model", f"coconut={state['coconut'] / 'export'}", "--data", str(data))
+
+    users_unchanged = lambda ws: unchanged(state["users_before"], state["users_dir"])  # noqa: E731
     export = lambda ws: str(ws.reference / "export")  # noqa: E731
     return [
+        Probe("cache train.bin: first 180 KB set to one id (same size)", corrupted_cache("one id"), True),
+        Probe("cache train.bin: random bytes (same size)", corrupted_cache("random"), True),
+        Probe("empty .txt among corpus files", empty_txt_among_files, True),
+        Probe("convert onto a non-empty DST", onto_users_dir(
+            "recurrent-lm-convert", "--from", "recurrent_lm", "--to", "hf", "SRC", "DST"), True, users_unchanged),
+        Probe("export --out onto a non-empty dir", onto_users_dir(
+            "recurrent-lm-export", "RUN", "--out", "DST"), True, users_unchanged),
+        Probe("coconut-data --out onto a non-empty dir", onto_users_dir(
+            "recurrent-lm-coconut-data", "prosqa", "--out", "DST", "--train", "3"), True, users_unchanged),
+        Probe("experiment=coconut_prosqa with the user's train/test files", coconut_users_files, False,
+              users_unchanged),
+        Probe("coconut-eval on a question longer than block_size", long_question, True),
+        Probe("generate --exit kl --threshold inf",
+              lambda ws: cli("recurrent-lm-generate", export(ws), "ROMEO.", "--exit", "kl", "--threshold", "inf"), True),
+        Probe("generate --num-steps 100000",
+              lambda ws: cli("recurrent-lm-generate", export(ws), "ROMEO.", "--num-steps", "100000"), True),
+        Probe("lm-eval model arg num_steps=100000", lambda ws: cli(
+            "recurrent-lm-eval", "--model", "recurrent_lm", "--model_args", f"pretrained={export(ws)},num_steps=100000",
+            "--tasks", "rlm_shakespeare_ppl"), True),
         Probe("undecodable .txt", data_file("bad.txt", b"fine\n\xff\xfe broken\n"), True),
         Probe("empty .jsonl", data_file("empty.jsonl", b""), True),
         Probe("malformed .jsonl line", data_file("rec.jsonl", b'{"text": "a"}\n{"text": \n'), True),
@@ -284,11 +423,12 @@ def verdict(probe: Probe, result: subprocess.CompletedProcess, ws: Workspace) ->
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--only", help="run the probes whose name contains this")
+    parser.add_argument("--only", action="append", help="run the probes whose name contains this (repeatable)")
     parser.add_argument("--keep", type=Path, help="work here and keep it (default: a temp dir, removed)")
     args = parser.parse_args()
-    root = args.keep or Path(tempfile.mkdtemp(prefix="faults-"))
+    root = (args.keep or Path(tempfile.mkdtemp(prefix="faults-"))).resolve()
     root.mkdir(parents=True, exist_ok=True)
+    os.chdir(root)  # hydra's default sweep dirs (runs/multirun/...) land in the workspace
     start = time.time()
     (root / "corpus").mkdir(exist_ok=True)
     corpus = write_corpus(root / "corpus")
@@ -300,7 +440,7 @@ def main() -> int:
     probes = resume_probes() + run_dir_probes() + setting_probes() + file_probes()
     rows = []
     for probe in probes:
-        if args.only and args.only not in probe.name:
+        if args.only and not any(part in probe.name for part in args.only):
             continue
         result = probe.run(ws)
         rows.append((probe.name, result.returncode, first_error_line(result.stdout), verdict(probe, result, ws)))

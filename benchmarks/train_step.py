@@ -113,6 +113,21 @@ def make_step(model: nn.Module, loss_fn, device: torch.device, dtype: torch.dtyp
     return step
 
 
+def measure(model: nn.Module, loss_fn, device: torch.device, dtype: torch.dtype | None, compiled: bool,
+            warmup: int, steps: int) -> dict[str, float]:
+    """Seconds per training step of ``model``: median, min, max over ``steps`` timed steps, and the first step
+    (which compiles each block when ``compiled``) timed on its own; ``warmup`` counts the first step."""
+    if compiled:
+        model.compile_blocks()
+    step = make_step(model, loss_fn, device, dtype)
+    t0 = time.perf_counter()
+    step()
+    sync(device)
+    first = time.perf_counter() - t0
+    times = time_steps(step, max(warmup - 1, 0), steps, device)
+    return dict(med=statistics.median(times), lo=min(times), hi=max(times), first=first)
+
+
 MATMUL_OPS = ("aten::mm", "aten::addmm", "aten::bmm", "aten::_scaled_dot_product_flash_attention_for_cpu",
               "aten::_scaled_dot_product_flash_attention_for_cpu_backward", "aten::_scaled_dot_product_efficient_attention",
               "aten::_scaled_dot_product_efficient_attention_backward", "aten::_scaled_dot_product_flash_attention",
@@ -205,17 +220,9 @@ def main() -> None:
                 model = DenseLM(cfg, layers).to(device).train()
                 loss_fn = lambda m=model: m(ids, labels)  # noqa: E731
                 flops = dense_flops
-            if compiled:
-                model.compile_blocks()
-            step = make_step(model, loss_fn, device, dtype)
-            t0 = time.perf_counter()
-            step()  # first step (includes compilation when on)
-            first = time.perf_counter() - t0
-            times = time_steps(step, max(args.warmup - 1, 0), args.steps, device)
-            med = statistics.median(times)
-            rows.append(dict(kind=kind, compiled=compiled, flops=flops, med=med, lo=min(times), hi=max(times),
-                             first=first))
-            del model, step
+            rows.append(dict(kind=kind, compiled=compiled, flops=flops,
+                             **measure(model, loss_fn, device, dtype, compiled, args.warmup, args.steps)))
+            del model
 
     if args.profile:
         profile_step(cfg, ids, labels, r, k, device, dtype)

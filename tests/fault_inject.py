@@ -8,7 +8,9 @@ FAULT is one of
 * ``in_save:K``     SIGKILL halfway through writing the K-th checkpoint file (a partial temp file stays);
 * ``after_save:K``  SIGKILL right after the K-th checkpoint file is in place (Lightning writes
   step-N.ckpt, then last.ckpt: K=1 leaves step-N.ckpt without a last.ckpt);
-* ``nan_loss:N``    the loss of optimizer step N becomes NaN (as a diverging run's would).
+* ``nan_loss:N``    the loss of optimizer step N becomes NaN (as a diverging run's would);
+* ``sigterm:N``, ``sigusr1:N``, ``sigusr2:N``  that signal to the process as optimizer step N starts (a
+  preemption: the run saves at the step boundary and stops).
 
 Used by tests/test_resume.py and benchmarks/faults.py. The kill is the real signal (no cleanup
 handlers run), delivered at a deterministic point instead of after a racy wall-clock delay.
@@ -22,6 +24,7 @@ import sys
 
 
 FAULT_ENV = "RECURRENT_LM_FAULT"
+SIGNALS = {"sigterm": signal.SIGTERM, "sigusr1": signal.SIGUSR1, "sigusr2": signal.SIGUSR2}
 
 
 def _die() -> None:
@@ -32,16 +35,19 @@ def _die() -> None:
 def install(fault: str) -> None:
     kind, _, arg = fault.partition(":")
     n = int(arg)
-    if kind in ("step", "nan_loss"):
+    if kind in ("step", "nan_loss", *SIGNALS):
         from recurrent_lm.train.module import RecurrentLMModule
 
-        original_step = RecurrentLMModule.training_step
+        original_step, sent = RecurrentLMModule.training_step, []
 
         def training_step(self, batch, batch_idx):
             if self.global_step == n and kind == "step":
                 _die()
+            if self.global_step == n and kind in SIGNALS and not sent:
+                sent.append(kind)
+                os.kill(os.getpid(), SIGNALS[kind])
             loss = original_step(self, batch, batch_idx)
-            return loss * float("nan") if self.global_step == n else loss
+            return loss * float("nan") if self.global_step == n and kind == "nan_loss" else loss
 
         RecurrentLMModule.training_step = training_step
     elif kind in ("in_save", "after_save"):
@@ -71,7 +77,8 @@ def install(fault: str) -> None:
 
             checkpoint_io.atomic_write = atomic_write
     else:
-        raise SystemExit(f"unknown fault {fault!r}; use step:N, in_save:K, after_save:K or nan_loss:N")
+        raise SystemExit(f"unknown fault {fault!r}; use step:N, in_save:K, after_save:K, nan_loss:N or "
+                         f"{', '.join(f'{k}:N' for k in SIGNALS)}")
 
 
 class _TorchWithSave:

@@ -64,6 +64,7 @@ def test_null_intervals_and_no_loggers_train_and_save_the_final_step(corpus_dir,
 @pytest.mark.parametrize("name, content, message", [
     ("bad.txt", b"good line\n\xff\xfe broken\n", r"bad.txt line 2 is not UTF-8"),
     ("empty.jsonl", b"", r"empty.jsonl is empty"),
+    ("empty.txt", b"", r"empty.txt is empty"),
     ("records.jsonl", b'{"text": "fine"}\n{"text": broken\n', r"records.jsonl line 2 is not a JSON record"),
 ])
 def test_unreadable_data_names_the_file_and_line(corpus_dir, tmp_path, name, content, message):

@@ -199,11 +199,13 @@ def test_eval_cli_prints_table_1(exports, capsys):
             "--data", str(exports["data"]), "--max-new-tokens", "4", "--batch-size", "2"]
     assert main(argv) == 0
     lines = capsys.readouterr().out.strip().splitlines()
-    assert lines[0] == "| method | accuracy % | tokens | thoughts | core iterations / token |"
+    assert lines[0] == ("| method | stage | accuracy % | tokens | thoughts | thoughts used (count×rows) | "
+                        "core iterations / token |")
     assert [line.split(" | ")[0] for line in lines[2:]] == ["| coconut", "| cot"]
     coconut, cot = (line.strip("| ").split(" | ") for line in lines[2:])
-    assert coconut[3] == "2.0" and 2.0 < float(coconut[2]) <= 6.0 and coconut[4] == "2.0"  # 2 thoughts at r=2
-    assert cot[3] == "0.0" and cot[4] == "–"
+    assert coconut[1] == "3 (last)" and cot[1] == "0 (last)"  # no stage recorded: the last one, said so
+    assert coconut[4] == "2.0" and 2.0 < float(coconut[3]) <= 6.0 and coconut[5] == "2×3" and coconut[6] == "2.0"
+    assert cot[4] == "0.0" and cot[5] == "0×3" and cot[6] == "–"
 
 
 def test_eval_cli_depth_and_adaptive_rows_and_report(exports, capsys):
@@ -215,8 +217,8 @@ def test_eval_cli_depth_and_adaptive_rows_and_report(exports, capsys):
     printed = capsys.readouterr().out
     report = json.loads(out.with_suffix(".json").read_text())
     labels = [r["label"] for r in report["rows"]]
-    assert labels == ["coconut", "coconut (r=1)", "coconut (r=3)", "coconut (adaptive thoughts)",
-                      "coconut (r=1, adaptive thoughts)", "coconut (r=3, adaptive thoughts)"]
+    assert labels == ["coconut", "coconut (r=1)", "coconut (r=3)", "coconut (adaptive thoughts τ=1e+09)",
+                      "coconut (r=1, adaptive thoughts τ=1e+09)", "coconut (r=3, adaptive thoughts τ=1e+09)"]
     assert [r["mean_thoughts"] for r in report["rows"]] == [2.0, 2.0, 2.0, 1.0, 1.0, 1.0]
     assert [r["mean_core_steps"] for r in report["rows"][:3]] == [2.0, 1.0, 3.0]
     assert report["examples"] == 2 and out.read_text().strip() == printed.strip()
@@ -233,13 +235,32 @@ def test_eval_cli_depth_exit_rows_run_the_depth_loop_inside_each_thought(exports
         return json.loads((exports["root"] / f"depth{threshold}.json").read_text())["rows"]
 
     never, always = rows("0"), rows("1e9")
-    assert [r["label"] for r in never] == ["coconut", "coconut (r=3)", "coconut (depth exit convergence)",
-                                           "coconut (r≤3, depth exit convergence)"]
+    assert [r["label"] for r in never] == ["coconut", "coconut (r=3)", "coconut (depth exit convergence τ=0)",
+                                           "coconut (r≤3, depth exit convergence τ=0)"]
     assert never[3]["mean_core_steps"] == never[1]["mean_core_steps"] == 3.0  # nothing converges: the cap
     assert always[3]["mean_core_steps"] == 1.0 and always[3]["depth_exit"]["exit"] == "convergence"
     assert main(["--model", f"coconut={exports['coconut']}", "--data", str(exports["data"]), "--depth-exit",
                  "convergence", "--depth-threshold", "-1"]) == 2
     assert "threshold=-1.0" in capsys.readouterr().err
+
+
+def test_eval_cli_logs_samples_reports_progress_and_takes_a_stage(exports, capsys):
+    """--log-samples: one line per question and row with what was generated and the gold answer; progress on
+    stderr; --stage lays the questions out at another stage and the table says it was given."""
+    dump = exports["root"] / "samples.jsonl"
+    argv = ["--model", f"coconut={exports['coconut']}", "--data", str(exports["data"]), "--max-new-tokens", "3",
+            "--stage", "1", "--log-samples", str(dump), "--out", str(exports["root"] / "staged.md")]
+    assert main(argv) == 0
+    captured = capsys.readouterr()
+    assert "coconut: 3/3 questions" in captured.err
+    samples = [json.loads(line) for line in dump.read_text().splitlines()]
+    assert [s["gold"] for s in samples] == [r["answer"] for r in RECORDS]
+    assert set(samples[0]) == {"row", "question", "generated", "answer", "gold", "correct", "thoughts", "finish"}
+    assert samples[0]["question"] == RECORDS[0]["question"] and all(s["thoughts"] == 1 for s in samples)
+    row = json.loads((exports["root"] / "staged.json").read_text())["rows"][0]
+    assert row["stage"] == 1 and row["stage_source"] == "--stage" and row["thought_counts"] == {"1": 3}
+    assert main(argv[:-4] + ["--stage", "9"]) == 2
+    assert "--stage 9: give 'last' or a stage in 0..3" in capsys.readouterr().err
 
 
 def test_evaluate_model_does_not_depend_on_the_batch_size(exports):
@@ -280,6 +301,15 @@ def test_eval_cli_bad_input_exits_2_with_an_error_line(exports, capsys, case, fl
     assert main(["--model", model, "--data", data, *extra]) == 2
     err = capsys.readouterr().err.strip().splitlines()  # loading a Hugging Face model may print progress first
     assert err[-1].startswith(f"recurrent-lm-coconut-eval: error: {flag}") and "Traceback" not in err
+
+
+def test_eval_cli_question_longer_than_the_context_is_one_error_line(exports, capsys):
+    long = exports["root"] / "long.json"
+    long.write_text(json.dumps([{"question": "Every wumpus is a yumpus. " * 400, "steps": ["a"], "answer": "b"}]))
+    assert main(["--model", f"coconut={exports['coconut']}", "--data", str(long)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert "exceed the model's" in err[-1] and err[-1].startswith("recurrent-lm-coconut-eval: error:")
+    assert "Traceback" not in "\n".join(err)
 
 
 def test_the_default_answer_budget_covers_the_longest_reference_continuation():

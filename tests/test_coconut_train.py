@@ -68,8 +68,9 @@ RECORD = EncodedRecord(question=(10, 11, 12), steps=((20, 21), (22,), (23, 24)),
 
 @pytest.mark.parametrize("method, stage", [("coconut", 2), ("pause", 2), ("cot", 0), ("no_cot", 0)])
 def test_labels_follow_the_papers_mask(method, stage):
-    """Nothing before <eot> and not <eot> itself is a target; <eot> predicts the first remaining token."""
-    c = config(method=method, max_latent_stage=3)
+    """Nothing before <eot> and not <eot> itself is a target; <eot> predicts the first remaining token. (The legacy
+    layout: markers for every method; the reference's marker-less baselines are in test_coconut_reference.py.)"""
+    c = config(method=method, max_latent_stage=3, layout="legacy")
     example = build_example(RECORD, stage, c, IDS)
     batch = collate([example], IDS.pad)
     kept = {"coconut": [23, 24], "pause": [23, 24], "cot": [20, 21, 22, 23, 24], "no_cot": []}[method]
@@ -120,11 +121,13 @@ def test_hf_gpt2_trains_then_exports_a_loadable_coconut_model(tmp_path):
     assert len(step_losses(tmp_path)) == 4
     scored = json.loads((tmp_path / "coconut_eval.json").read_text())
     assert scored == summary.app.evaluation and scored["examples"] == 4 and 0 <= scored["accuracy"] <= 1
-    assert scored["mean_thoughts"] == 6.0  # the last stage, padded: max_latent_stage · c thoughts per answer
+    # 4 steps of 4 records = one epoch: training reached stage 1, and the export is scored there (1 thought)
+    assert scored["stage"] == 1 and scored["mean_thoughts"] == 1.0
     model, tokenizer, cfg = load_coconut_model(summary.app.export)
     assert type(model).__name__ == "GPT2LMHeadModel" and cfg.hf_model == "config:gpt2"
     assert model.get_input_embeddings().weight.shape[0] == tokenizer.vocab_size
     assert json.loads((tmp_path / "export" / "coconut.json").read_text())["method"] == "coconut"
+    assert cfg.eval_stage == 1  # recorded, so recurrent-lm-coconut-eval lays questions out at the stage reached
     with torch.no_grad():
         logits = model(torch.tensor([[tokenizer.ids.bot, tokenizer.ids.eot]])).logits
     assert torch.isfinite(logits).all()

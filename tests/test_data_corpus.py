@@ -128,9 +128,11 @@ def test_source_rules_local_path_typo_and_hub_name(tmp_path) -> None:
 
 
 def test_empty_corpus_is_refused_before_any_work(tmp_path) -> None:
-    (tmp_path / "empty.txt").write_text("")
     (tmp_path / "blank.txt").write_text("\n   \n")
     with pytest.raises(ValueError, match="the corpus is empty.*'shakespeare'"):
+        load_corpus(DataConfig(source=str(tmp_path)))
+    (tmp_path / "empty.txt").write_text("")  # an empty file among others is named (it used to pass silently)
+    with pytest.raises(ValueError, match=r"empty.txt is empty; fix or remove that file"):
         load_corpus(DataConfig(source=str(tmp_path)))
 
 

@@ -4,6 +4,7 @@ import json
 import os
 
 import numpy as np
+import xxhash
 import pytest
 from datasets import Dataset
 
@@ -31,11 +32,12 @@ def small_config(source: str, tmp_path, **overrides) -> DataConfig:
 
 def test_documents_are_packed_back_to_back_each_followed_by_eos(tokenizer: TextTokenizer, tmp_path) -> None:
     docs = DOCS[:30]
-    tokens, documents = pack_split(Dataset.from_dict({"text": docs}), tokenizer, tmp_path / "train.bin")
+    tokens, documents, checksum = pack_split(Dataset.from_dict({"text": docs}), tokenizer, tmp_path / "train.bin")
     packed = np.fromfile(tmp_path / "train.bin", dtype=np.uint16)
     expected = [[*ids, tokenizer.eos_id] for ids in tokenizer.encode_batch(docs)]
     assert packed.tolist() == [token for ids in expected for token in ids]
     assert (tokens, documents) == (sum(len(tokenizer.encode(doc)) + 1 for doc in docs), 30)
+    assert checksum == "xxh3_128:" + xxhash.xxh3_128((tmp_path / "train.bin").read_bytes()).hexdigest()
     ends = np.flatnonzero(packed == tokenizer.eos_id)
     assert len(ends) == 30 and ends[-1] == len(packed) - 1
     assert [tokenizer.decode(piece.tolist()) for piece in np.split(packed, ends + 1)[:-1]] == \
@@ -127,6 +129,25 @@ def test_packed_files_changed_after_packing_are_refused(jsonl_source, tmp_path) 
         PreparedData.open(data.directory, data.tokenizer)
 
 
+def test_same_size_corruption_and_out_of_vocabulary_ids_are_refused(jsonl_source, tmp_path) -> None:
+    """The issue's probes: the first tokens overwritten with one valid id (same size: passed the size check and
+    trained on garbage), and random bytes (a bare IndexError in the embedding, naming no file)."""
+    data = prepare_data(small_config(jsonl_source, tmp_path), block_size=16)
+    train = data.directory / "train.bin"
+    original = train.read_bytes()
+    train.write_bytes(np.full(100, 7, dtype=np.uint16).tobytes() + original[200:])
+    with pytest.raises(ValueError, match=r"train.bin: its contents no longer match the checksum in meta.json"):
+        PreparedData.open(data.directory, data.tokenizer)
+    corrupt = np.frombuffer(original, dtype=np.uint16).copy()
+    corrupt[1234] = 65000
+    train.write_bytes(corrupt.tobytes())
+    with pytest.raises(ValueError, match=r"train.bin: token id 65000 at token offset 1234 \(byte 2468\) is outside "
+                                         r"the vocabulary of 300.*Delete"):
+        PreparedData.open(data.directory, data.tokenizer)
+    train.write_bytes(original)
+    assert PreparedData.open(data.directory, data.tokenizer).train.tobytes() == original
+
+
 def test_corpus_shorter_than_one_block_names_split_count_and_fix(jsonl_source, tmp_path) -> None:
     data = prepare_data(small_config(jsonl_source, tmp_path), block_size=16)
     block_size = len(data.validation) + 10
@@ -138,9 +159,9 @@ def test_corpus_shorter_than_one_block_names_split_count_and_fix(jsonl_source, t
 
 
 def test_an_empty_corpus_is_refused_before_training_a_tokenizer(tmp_path) -> None:
-    (tmp_path / "empty.txt").write_text("")
+    (tmp_path / "blank.txt").write_text("\n  \n\n")  # lines, but no document (an empty file is refused by name)
     with pytest.raises(ValueError, match="corpus is empty"):
-        prepare_data(small_config(str(tmp_path / "empty.txt"), tmp_path), block_size=16)
+        prepare_data(small_config(str(tmp_path / "blank.txt"), tmp_path), block_size=16)
     assert not any((tmp_path / "cache").glob("*/tokenizer.json"))
 
 

@@ -18,7 +18,7 @@ from lm_eval.utils import get_rolling_token_windows, make_disjoint_window  # noq
 
 from recurrent_lm.evaluation.cli import main  # noqa: E402
 from recurrent_lm.evaluation.harness import RecurrentLMEval  # noqa: E402
-from recurrent_lm.evaluation.sweep import aggregate, run_sweep  # noqa: E402
+from recurrent_lm.evaluation.sweep import aggregate, run_sweep, y_range  # noqa: E402
 from recurrent_lm.evaluation.tasks import Sources, build_task_manager  # noqa: E402
 
 STEPS = 2
@@ -141,6 +141,7 @@ def test_sweep_writes_results_table_and_plots(setup, tmp_path):
     table = written["markdown"].read_text()
     assert "## tiny_mc (fixed depth)" in table and "## tiny_mc (exit=convergence@1e+09)" in table
     assert "| metric | r=1 | r=2 |" in table and "| mean steps used | 1 | 1 |" in table
+    assert "--limit 4" in table and "| acc (↑ better) |" in table
     for key in ("depth_plot", "steps_plot"):
         assert written[key].read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and written[key].stat().st_size > 5000
 
@@ -155,6 +156,11 @@ def test_console_script_runs_lm_eval_and_reports_bad_input(setup, tmp_path, caps
     data = json.loads(result.read_text())
     assert "exact_match,strip" in data["results"]["rlm_arith"]
     assert data["config"]["model"] == "recurrent_lm"
+    # A single run records its depth and exit settings, so `aggregate` takes it like a sweep's depth.
+    assert data["recurrent_lm"]["num_steps"] == 2 and data["recurrent_lm"]["mean_steps_used"] == 2
+    assert main(["aggregate", str(tmp_path / "out"), "--output_dir", str(tmp_path / "agg"), "--no_plot"]) == 0
+    [row] = list(csv.DictReader((tmp_path / "agg" / "sweep.csv").open()))
+    assert (row["num_steps"], row["exit"], row["limit"], row["higher_is_better"]) == ("2", "none", "2.0", "True")
     capsys.readouterr()
     bad = {
         "num_stepz=2": "unknown model arg(s) ['num_stepz']",
@@ -172,3 +178,12 @@ def test_console_script_runs_lm_eval_and_reports_bad_input(setup, tmp_path, caps
     assert main(["sweep", "--model_args", model, "--num_steps", "0,2", "--tasks", "rlm_arith",
                  "--output_dir", str(tmp_path / "s")]) == 2
     assert "num_steps=0" in capsys.readouterr().err
+
+
+def test_depth_plot_axis_keeps_small_changes_small():
+    """A 0–1 metric spans its whole scale; a perplexity changing by 0.3% gets an axis ≥ 10% of its value."""
+    assert y_range("acc", [0.30, 0.301], [0.0, 0.0]) == (-0.02, 1.02)
+    low, high = y_range("word_perplexity", [100.0, 100.3], [0.0, 0.0])
+    assert high - low >= 10.0 and low < 100.0 and high > 100.3
+    low, high = y_range("bits_per_byte", [0.9, 2.5], [0.05, 0.05])  # a real change keeps its own span
+    assert low < 0.85 and high > 2.55 and high - low < 2.0

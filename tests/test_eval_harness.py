@@ -137,6 +137,9 @@ def test_run_dir_with_export_is_accepted(model_dir, tmp_path):
     ({"num_steps": 0}, r"num_steps=0 is below 1"),
     ({"num_steps": -3}, r"num_steps=-3 is below 1"),
     ({"num_steps": "deep"}, r"num_steps='deep' is not an integer"),
+    ({"num_steps": 100000}, r"num_steps=100,000 is beyond 64× the model's mean_recurrence=\d+ \(\d+\): the full "
+                            r"KV cache would take [\d,]+ MiB .*Use num_steps <= \d+"),
+    ({"threshold": "inf", "exit": "kl"}, r"threshold=inf is infinite \(every token would exit after one step\)"),
     ({"exit": "magic"}, r"exit='magic' is not an exit criterion"),
     ({"kv_cache": "huge"}, r"kv_cache='huge'"),
     ({"dtype": "int8"}, r"dtype='int8'"),

@@ -220,8 +220,21 @@ def test_export_import_is_bit_identical(tmp_path, shape):
     _assert_same_state(model, again)
     assert again.config == config  # what the format lacks travels in config.json's "recurrent_lm" block
     raw = json.loads((tmp_path / "huginn" / "config.json").read_text())
-    assert raw["auto_map"]["AutoModelForCausalLM"] == "raven_modeling_minimal.RavenForCausalLM"
     assert raw["n_layers_in_recurrent_block"] == core and raw["rope_base"] == 50_000.0
+    assert_loadable_with_remote_code(raw)
+
+
+def assert_loadable_with_remote_code(raw: dict) -> None:
+    """What transformers' AutoConfig / AutoModelForCausalLM(trust_remote_code=True) need from config.json: the
+    model type and architecture, and an auto_map whose ``repo--module.Class`` entries name the published repository
+    and its two files (transformers splits at "--", fetches ``module``.py from ``repo`` and takes ``Class``)."""
+    assert raw["model_type"] == "huginn_raven" and raw["architectures"] == ["RavenForCausalLM"]
+    expected = {"AutoConfig": ("raven_config_minimal", "RavenConfig"),
+                "AutoModelForCausalLM": ("raven_modeling_minimal", "RavenForCausalLM")}
+    assert set(raw["auto_map"]) == set(expected)
+    for auto, (module, cls) in expected.items():
+        repo, reference = raw["auto_map"][auto].split("--")
+        assert repo == "tomg-group-umd/huginn-0125" and reference.rsplit(".", 1) == [module, cls]
 
 
 # ---------------------------------------------------------------------------------------------- errors
@@ -284,6 +297,30 @@ def test_cli_converts_both_ways_with_the_tokenizer(checkpoint, tmp_path, capsys)
     assert "recurrent-lm-convert: error:" in capsys.readouterr().err
     with pytest.raises(SystemExit):
         convert_main(["--from", "huginn", "--to", "huginn", str(directory), str(tmp_path / "y")])
+
+
+def test_cli_refuses_a_non_empty_destination_and_replaces_it_whole_with_overwrite(checkpoint, tmp_path, capsys):
+    """DST holding the user's model: refused without --overwrite (every byte kept); with it, DST becomes exactly the
+    conversion (no old files mixed in); a failed conversion leaves DST as it was and no temp sibling behind."""
+    directory, _, _ = checkpoint
+    ours = tmp_path / "ours"
+    assert convert_main(["--from", "huginn", "--to", "recurrent_lm", str(directory), str(ours)]) == 0
+    dst = tmp_path / "users_model"
+    dst.mkdir()
+    (dst / "config.json").write_text("{}")
+    (dst / "notes.txt").write_text("mine")
+    args = ["--from", "recurrent_lm", "--to", "huginn", str(ours), str(dst)]
+    assert convert_main(args) == 2
+    assert "users_model already exists and is not empty; pass --overwrite" in capsys.readouterr().err
+    assert {p.name: p.read_text() for p in dst.iterdir()} == {"config.json": "{}", "notes.txt": "mine"}
+    assert convert_main(["--from", "recurrent_lm", "--to", "huginn", str(directory), str(dst), "--overwrite"]) == 2
+    assert (dst / "notes.txt").read_text() == "mine"  # the failed conversion changed nothing
+    assert convert_main(args + ["--overwrite"]) == 0
+    assert "notes.txt" not in {p.name for p in dst.iterdir()}
+    _assert_same_state(RecurrentDepthLM.from_pretrained(ours), load_huginn(dst))
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["ours", "users_model"]  # no temp sibling left
+    assert convert_main(["--from", "recurrent_lm", "--to", "huginn", str(directory), str(tmp_path / "new")]) == 2
+    assert not (tmp_path / "new").exists()  # a refused conversion leaves no empty DST
 
 
 def test_lm_eval_scores_an_imported_checkpoint_with_exits_and_a_chat_template(tmp_path):

@@ -89,6 +89,19 @@ def test_cached_decoding_with_exit_equals_full_forward_with_exit(model):
     torch.testing.assert_close(result.logits[0], logits.float(), rtol=1e-10, atol=1e-10)
 
 
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+@pytest.mark.parametrize("exit_kw", [{}, {"exit": "convergence", "threshold": 0.05}])
+def test_cached_batched_decoding_on_cuda_equals_cpu(exit_kw):
+    """The KV-cached, left-padded batch on CUDA picks the CPU's tokens and depths (float64 on both, so no argmax
+    tie can flip); the CPU's are checked against full recomputation above."""
+    cpu, gpu = tiny_model(), tiny_model().cuda()
+    a, b = (generate(m, PROMPTS, max_new_tokens=10, num_steps=16, return_logits=True, **exit_kw) for m in (cpu, gpu))
+    assert a.tokens == b.tokens and a.steps == b.steps
+    for x, y in zip(a.logits, b.logits):
+        torch.testing.assert_close(y.cpu(), x, rtol=1e-8, atol=1e-8)
+
+
 @pytest.mark.parametrize("exit_kw", [{}, {"exit": "convergence", "threshold": 0.05}])
 def test_compressed_cache_with_window_at_least_r_equals_full(model, exit_kw):
     r = 8

@@ -100,6 +100,27 @@ def test_threshold_zero_equals_fixed_depth():
     assert (never.steps_used == 7).all() and never.steps_run == 7
 
 
+def test_budget_caps_each_element_and_freezes_it_at_its_count():
+    s0 = s0_at_distances(1.0, 2.0, 3.0, 4.0)
+    budget = torch.tensor([0, 2, 5, 3])
+    actives = []
+
+    def step(s, i, active):
+        actives.append(active.clone())
+        return contraction(s, i, active)
+
+    out = unroll(step, s0, 1, 9, budget=budget)
+    assert out.steps_used.tolist() == [0, 2, 5, 3] and out.steps_run == 5  # stops at the largest budget
+    torch.testing.assert_close(out.state.double(), closed_form(s0, budget))
+    assert [a.tolist() for a in actives[:3]] == [[False, True, True, True]] * 2 + [[False, False, True, True]]
+    # With a criterion too, an element stops at whichever comes first.
+    both = unroll(contraction, s0, 0, 50, budget=torch.tensor([50, 50, 2, 50]), criterion=Convergence(0.01))
+    alone = unroll(contraction, s0, 0, 50, criterion=Convergence(0.01))
+    assert both.steps_used.tolist() == [alone.steps_used[0], alone.steps_used[1], 2, alone.steps_used[3]]
+    with pytest.raises(ValueError, match="budget has shape"):
+        unroll(contraction, s0, 0, 3, budget=torch.tensor([1, 2]))
+
+
 def test_min_and_max_steps():
     s0 = s0_at_distances(0.0001, 1.0)
     capped = unroll(contraction, s0, 0, 50, criterion=Convergence(0.0, max_steps=6))

@@ -295,6 +295,24 @@ def test_flash_matches_sdpa_on_gpu(tiny_model):
     torch.testing.assert_close(a, b, rtol=2e-2, atol=2e-2)
 
 
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_sdpa_flash_kernel_matches_eager_attention_on_gpu(tiny_model):
+    """bf16 on CUDA through torch SDPA's own flash kernel (forced: SDPA raises if that kernel cannot run), the
+    flash path of a machine without the flash-attn package, against the plain-matmul backend."""
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+
+    eager = tiny_model(init_scale=0.0, attn_backend="eager").cuda().to(torch.bfloat16)
+    sdpa = tiny_model(init_scale=0.0).cuda().to(torch.bfloat16)
+    sdpa.load_state_dict(eager.state_dict())
+    x = ids(2, 32).cuda()
+    with torch.no_grad():
+        with sdpa_kernel(SDPBackend.FLASH_ATTENTION):
+            a = sdpa(x, num_steps=3).logits.float()
+        b = eager(x, num_steps=3).logits.float()
+    torch.testing.assert_close(a, b, rtol=2e-2, atol=2e-2)
+
+
 # ---------------------------------------------------------------------------------------- presets
 def load_preset(name: str) -> dict:
     return OmegaConf.to_container(OmegaConf.load(CONF_DIR / "model" / f"{name}.yaml"))

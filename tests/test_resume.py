@@ -15,6 +15,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from omegaconf import OmegaConf
 from train_support import compose_cfg, launch, metric_rows, overrides, step_losses
 
 from recurrent_lm.train.cli import run
@@ -150,14 +151,77 @@ def test_nan_loss_stops_the_run_before_a_checkpoint_stores_it(corpus_dir, tmp_pa
         assert checkpoint["global_step"] == 12 and checkpoint["nonfinite_steps"] == 1
 
 
-def test_sweep_jobs_get_their_own_run_dirs(corpus_dir, tmp_path):
-    """A hydra multirun without run_dir=: each job trains in <sweep dir>/<job num>, instead of every job
-    sharing runs/<name> (where the second would 'resume' the first one's finished run)."""
+def test_sweep_jobs_get_their_own_run_dirs_and_sweeps_do_not_share(corpus_dir, tmp_path):
+    """A hydra multirun without run_dir=: each job trains in <sweep dir>/<num>_<overrides>, instead of every job
+    sharing runs/<name>; a second sweep gets its own sweep dir (a timestamp) instead of resuming the first one's
+    job 0 -- which, being shape-compatible, it used to "resume" without training anything."""
     args = [a for a in overrides(corpus_dir, tmp_path, **{**RESUME_ARGS, "export": False})
             if not a.startswith(("run_dir=", "trainer.max_steps="))]
-    result = launch(["-m", f"hydra.sweep.dir={tmp_path}", "trainer.max_steps=2,3"] + args)
+    result = launch(["-m", f"hydra.sweep.dir={tmp_path / 'first'}", "trainer.max_steps=2,3"] + args)
     assert result.returncode == 0, result.stdout[-3000:]
-    assert sorted(step_losses(tmp_path / "0")) == [0, 1] and sorted(step_losses(tmp_path / "1")) == [0, 1, 2]
+    jobs = sorted(p.name for p in (tmp_path / "first").iterdir() if p.is_dir())
+    assert jobs[0].startswith("0_trainer.max_steps=2,") and jobs[1].startswith("1_trainer.max_steps=3,")
+    assert "data.source" not in jobs[0]  # paths are left out of the name
+    assert [sorted(step_losses(tmp_path / "first" / j)) for j in jobs] == [[0, 1], [0, 1, 2]]
+    second = launch(["-m", "hydra.sweep.dir=" + str(tmp_path / "multirun" / "${now:%H-%M-%S-%f}"),
+                     "trainer.max_steps=2", "model.mean_recurrence=8"] + args)
+    assert second.returncode == 0, second.stdout[-3000:]
+    assert "resuming from" not in second.stdout
+    [job] = [p for p in (tmp_path / "multirun").glob("*/*") if p.is_dir()]
+    assert "mean_recurrence: 8" in (job / "config.yaml").read_text() and sorted(step_losses(job)) == [0, 1]
+
+
+def test_default_sweep_dir_is_per_sweep():
+    from recurrent_lm.train.sweep_dirs import job_dir_name
+
+    hydra = OmegaConf.to_container(OmegaConf.load(Path(__file__).resolve().parents[1] / "conf" / "config.yaml"),
+                                   resolve=False)["hydra"]
+    assert "${now:" in hydra["sweep"]["dir"] and "override_dirname" in hydra["sweep"]["subdir"]
+    assert job_dir_name(1, "data.source=/a/b,model.mean_recurrence=8") == "1_data.source=_a_b,model.mean_recurrence=8"
+    assert job_dir_name(0, "") == "0" and len(job_dir_name(7, "x=" + "y" * 500)) == 120
+    assert job_dir_name(2, "a=1,b=[1,4],z=3", {"z"}) == "2_z=3,a=1,b=[1,4]"  # swept keys first
+
+
+def test_sigterm_exits_75_without_a_validation_row_and_resumes_exactly(straight, corpus_dir, tmp_path):
+    """SIGTERM at step 7: last.ckpt is saved at the step boundary, the exit status is 75 (not 0, so `train && eval`
+    stops), no validation row is logged that the uninterrupted run lacks, and the resume finishes it exactly."""
+    args = overrides(corpus_dir, tmp_path, **RESUME_ARGS)
+    stopped = launch(args, fault="sigterm:7")
+    assert stopped.returncode == 75, stopped.stdout[-3000:]
+    assert "preemption: SIGTERM -> last.ckpt saved at step 8" in stopped.stdout
+    assert [r["step"] for r in metric_rows(tmp_path) if r.get("val/loss_r4")] == []
+    assert not (tmp_path / "export").exists()
+    final = launch(args)
+    assert final.returncode == 0, final.stdout[-3000:]
+    assert step_losses(tmp_path) == step_losses(straight)
+    val = [r["step"] for r in metric_rows(tmp_path) if r.get("val/loss_r4")]
+    assert val == [r["step"] for r in metric_rows(straight) if r.get("val/loss_r4")]
+
+
+def test_retention_is_enforced_at_start(straight, corpus_dir, tmp_path):
+    """step-N files that killed sessions left behind are removed once the restore succeeded: save_top_k=1 keeps the
+    newest step-N at or below the resumed step; a newer (unreadable) one is left alone."""
+    import shutil
+
+    run_dir = tmp_path / "run"
+    shutil.copytree(straight, run_dir)
+    folder = run_dir / "checkpoints"
+    kept = sorted(p.name for p in folder.iterdir())
+    for step in (4, 8, 12):  # what earlier sessions left
+        shutil.copyfile(folder / "last.ckpt", folder / f"step-{step}.ckpt")
+    good = (folder / "last.ckpt").read_bytes()
+    (folder / "step-99.ckpt").write_bytes(good[: len(good) // 2])  # truncated: passed over by the resume
+    result = launch(overrides(corpus_dir, run_dir, **{**RESUME_ARGS, "trainer.max_steps": 26}))
+    assert result.returncode == 0, result.stdout[-3000:]
+    assert "removed step-12.ckpt, step-8.ckpt, step-4.ckpt" in result.stdout
+    assert sorted(p.name for p in folder.iterdir()) == sorted(["last.ckpt", "step-24.ckpt", "step-99.ckpt"])
+    assert kept == ["last.ckpt", "step-24.ckpt"]
+
+
+def test_misspelled_experiment_exits_2(corpus_dir, tmp_path):
+    result = launch(overrides(corpus_dir, tmp_path) + ["experiment=demoo"])
+    assert result.returncode == 2, result.stdout[-3000:]
+    assert "experiment/demoo" in result.stdout and not tmp_path.joinpath("config.yaml").exists()
 
 
 def test_lock_of_a_requeued_slurm_job_is_taken_over(corpus_dir, tmp_path, monkeypatch, capsys):

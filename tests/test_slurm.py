@@ -116,9 +116,10 @@ def test_hydra_multirun_over_depth_through_submitit(corpus_dir, tmp_path):
                              "model.mean_recurrence=2,3"] + args,
                             cwd=REPO, capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, (result.stdout + result.stderr)[-3000:]
-    for job, depth in (("0", 2), ("1", 3)):
-        assert sorted(step_losses(tmp_path / job)) == [0, 1, 2]
-        assert any(r.get("val/loss_r4") for r in metric_rows(tmp_path / job))
-        assert f"mean_recurrence: {depth}" in (tmp_path / job / "config.yaml").read_text()
+    for job, depth in (("0", 2), ("1", 3)):  # job directories are named after their overrides (train/sweep_dirs.py)
+        [run_dir] = tmp_path.glob(f"{job}_*")
+        assert sorted(step_losses(run_dir)) == [0, 1, 2]
+        assert any(r.get("val/loss_r4") for r in metric_rows(run_dir))
+        assert f"mean_recurrence: {depth}" in (run_dir / "config.yaml").read_text()
     array = [p.name for p in (tmp_path / ".submitit").iterdir() if p.is_dir()]
     assert sorted(name.split("_")[-1] for name in array if "_" in name) == ["0", "1"]  # one array job per run

@@ -16,6 +16,8 @@ from recurrent_lm.data.corpus import shakespeare
 from recurrent_lm.train.cli import conf_dir
 
 FAULT_INJECT = Path(__file__).with_name("fault_inject.py")
+EMBEDDED_CACHE = Path(__file__).resolve().parents[1] / ".cache" / "gpu_check"
+"""The data cache of :func:`embedded_overrides`: benchmarks/gpu_wheels.py prepares it for the GPU machine."""
 
 
 def write_corpus(out: Path) -> Path:
@@ -39,6 +41,14 @@ def overrides(corpus: Path, run_dir: Path, **extra) -> list[str]:
     }
     base.update(extra)
     return [f"{k}={v}" for k, v in base.items()]
+
+
+def embedded_overrides(run_dir: Path, **extra) -> list[str]:
+    """:func:`overrides` on the embedded corpus (data=shakespeare) with the repository's cache at EMBEDDED_CACHE.
+    Its recipe names no path, so the cache prepared here trains on the borrowed GPU machine, which has no
+    `datasets` (see benchmarks/gpu_wheels.py)."""
+    return overrides(Path("shakespeare"), run_dir, **{"data": "shakespeare", "data.cache_dir": str(EMBEDDED_CACHE),
+                                                      **extra})
 
 
 def compose_cfg(args: list[str]):

@@ -12,6 +12,7 @@ run (and its export) tokenizes exactly as the first session did:
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from dataclasses import dataclass
 from pathlib import Path
@@ -27,9 +28,11 @@ from recurrent_lm.coconut.module import CoconutModule, OptimizerResetOnStage
 from recurrent_lm.coconut.records import load_records
 from recurrent_lm.coconut.tokens import ThoughtTokenizer, add_thought_tokens
 from recurrent_lm.errors import ConfigError, MissingFileError
+from recurrent_lm.model import RecurrentDepthLM
 from recurrent_lm.model.io import TOKENIZER_FILE, atomic_write
 from recurrent_lm.train.app import Built, register_app
 from recurrent_lm.train.parallel import is_rank_zero, planned_world_size, wait_for_file
+from recurrent_lm.train.run_dir import Resume
 from recurrent_lm.train.schema import TrainConfig
 
 CONFIG_PREFIX = "config:"
@@ -50,12 +53,31 @@ def _hf_config(coconut: CoconutConfig, tokenizer: ThoughtTokenizer):
     return config
 
 
-def build_tokenizer(cfg: TrainConfig, run_dir: Path) -> ThoughtTokenizer:
-    """The run's tokenizer: the one saved in ``run_dir`` (a resume), else made as the module docstring says."""
+def initial_export(cfg: TrainConfig) -> Optional[tuple[nn.Module, ThoughtTokenizer]]:
+    """``init_from``'s model and tokenizer: a Coconut export of a Hugging Face model whose markers are the run's."""
+    if cfg.init_from is None:
+        return None
+    from recurrent_lm.coconut.export import load_coconut_model
+
+    model, tokenizer, trained = load_coconut_model(Path(cfg.init_from).expanduser())
+    if isinstance(model, RecurrentDepthLM):
+        raise ConfigError(f"init_from={cfg.init_from} holds a recurrent_lm Coconut model; continue it by resuming its "
+                         "run (same run_dir) instead. init_from with coconut= takes a Hugging Face Coconut export")
+    if trained.marker_names != cfg.coconut.marker_names:
+        raise ConfigError(f"init_from={cfg.init_from} was trained with the markers {trained.marker_names.names} but "
+                         f"coconut.markers={cfg.coconut.markers!r}; set coconut.markers={trained.markers!r}")
+    return model.train(), tokenizer
+
+
+def build_tokenizer(cfg: TrainConfig, run_dir: Path, initial: Optional[ThoughtTokenizer] = None) -> ThoughtTokenizer:
+    """The run's tokenizer: the one saved in ``run_dir`` (a resume), else ``initial`` (init_from's), else made as
+    the module docstring says."""
+    coconut = cfg.coconut
     saved = run_dir / TOKENIZER_FILE
     if saved.is_file():
-        return ThoughtTokenizer.from_file(saved)
-    coconut = cfg.coconut
+        return ThoughtTokenizer.from_file(saved, coconut.markers)
+    if initial is not None:
+        return initial
     if coconut.hf_model is not None and not coconut.hf_model.startswith(CONFIG_PREFIX):
         from tokenizers import Tokenizer
 
@@ -64,42 +86,78 @@ def build_tokenizer(cfg: TrainConfig, run_dir: Path) -> ThoughtTokenizer:
             if not (source / TOKENIZER_FILE).is_file():
                 raise MissingFileError(f"coconut.hf_model={coconut.hf_model}: no {TOKENIZER_FILE} in that directory; "
                                         "Coconut needs a fast (tokenizers) tokenizer saved beside the model")
-            return add_thought_tokens(Tokenizer.from_file(str(source / TOKENIZER_FILE)))
-        return add_thought_tokens(Tokenizer.from_pretrained(coconut.hf_model))  # a hub name: online users only
+            return add_thought_tokens(Tokenizer.from_file(str(source / TOKENIZER_FILE)), markers=coconut.markers)
+        return add_thought_tokens(Tokenizer.from_pretrained(coconut.hf_model),  # a hub name: online users only
+                                  markers=coconut.markers)
     from recurrent_lm.data.tokenizer import TextTokenizer
 
     records = load_records(coconut.train_file, require_steps=False)
     texts = (text for r in records for text in (r.question, *r.steps, r.answer))
-    atomic_write(saved, TextTokenizer.train(texts, cfg.model.vocab_size).save)  # other ranks wait for this file
-    return ThoughtTokenizer.from_file(saved)
+    bpe = TextTokenizer.train(texts, cfg.model.vocab_size).tokenizer
+    add_thought_tokens(bpe, markers=coconut.markers)  # no-op for the recurrent_lm preset (its reserved ids)
+    atomic_write(saved, lambda tmp: bpe.save(str(tmp)))  # other ranks wait for this file
+    return ThoughtTokenizer.from_file(saved, coconut.markers)
 
 
-def build_model(coconut: CoconutConfig, tokenizer: ThoughtTokenizer) -> Optional[nn.Module]:
-    """The Hugging Face model of the run (None: recurrent_lm's model, built by the module from model.*)."""
-    if coconut.hf_model is None:
+def build_model(coconut: CoconutConfig, tokenizer: ThoughtTokenizer,
+                initial: Optional[nn.Module] = None) -> Optional[nn.Module]:
+    """The Hugging Face model of the run: ``initial`` (init_from's), else coconut.hf_model's (None: recurrent_lm's
+    model, built by the module from model.*). Its embeddings grow to hold the markers if they must (a CoT import)."""
+    if initial is None and coconut.hf_model is None:
         return None
     from transformers import AutoModelForCausalLM
 
-    if coconut.hf_model.startswith(CONFIG_PREFIX):
+    if initial is not None:
+        model = initial
+    elif coconut.hf_model.startswith(CONFIG_PREFIX):
         model = AutoModelForCausalLM.from_config(_hf_config(coconut, tokenizer))
     else:
         model = AutoModelForCausalLM.from_pretrained(coconut.hf_model)
-    add_thought_tokens(tokenizer.tokenizer, model)  # grows the embeddings to the tokenizer (markers included)
+    add_thought_tokens(tokenizer.tokenizer, model, coconut.markers)  # grows the embeddings to the tokenizer if needed
     return model.float()
 
 
-def generate_data(coconut: CoconutConfig, seed: int) -> None:
-    """Write the ProsQA-style splits named by the config if any is missing (``coconut.generate=prosqa``)."""
-    files = {"train": coconut.train_file, "valid": coconut.val_file, "test": coconut.eval_file}
-    if coconut.generate is None or all(Path(f).is_file() for f in files.values()):
+DATA_KEYS = {"train": "coconut.train_file", "valid": "coconut.val_file", "test": "coconut.test_file"}
+"""The data-file keys by ProsQA split, as the user sets them (docs/coconut.md)."""
+
+
+def generate_data(coconut: CoconutConfig, seed: int, run_dir: Path) -> None:
+    """``coconut.generate=prosqa``: write the ProsQA-style splits that are missing, and only into the run directory.
+
+    A file that exists is never touched, whoever named it (a regenerated split once replaced the user's own
+    prosqa_valid.json because a sibling file was missing). A missing file outside ``run_dir`` is a path the user
+    named: refused, since writing there could land on their data. Missing splits are generated with the questions
+    of the existing ones excluded, so no question is shared between splits.
+    """
+    if coconut.generate is None:
         return
-    from recurrent_lm.coconut.prosqa import generate_splits
+    from recurrent_lm.coconut.prosqa import generate_split
     from recurrent_lm.coconut.records import write_records
 
+    files = {"train": Path(coconut.train_file), "valid": Path(coconut.val_file), "test": Path(coconut.eval_file)}
+    missing = {split: path for split, path in files.items() if not path.is_file()}
+    outside = [split for split, path in missing.items() if not path.resolve().is_relative_to(run_dir.resolve())]
+    if outside:
+        named = ", ".join(f"{DATA_KEYS[s]}={missing[s]}" for s in outside)
+        raise MissingFileError(f"{named}: no such file, and coconut.generate={coconut.generate} writes only into the "
+                                f"run directory ({run_dir}), never to a path you set. Point the key at an existing "
+                                "file, leave it at its default (under run_dir/data/) to have it generated, or write "
+                                "the data first: python -m recurrent_lm.coconut.make_data prosqa --out DIR")
+    if not missing:
+        return
     sizes = dict(zip(("train", "valid", "test"), coconut.generate_sizes))
-    for split, problems in generate_splits(sizes, seed).items():
-        write_records((p.to_dict() for p in problems), files[split])
-    print(f"generated ProsQA-style data: {', '.join(f'{n} {s}' for s, n in sizes.items())} -> {files['train']} ...")
+    taken = {r.question for split, path in files.items() if split not in missing
+             for r in load_records(path, require_steps=False)}
+    written: dict[Path, str] = {}  # test_file empty: the test split is the valid file, generated once
+    for split, path in missing.items():
+        if path not in written:
+            problems = generate_split(sizes[split], seed, split, exclude=taken)
+            taken.update(p.question for p in problems)
+            write_records((p.to_dict() for p in problems), path)
+            written[path] = f"{len(problems)} {split} -> {path}"
+    kept = [f"{DATA_KEYS[s]}={p}" for s, p in files.items() if s not in missing]
+    print("generated ProsQA-style data: " + ", ".join(written.values())
+          + (f" (kept the existing {', '.join(kept)})" if kept else ""))
 
 
 @dataclass
@@ -127,22 +185,23 @@ class CoconutApp:
     key: ClassVar[str] = "coconut"
     config_class: ClassVar[type] = CoconutConfig
     default: ClassVar[bool] = False
+    reads: ClassVar[tuple[str, ...]] = ()
+    own_init_from: ClassVar[bool] = True
+    """init_from is a Coconut export of a Hugging Face model (coconut/app.py: initial_export)."""
 
-    def build(self, cfg: TrainConfig, run_dir: Path, resuming: bool) -> Built:
+    def build(self, cfg: TrainConfig, run_dir: Path, resume: Resume) -> Built:
         coconut: CoconutConfig = getattr(cfg, self.key)
-        if cfg.init_from is not None:
-            raise ConfigError(f"init_from={cfg.init_from} with coconut= is not supported: Coconut builds its model "
-                              "and adds its marker tokens itself; drop init_from (or use coconut.hf_model for a "
-                              "Hugging Face model)")
         if cfg.parallel.activation_checkpointing != "none":  # a recompute would see a cache later thoughts grew
             raise ConfigError(f"parallel.activation_checkpointing={cfg.parallel.activation_checkpointing} cannot "
                               "train Coconut: a recomputed block would re-read the KV cache after later thoughts "
                               "extended it; set parallel.activation_checkpointing=none")
         if not is_rank_zero():
             wait_for_file(run_dir / TOKENIZER_FILE, "rank 0 to prepare the data")  # prepared once, by rank 0
-        generate_data(coconut, cfg.seed)
-        tokenizer = build_tokenizer(cfg, run_dir)
-        lm = build_model(coconut, tokenizer)
+        coconut.require_data()
+        generate_data(coconut, cfg.seed, run_dir)
+        initial = initial_export(cfg)
+        tokenizer = build_tokenizer(cfg, run_dir, initial[1] if initial else None)
+        lm = build_model(coconut, tokenizer, initial[0] if initial else None)
         if lm is None and tokenizer.vocab_size > cfg.model.vocab_size:
             raise ConfigError(f"the tokenizer has {tokenizer.vocab_size} tokens but model.vocab_size="
                               f"{cfg.model.vocab_size}; raise model.vocab_size")
@@ -153,7 +212,8 @@ class CoconutApp:
         module = CoconutModule(cfg.model, cfg.sampler, cfg.optim, coconut, t.eval_depths, tokenizer.ids,
                                datamodule.batches_per_epoch, lm=lm, seed=cfg.seed,
                                max_nonfinite_steps=t.max_nonfinite_steps, parallel=cfg.parallel)
-        atomic_write(run_dir / TOKENIZER_FILE, tokenizer.save)  # whole or absent: other ranks wait on it
+        if not (run_dir / TOKENIZER_FILE).is_file():  # whole or absent: other ranks wait on it
+            atomic_write(run_dir / TOKENIZER_FILE, tokenizer.save)
         return Built(datamodule, module, tokenizer)
 
     def callbacks(self, cfg: TrainConfig) -> list[L.Callback]:
@@ -166,14 +226,15 @@ class CoconutApp:
             return sum(len(record) for record in batch)
         return batch["prefix_ids"].numel() + batch["suffix_ids"].numel()
 
-    def after_fit(self, cfg: TrainConfig, model: nn.Module, built: Built, run_dir: Path) -> CoconutReport:
-        """Export the model (with its tokenizer and coconut.json), then score ``num_eval`` records of the eval file
-        by exact match, as ``recurrent-lm-coconut-eval`` would."""
+    def after_fit(self, cfg: TrainConfig, model: nn.Module, built: Built, run_dir: Path, step: int) -> CoconutReport:
+        """Export the model (with its tokenizer and coconut.json, recording the curriculum stage training reached as
+        ``eval_stage``), then score ``num_eval`` records of the eval file by exact match at that stage, as
+        ``recurrent-lm-coconut-eval`` would."""
         from recurrent_lm.coconut.evaluate import evaluate_model, needs_steps
         from recurrent_lm.coconut.export import save_coconut_model
         from recurrent_lm.train.run_dir import EXPORT_DIR, write_text_atomic
 
-        coconut: CoconutConfig = getattr(cfg, self.key)
+        coconut = dataclasses.replace(getattr(cfg, self.key), eval_stage=built.module.stage_at(step))
         tokenizer = built.tokenizer
         export = save_coconut_model(model, tokenizer, coconut, run_dir / EXPORT_DIR) if cfg.export else None
         result = None

@@ -16,10 +16,14 @@ import dataclasses
 from dataclasses import dataclass
 from typing import Any, Optional
 
+from recurrent_lm.coconut.markers import Markers
 from recurrent_lm.config_dict import from_dict
 from recurrent_lm.errors import ConfigError
 
 METHODS = ("coconut", "pause", "cot", "no_cot")
+LAYOUTS = ("reference", "legacy")
+"""How records become tokens (:mod:`recurrent_lm.coconut.sequences`): ``reference`` is facebookresearch/coconut's
+``dataset.py`` exactly; ``legacy`` is recurrent_lm's layout before it (kept so older exports evaluate as trained)."""
 
 
 @dataclass
@@ -66,6 +70,18 @@ class CoconutConfig:
     with its weights and its tokenizer.json), or ``config:<dir or name>`` for random weights from a config."""
     hf_config: dict[str, Any] = dataclasses.field(default_factory=dict)
     """Overrides of the Hugging Face config when building from ``config:`` (e.g. n_layer, n_embd)."""
+    markers: Any = "recurrent_lm"
+    """The three marker tokens: a preset (``recurrent_lm``: <bot> <eot> <latent>; ``reference``: <|start-latent|>
+    <|end-latent|> <|latent|>, the reference's names and ids) or a list [start, end, latent]. A tokenizer that
+    already holds them keeps them (no resize); missing ones are added (:mod:`recurrent_lm.coconut.markers`)."""
+    eval_stage: Optional[int] = None
+    """The curriculum stage an evaluation lays questions out at (None: the last stage). An export records the stage
+    its training reached here, so ``recurrent-lm-coconut-eval`` scores a model as far as it was trained."""
+    layout: str = "reference"
+    """``reference``: the question encoded with the tokenizer's special tokens (a BOS for Llama-family tokenizers),
+    text kept verbatim, CoT / no-CoT without markers, as the reference's dataset.py. ``legacy``: recurrent_lm's
+    earlier layout (question, steps and answer stripped, no special tokens, every method with markers); exports
+    without a ``layout`` key in coconut.json are read as legacy."""
 
     def __post_init__(self) -> None:
         if self.method not in METHODS:
@@ -81,10 +97,40 @@ class CoconutConfig:
         if self.generate not in (None, "prosqa"):
             raise ConfigError(f"coconut.generate={self.generate!r} is unknown; use prosqa or null")
         if len(self.generate_sizes) != 3 or min(self.generate_sizes) < 1:
-            raise ConfigError(f"coconut.generate_sizes={self.generate_sizes} must be three counts >= 1 (train, valid, test)")
+            raise ConfigError(f"coconut.generate_sizes={self.generate_sizes} must be three counts >= 1 "
+                             "(train, valid, test)")
+        if self.eval_stage is not None and not 0 <= self.eval_stage <= self.last_stage:
+            raise ConfigError(f"coconut.eval_stage={self.eval_stage} must be null or in 0..{self.last_stage} "
+                             "(max_latent_stage + 1 is the last stage)")
+        if self.layout not in LAYOUTS:
+            raise ConfigError(f"coconut.layout={self.layout!r} is unknown; choose one of {LAYOUTS}")
+        Markers.parse(self.markers)
+
+    def require_data(self) -> None:
+        """Training needs both files; laying out examples or computing a loss from records does not."""
         if not self.train_file or not self.val_file:
             raise ConfigError("coconut.train_file and coconut.val_file must name JSON files of {question, steps, "
                              "answer} records (e.g. `recurrent-lm-coconut-data prosqa --out data/prosqa`)")
+
+    @property
+    def last_stage(self) -> int:
+        """The stage past max_latent_stage, where every step is replaced (0 for CoT and no-CoT)."""
+        return self.max_latent_stage + 1 if self.thinks else 0
+
+    def evaluation_stage(self, stage: Optional[int] = None) -> int:
+        """``stage`` if given, else the stage training reached (``eval_stage``), else the last stage."""
+        if stage is not None:
+            return stage
+        return self.last_stage if self.eval_stage is None else self.eval_stage
+
+    @property
+    def marker_names(self) -> Markers:
+        return Markers.parse(self.markers)
+
+    @property
+    def has_markers(self) -> bool:
+        """Whether the layout carries start/end markers: the reference drops them for CoT and no-CoT."""
+        return self.thinks or self.layout == "legacy"
 
     @property
     def eval_file(self) -> str:

@@ -20,23 +20,18 @@ import numpy as np
 from torch.utils.data import DataLoader, IterableDataset
 
 from recurrent_lm.coconut.config import CoconutConfig
-from recurrent_lm.coconut.curriculum import check_stages, layout, record_stage
-from recurrent_lm.coconut.records import ReasoningRecord, load_records
-from recurrent_lm.coconut.sequences import EncodedRecord, build_example, collate, encode_record
+from recurrent_lm.coconut.curriculum import check_stages, record_stage
+from recurrent_lm.coconut.records import load_records
+from recurrent_lm.coconut.sequences import EncodedRecord, SpecialIds, build_example, collate, encode_records
 from recurrent_lm.coconut.tokens import ThoughtTokenizer
 from recurrent_lm.errors import ConfigError
 
 
-def encode_records(tokenizer: ThoughtTokenizer, records: list[ReasoningRecord]) -> list[EncodedRecord]:
-    return [encode_record(tokenizer.encode, r.question, r.steps, r.answer) for r in records]
-
-
-def longest_layout(records: list[EncodedRecord], config: CoconutConfig) -> int:
+def longest_layout(records: list[EncodedRecord], config: CoconutConfig, ids: SpecialIds) -> int:
     """Most tokens + thought slots any record occupies at any stage (the model's context must hold it)."""
     def size(r: EncodedRecord, stage: int) -> int:
-        shape = layout(config, stage, len(r.steps))
-        kept = sum(len(s) for s in r.steps[shape.steps_dropped:])
-        return len(r.question) + 1 + shape.thoughts + 1 + kept + len(r.answer) + 1
+        example = build_example(r, stage, config, ids)
+        return len(example.prefix) + example.thoughts + len(example.suffix)
 
     stages = range(config.max_latent_stage + 2) if config.thinks else (0,)
     return max(size(r, s) for r in records for s in stages)
@@ -63,12 +58,13 @@ class CoconutDataModule(L.LightningDataModule):
         super().__init__()
         self.config, self.tokenizer, self.seed = config, tokenizer, seed
         self.micro_batch_size, self.val_batches = micro_batch_size, val_batches
+        config.require_data()
         needs_steps = config.method != "no_cot"
         train = load_records(config.train_file, require_steps=needs_steps)
-        self.train_records = encode_records(tokenizer, train[: config.max_train_records or None])
-        self.val_records = encode_records(tokenizer, load_records(config.val_file, require_steps=needs_steps))
+        self.train_records = encode_records(tokenizer, train[: config.max_train_records or None], config)
+        self.val_records = encode_records(tokenizer, load_records(config.val_file, require_steps=needs_steps), config)
         check_stages(config, max(len(r.steps) for r in self.train_records), config.train_file)
-        longest = longest_layout(self.train_records + self.val_records, config)
+        longest = longest_layout(self.train_records + self.val_records, config, tokenizer.ids)
         if block_size is not None and longest > block_size:
             raise ConfigError(f"the longest Coconut sequence of {config.train_file} / {config.val_file} takes {longest} "
                              f"positions (question, markers, thoughts, steps, answer) but model.block_size={block_size}; "

@@ -3,11 +3,13 @@
     recurrent-lm-coconut-eval --model coconut=runs/a/export --model cot=runs/b/export --data test.json \\
         [--num-examples N] [--batch-size 32] [--depths 4 8 16] \\
         [--thought-exit convergence --thought-threshold 0.05] [--depth-exit convergence --depth-threshold 0.03] \\
-        [--out report.md]
+        [--stage last|N] [--log-samples predictions.jsonl] [--out report.md]
 
-Each export is evaluated as it was trained: its coconut.json gives the method, the thoughts per step and
-the last stage, so a question is laid out exactly as the last training stage laid it out
-(:func:`recurrent_lm.coconut.sequences.final_example`). One row per model; ``--depths`` adds rows at other
+Each export is evaluated as it was trained: its coconut.json gives the method, the thoughts per step, the
+layout and markers, and the curriculum stage its training reached, so a question is laid out exactly as that
+stage laid it out (:func:`recurrent_lm.coconut.sequences.final_example`); ``--stage`` picks another, and the
+table says which stage each row used. Progress goes to stderr; ``--log-samples`` writes one JSON line per
+question and row (question, generated text, extracted answer, gold answer, correct, thoughts). One row per model; ``--depths`` adds rows at other
 core depths (recurrent models: thoughts × depth), ``--depth-exit`` rows where every forward (each thought,
 each token) leaves the core adaptively (the depth loop inside the thought loop), and ``--thought-exit`` rows
 whose number of thoughts is adaptive (models trained with continuous thoughts). Tokens are counted as the paper counts them: each
@@ -19,6 +21,8 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+import time
+from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Optional, Sequence
@@ -28,9 +32,9 @@ from torch import nn
 from recurrent_lm.coconut.backends import FIXED, Depth, backend_for
 from recurrent_lm.coconut.config import CoconutConfig
 from recurrent_lm.coconut.export import load_coconut_model
-from recurrent_lm.coconut.generate import exact_match, generate
+from recurrent_lm.coconut.generate import answer_of, exact_match, generate
 from recurrent_lm.coconut.records import ReasoningRecord, load_records
-from recurrent_lm.coconut.sequences import ThoughtExample, encode_record, final_example
+from recurrent_lm.coconut.sequences import ThoughtExample, encode_records, final_example
 from recurrent_lm.coconut.thoughts import ContinuousThoughtLM
 from recurrent_lm.coconut.tokens import ThoughtTokenizer
 from recurrent_lm.errors import ConfigError, report_user_errors
@@ -41,7 +45,8 @@ from recurrent_lm.model.device import pick_device
 PROG = "recurrent-lm-coconut-eval"
 SLACK = 16
 """Tokens allowed beyond the longest reference continuation before a generation is cut."""
-COLUMNS = ("method", "accuracy %", "tokens", "thoughts", "core iterations / token")
+COLUMNS = ("method", "stage", "accuracy %", "tokens", "thoughts", "thoughts used (count×rows)",
+           "core iterations / token")
 
 
 class InputError(ConfigError):
@@ -60,35 +65,54 @@ def answer_budget(examples: Sequence[ThoughtExample]) -> int:
 
 def evaluate_model(model: nn.Module, tokenizer: ThoughtTokenizer, config: CoconutConfig,
                    records: Sequence[ReasoningRecord], *, batch_size: int = 32, depth: Depth = FIXED,
-                   thought_exit: Optional[ExitSpec] = None, max_new_tokens: Optional[int] = None) -> dict[str, Any]:
-    """Generate an answer to every record (greedy, laid out at the last stage) and score it by exact match.
+                   thought_exit: Optional[ExitSpec] = None, max_new_tokens: Optional[int] = None,
+                   stage: Optional[int] = None, progress: Optional[str] = None,
+                   samples: Optional[list[dict[str, Any]]] = None) -> dict[str, Any]:
+    """Generate an answer to every record (greedy) and score it by exact match.
 
-    Returns accuracy (fraction correct), mean_tokens (generated, thoughts counted), mean_thoughts,
-    mean_core_steps (core iterations per generated token; None for a model without a recurrent core) and
-    examples. Recurrent models draw their initial state from the seeded table, so the figures do not
-    depend on ``batch_size``. ``max_new_tokens`` None gives room for the longest reference continuation
-    (the steps the layout keeps, the answer, <eos>) plus :data:`SLACK` tokens.
+    Questions are laid out at ``stage`` (None: the stage the export reached, ``config.eval_stage``, else the
+    last). Returns accuracy (fraction correct), stage, mean_tokens (generated, thoughts counted),
+    mean_thoughts, thought_counts ({"thoughts": rows}), mean_core_steps (core iterations per generated token;
+    None for a model without a recurrent core) and examples. Recurrent models draw their initial state from
+    the seeded table, so the figures do not depend on ``batch_size``. ``max_new_tokens`` None gives room for
+    the longest reference continuation plus :data:`SLACK` tokens. ``progress`` labels a line per batch on
+    stderr; ``samples``, when given, receives one dict per record (question, generated, answer, gold, correct,
+    thoughts).
     """
     lm = ContinuousThoughtLM(backend_for(model, s0_seed=0))
-    examples = [final_example(encode_record(tokenizer.encode, r.question, r.steps, r.answer), config, tokenizer.ids)
-                for r in records]
+    stage = config.evaluation_stage(stage)
+    examples = [final_example(r, config, tokenizer.ids, stage) for r in encode_records(tokenizer, records, config)]
     max_new_tokens = answer_budget(examples) if max_new_tokens is None else max_new_tokens
-    laid_out = [(e.prefix, e.thoughts) for e in examples]
-    correct = tokens = thoughts = core = 0
+    correct = tokens = core = 0
+    counts: Counter[int] = Counter()
+    started = time.perf_counter()
     for start in range(0, len(records), batch_size):
-        chunk = laid_out[start:start + batch_size]
-        out = generate(lm, [p for p, _ in chunk], [n for _, n in chunk], tokenizer.ids,
-                       max_new_tokens=max_new_tokens, thought_exit=thought_exit, depth=depth)
+        chunk = examples[start:start + batch_size]
+        out = generate(lm, [e.prefix for e in chunk], [e.thoughts for e in chunk], tokenizer.ids,
+                       max_new_tokens=max_new_tokens, thought_exit=thought_exit, depth=depth,
+                       openers=[e.suffix[0] for e in chunk])
         for b, record in enumerate(records[start:start + batch_size]):
-            correct += exact_match(tokenizer.decode(out.tokens[b]), record.answer)
+            text = tokenizer.decode(out.tokens[b])
+            hit = exact_match(text, record.answer)
+            correct += hit
             steps = out.core_steps(b)
             core += 0 if steps is None else steps
+            counts[out.thoughts[b]] += 1
+            if samples is not None:
+                samples.append({"question": record.question, "generated": text, "answer": answer_of(text),
+                                "gold": record.answer, "correct": bool(hit), "thoughts": out.thoughts[b],
+                                "finish": out.finish_reasons[b]})
         tokens += out.num_generated
-        thoughts += sum(out.thoughts)
+        if progress:
+            done = min(start + batch_size, len(records))
+            print(f"{progress}: {done}/{len(records)} questions, {correct} correct, "
+                  f"{time.perf_counter() - started:.1f} s", file=sys.stderr, flush=True)
     n = max(len(records), 1)
     recurrent = isinstance(model, RecurrentDepthLM)
-    return {"examples": len(records), "accuracy": correct / n, "mean_tokens": tokens / n,
-            "mean_thoughts": thoughts / n, "mean_core_steps": core / max(tokens, 1) if recurrent else None}
+    return {"examples": len(records), "stage": stage, "accuracy": correct / n, "mean_tokens": tokens / n,
+            "mean_thoughts": sum(k * v for k, v in counts.items()) / n,
+            "thought_counts": {str(k): v for k, v in sorted(counts.items())},  # str keys: as JSON stores them
+            "mean_core_steps": core / max(tokens, 1) if recurrent else None}
 
 
 @dataclass(frozen=True)
@@ -121,6 +145,11 @@ def build_parser() -> argparse.ArgumentParser:
                    help="extra rows (recurrent models) whose every forward exits the core adaptively, capped by the "
                         "row's depth")
     p.add_argument("--depth-threshold", type=float, help="threshold of --depth-exit (default: the criterion's own)")
+    p.add_argument("--stage", default=None, metavar="last|N",
+                   help="curriculum stage questions are laid out at (default: the stage each export's training "
+                        "reached, recorded in its coconut.json; 'last': every step replaced by thoughts)")
+    p.add_argument("--log-samples", metavar="FILE.jsonl",
+                   help="write every prediction (row, question, generated text, answer, gold, correct, thoughts)")
     p.add_argument("--device", default="cpu", help="cpu | cuda | cuda:N")
     p.add_argument("--out", help="also write the table to OUT.md and all figures to OUT.json")
     return p
@@ -183,10 +212,23 @@ def settings_for(name: str, model: nn.Module, config: CoconutConfig, args: argpa
 
 
 def _label(name: str, depth: Optional[int], depth_exit: Optional[ExitSpec], thought_exit: Optional[ExitSpec]) -> str:
+    """The row's name with every setting that shaped it, thresholds included."""
     tags = [] if depth is None else [f"r≤{depth}" if depth_exit else f"r={depth}"]
-    tags += [f"depth exit {depth_exit.criterion}"] if depth_exit else []
-    tags += ["adaptive thoughts"] if thought_exit else []
+    tags += [f"depth exit {depth_exit.criterion} τ={depth_exit.threshold:g}"] if depth_exit else []
+    tags += [f"adaptive thoughts τ={thought_exit.threshold:g}"] if thought_exit else []
     return f"{name} ({', '.join(tags)})" if tags else name
+
+
+def parse_stage(text: Optional[str], name: str, config: CoconutConfig) -> Optional[int]:
+    """``--stage`` for one export: None (the stage it reached), 'last', or a stage its curriculum has."""
+    if text is None:
+        return None
+    if text == "last":
+        return config.last_stage
+    if not text.isdigit() or int(text) > config.last_stage:
+        raise InputError(f"--stage {text}: give 'last' or a stage in 0..{config.last_stage} ({name} is "
+                         f"method={config.method}, max_latent_stage={config.max_latent_stage})")
+    return int(text)
 
 
 def _run(args: argparse.Namespace) -> int:
@@ -211,14 +253,25 @@ def _run(args: argparse.Namespace) -> int:
         raise InputError(f"--data: {err}") from None
     records = records[: args.num_examples]
 
-    rows = []
+    stages = {name: parse_stage(args.stage, name, config) for name, (_, _, config) in loaded.items()}
+    rows, samples = [], []
     for s in settings:
         model, tokenizer, config = loaded[s.name]
+        logged: Optional[list[dict[str, Any]]] = [] if args.log_samples else None
         figures = evaluate_model(model, tokenizer, config, records, batch_size=args.batch_size, depth=s.depth,
-                                 thought_exit=s.thought_exit, max_new_tokens=args.max_new_tokens)
+                                 thought_exit=s.thought_exit, max_new_tokens=args.max_new_tokens,
+                                 stage=stages[s.name], progress=s.label, samples=logged)
+        samples += [{"row": s.label, **sample} for sample in logged or []]
+        source = "--stage" if stages[s.name] is not None else "last" if config.eval_stage is None else "reached"
         rows.append({"label": s.label, "model": s.name, "method": config.method, "num_steps": s.depth.num_steps,
                      "depth_exit": s.depth.exit.settings() if s.depth.exit else None,
-                     "thought_exit": s.thought_exit.settings() if s.thought_exit else None, **figures})
+                     "thought_exit": s.thought_exit.settings() if s.thought_exit else None,
+                     "stage_source": source, **figures})
+    if args.log_samples:
+        path = Path(args.log_samples)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text("".join(json.dumps(sample, ensure_ascii=False) + "\n" for sample in samples))
+        print(f"{len(samples)} predictions -> {path}", file=sys.stderr)
     table = markdown(rows)
     print(table)
     if args.out:
@@ -231,12 +284,14 @@ def _run(args: argparse.Namespace) -> int:
 
 
 def markdown(rows: Sequence[dict[str, Any]]) -> str:
-    """The Table 1 layout: method | accuracy % | tokens | thoughts | core iterations per token."""
-    lines = ["| " + " | ".join(COLUMNS) + " |", "|" + "|".join(["---"] + ["---:"] * (len(COLUMNS) - 1)) + "|"]
+    """The Table 1 layout (method | accuracy % | tokens | thoughts | core iterations per token) with the stage
+    each row was laid out at (and where it came from) and how many rows used each number of thoughts."""
+    lines = ["| " + " | ".join(COLUMNS) + " |", "|" + "|".join(["---", "---"] + ["---:"] * (len(COLUMNS) - 2)) + "|"]
     for r in rows:
         core = "–" if r["mean_core_steps"] is None else f"{r['mean_core_steps']:.1f}"
-        lines.append(f"| {r['label']} | {100 * r['accuracy']:.1f} | {r['mean_tokens']:.1f} | "
-                     f"{r['mean_thoughts']:.1f} | {core} |")
+        spread = ", ".join(f"{k}×{v}" for k, v in r["thought_counts"].items())
+        lines.append(f"| {r['label']} | {r['stage']} ({r.get('stage_source', 'given')}) | {100 * r['accuracy']:.1f} | "
+                     f"{r['mean_tokens']:.1f} | {r['mean_thoughts']:.1f} | {spread} | {core} |")
     return "\n".join(lines)
 
 

@@ -49,7 +49,9 @@ def load_coconut_model(directory: Path, device: torch.device = torch.device("cpu
             raise MissingFileError(f"{directory} is not a Coconut model directory: {name} is missing; export one "
                                     "with `recurrent-lm-train experiment=coconut_...` (it writes <run_dir>/export) or "
                                     "`recurrent-lm-export <run_dir>`")
-    config = CoconutConfig.from_dict(json.loads((directory / COCONUT_FILE).read_text()))
+    raw = json.loads((directory / COCONUT_FILE).read_text())
+    raw.setdefault("layout", "legacy")  # written before layouts were a setting: evaluate as it was trained
+    config = CoconutConfig.from_dict(raw)
     if is_hf_dir(directory):
         from transformers import AutoModelForCausalLM
 
@@ -60,4 +62,4 @@ def load_coconut_model(directory: Path, device: torch.device = torch.device("cpu
             raise MissingFileError(f"{directory} {problem}")
         model = RecurrentDepthLM.from_pretrained(directory)
     model = model.to(device=device, dtype=dtype).eval()
-    return model, ThoughtTokenizer.from_file(directory / TOKENIZER_FILE), config
+    return model, ThoughtTokenizer.from_file(directory / TOKENIZER_FILE, config.markers), config

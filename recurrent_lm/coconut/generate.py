@@ -5,6 +5,7 @@ One left-padded batch goes through four kinds of forward that share one cache::
     prefix   (B, P)   question <bot> [<latent>×n]     one forward
     thoughts (B,)     up to the bound per row          ContinuousThoughtLM.think (the shared loop)
     <eot>    (B, 1)                                    one forward -> logits of the first answer token
+                      (a layout without markers feeds the question's last token here instead: ``openers``)
     decode   (n, 1)   the previous token               one forward per new token, n rows still alive
 
 The reference implementation generates one question at a time and recomputes the whole sequence for
@@ -65,33 +66,40 @@ class CoconutGeneration:
 def generate(lm: ContinuousThoughtLM, prefixes: Sequence[Sequence[int]], thoughts: Union[int, Sequence[int]],
              ids: SpecialIds, *, max_new_tokens: int = 64, thought_exit: Optional[ExitSpec] = None,
              depth: Depth = FIXED, temperature: float = 0.0, top_k: Optional[int] = None,
-             top_p: Optional[float] = None, seed: int = 0) -> CoconutGeneration:
+             top_p: Optional[float] = None, seed: int = 0,
+             openers: Optional[Sequence[int]] = None) -> CoconutGeneration:
     """Think, then decode, for every prefix (token ids ending in <bot>, or in pause <latent>s) in one batch.
 
     ``thoughts`` is the bound per row (one int for all); ``thought_exit`` stops a row's thinking early
     once its thoughts converge. ``depth`` is used for every forward (thoughts × depth on our model).
     Greedy unless ``temperature`` > 0; row b then samples from its own generator seeded ``seed + b``.
+    ``openers`` is the token fed after the thoughts per row (None: <eot>); a layout without markers
+    passes the question's last token (:attr:`ThoughtExample.suffix` ``[0]``).
     """
     prefixes = [[int(t) for t in p] for p in prefixes]
     bounds = [int(thoughts)] * len(prefixes) if isinstance(thoughts, int) else [int(n) for n in thoughts]
+    openers = [ids.eot] * len(prefixes) if openers is None else [int(t) for t in openers]
     _check_inputs(lm, prefixes, bounds, max_new_tokens)
+    if len(openers) != len(prefixes):
+        raise ValueError(f"generate: {len(openers)} openers for {len(prefixes)} prefixes; give one per prefix")
     model = lm.backend.model
     was_training = model.training
     model.eval()
     try:
         with torch.inference_mode():
-            return _generate(lm, prefixes, bounds, ids, max_new_tokens, thought_exit, depth,
+            return _generate(lm, prefixes, bounds, openers, ids, max_new_tokens, thought_exit, depth,
                              (temperature, top_k, top_p), seed)
     finally:
         model.train(was_training)
 
 
-def _generate(lm: ContinuousThoughtLM, prefixes: list[list[int]], bounds: list[int], ids: SpecialIds,
+def _generate(lm: ContinuousThoughtLM, prefixes: list[list[int]], bounds: list[int], openers: list[int],
+              ids: SpecialIds,
               max_new_tokens: int, thought_exit: Optional[ExitSpec], depth: Depth,
               sampling: tuple[float, Optional[int], Optional[float]], seed: int) -> CoconutGeneration:
     backend = lm.backend
     device = next(lm.backend.model.parameters()).device
-    batch = collate([ThoughtExample(tuple(p), n, (ids.eot,)) for p, n in zip(prefixes, bounds)], ids.pad)
+    batch = collate([ThoughtExample(tuple(p), n, (o,)) for p, n, o in zip(prefixes, bounds, openers)], ids.pad)
     batch = {k: v.to(device) for k, v in batch.items()}
     generators = None if sampling[0] == 0 else row_generators([seed + b for b in range(len(prefixes))], device)
     limit = context_length(lm)
@@ -100,7 +108,7 @@ def _generate(lm: ContinuousThoughtLM, prefixes: list[list[int]], bounds: list[i
     prefix = backend.forward(backend.embed(batch["prefix_ids"]), batch["prefix_mask"], cache, depth)  # (B, P, H)
     thought = lm.think(prefix.hidden[:, -1], batch["prefix_mask"], cache, batch["thoughts"], exit=thought_exit,
                        depth=depth)
-    mask, feed = thought.attention_mask, batch["suffix_ids"]  # (B, P + N), (B, 1) = <eot>
+    mask, feed = thought.attention_mask, batch["suffix_ids"]  # (B, P + N), (B, 1) = <eot> or the opener
 
     tokens: list[list[int]] = [[] for _ in prefixes]
     steps: list[list[int]] = [[] for _ in prefixes]

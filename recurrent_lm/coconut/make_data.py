@@ -5,7 +5,8 @@
 
 writes ``DIR/prosqa_{train,valid,test}.json`` (lists of {question, steps, answer} plus graph
 metadata). The default sizes are those of the published ProsQA split. Bad arguments are reported in
-one line with exit status 2.
+one line with exit status 2. A non-empty --out is refused unless --overwrite is given; the files are written into
+a hidden sibling directory that replaces --out when complete.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from typing import NoReturn, Optional, Sequence
 from recurrent_lm.coconut.prosqa import SPLITS, ProsQAConfig, generate_splits
 from recurrent_lm.coconut.records import write_records
 from recurrent_lm.errors import ConfigError, report_user_errors
+from recurrent_lm.output_dir import check_destination, staged_dir
 
 PROG = "python -m recurrent_lm.coconut.make_data"
 
@@ -55,6 +57,7 @@ def build_parser() -> argparse.ArgumentParser:
     tasks = parser.add_subparsers(dest="task", required=True, parser_class=_Parser)
     prosqa = tasks.add_parser("prosqa", help="ProsQA-style graph reasoning problems")
     prosqa.add_argument("--out", type=Path, required=True, help="directory for prosqa_{train,valid,test}.json")
+    prosqa.add_argument("--overwrite", action="store_true", help="replace an --out directory that is not empty")
     prosqa.add_argument("--seed", type=_count, default=0, help="generation seed (each split has its own stream)")
     for split, default in zip(SPLITS, (17886, 300, 500)):
         prosqa.add_argument(f"--{split}", type=_count, default=default, help=f"{split} problems (default {default})")
@@ -74,13 +77,18 @@ def _run(argv: Optional[Sequence[str]]) -> int:
     if args.out.exists() and not args.out.is_dir():
         raise UsageError(f"--out {args.out} exists and is not a directory")
     try:
+        check_destination(args.out, args.overwrite)
+    except FileExistsError as err:
+        raise UsageError(f"--out {err}") from None
+    try:
         config = ProsQAConfig(nodes=args.nodes, edges=args.edges, hops=args.hops)
     except ValueError as err:
         raise UsageError(str(err)) from None
     sizes = {split: getattr(args, split) for split in SPLITS}
-    for split, problems in generate_splits(sizes, args.seed, config).items():
-        path = write_records((p.to_dict() for p in problems), args.out / f"prosqa_{split}.json")
-        print(f"{path}: {len(problems)} problems")
+    with staged_dir(args.out, args.overwrite) as tmp:
+        for split, problems in generate_splits(sizes, args.seed, config).items():
+            write_records((p.to_dict() for p in problems), tmp / f"prosqa_{split}.json")
+            print(f"{args.out / f'prosqa_{split}.json'}: {len(problems)} problems")
     return 0
 
 

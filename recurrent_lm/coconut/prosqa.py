@@ -19,7 +19,9 @@ design and checked by the tests:
    shortest path of exactly ``h`` hops and the distractor stays unreachable.
 
 Sizes (both include the person): ProsQA graphs average about 23 nodes and 36 edges, hence the
-default ranges below. Each problem carries its graph under extra keys (``idx_to_symbol``, ``edges``,
+default ranges below. This is the project's one ProsQA generator: Coconut training data and lm-eval's
+``rlm_prosqa`` multiple-choice task (:meth:`ProsQAProblem.multiple_choice`) both come from it.
+Each problem carries its graph under extra keys (``idx_to_symbol``, ``edges``,
 ``root``, ``target``, ``neg_target``, ``hops``, as ProsQA's files do); :func:`load_records` ignores them.
 """
 
@@ -31,6 +33,7 @@ from typing import Any, Iterable, Mapping, Optional
 
 import numpy as np
 
+from recurrent_lm.errors import ConfigError
 from recurrent_lm.coconut.records import ReasoningRecord
 
 SPLITS = ("train", "valid", "test")
@@ -63,15 +66,15 @@ class ProsQAConfig:
         for name in ("nodes", "edges", "hops"):
             lo, hi = getattr(self, name)
             if not 1 <= lo <= hi:
-                raise ValueError(f"{name} range {lo}-{hi} must satisfy 1 <= min <= max")
+                raise ConfigError(f"{name} range {lo}-{hi} must satisfy 1 <= min <= max")
         if self.nodes[0] < 2 * self.hops[1] + 2:
-            raise ValueError(f"nodes min {self.nodes[0]} is too small for {self.hops[1]} hops: "
+            raise ConfigError(f"nodes min {self.nodes[0]} is too small for {self.hops[1]} hops: "
                              f"give at least {2 * self.hops[1] + 2} nodes or fewer hops")
         if self.edges[0] < self.nodes[1] - 2:
-            raise ValueError(f"edges min {self.edges[0]} cannot connect {self.nodes[1]} nodes: "
+            raise ConfigError(f"edges min {self.edges[0]} cannot connect {self.nodes[1]} nodes: "
                              f"give at least {self.nodes[1] - 2} edges or fewer nodes")
         if self.edges[1] > 2 * self.nodes[0]:
-            raise ValueError(f"edges max {self.edges[1]} is too dense for {self.nodes[0]} nodes: "
+            raise ConfigError(f"edges max {self.edges[1]} is too dense for {self.nodes[0]} nodes: "
                              f"give at most {2 * self.nodes[0]} edges or more nodes")
 
 
@@ -88,6 +91,8 @@ class ProsQAProblem:
     neg_target: int
     hops: int
     root: int = 0
+    options: tuple[int, int] = (0, 0)
+    """The two nodes the question offers, in the order it names them."""
 
     @property
     def record(self) -> ReasoningRecord:
@@ -98,8 +103,15 @@ class ProsQAProblem:
         """The JSON object: the three record keys first, then the graph metadata."""
         data = asdict(self)
         data["steps"], data["idx_to_symbol"] = list(self.steps), list(self.idx_to_symbol)
-        data["edges"] = [list(e) for e in self.edges]
+        data["edges"], data["options"] = [list(e) for e in self.edges], list(self.options)
         return data
+
+    def multiple_choice(self) -> dict[str, Any]:
+        """The problem as a two-way multiple-choice row (lm-eval's ``rlm_prosqa``): the record and graph keys plus
+        the person (``entity``), the two concepts in question order (``choices``) and the reachable one's index."""
+        choices = [self.idx_to_symbol[i] for i in self.options]
+        return {**self.to_dict(), "entity": self.idx_to_symbol[self.root], "choices": choices,
+                "label": self.options.index(self.target)}
 
 
 class _Graph:
@@ -191,16 +203,16 @@ def make_problem(rng: np.random.Generator, config: ProsQAConfig = ProsQAConfig()
     edges = sorted(graph.edges)
     facts = [_sentence(names, u, v) for u, v in edges]
     facts = [facts[i] for i in rng.permutation(len(facts))]
-    options = [names[graph.target], names[graph.distractor]]
+    options = [graph.target, graph.distractor]
     if rng.integers(2):
         options.reverse()
     path = graph.shortest_path(rng)
     return ProsQAProblem(
-        question=" ".join(facts) + f" Is {names[0]} a {options[0]} or {options[1]}?",
+        question=" ".join(facts) + f" Is {names[0]} a {names[options[0]]} or {names[options[1]]}?",
         steps=tuple(_sentence(names, u, v) for u, v in zip(path, path[1:])),
         answer=f"{names[0]} is a {names[graph.target]}.",
         idx_to_symbol=tuple(names), edges=tuple(edges),
-        target=graph.target, neg_target=graph.distractor, hops=hops)
+        target=graph.target, neg_target=graph.distractor, hops=hops, options=(options[0], options[1]))
 
 
 def generate_split(n: int, seed: int, split: str, config: ProsQAConfig = ProsQAConfig(),
@@ -211,9 +223,9 @@ def generate_split(n: int, seed: int, split: str, config: ProsQAConfig = ProsQAC
     even before the exclusion check, and a split does not change when another split's size does.
     """
     if split not in SPLITS:
-        raise ValueError(f"unknown split {split!r}; choose one of {', '.join(SPLITS)}")
+        raise ConfigError(f"unknown split {split!r}; choose one of {', '.join(SPLITS)}")
     if n < 0 or seed < 0:
-        raise ValueError(f"n ({n}) and seed ({seed}) must be >= 0")
+        raise ConfigError(f"n ({n}) and seed ({seed}) must be >= 0")
     rng = np.random.default_rng([seed, SPLITS.index(split)])
     seen, problems = set(exclude), []
     for _ in range(10 * n + 100):
@@ -231,7 +243,7 @@ def generate_splits(sizes: Mapping[str, int], seed: int,
     """Several splits, in train/valid/test order, with no question shared between any two."""
     unknown = sorted(set(sizes) - set(SPLITS))
     if unknown:
-        raise ValueError(f"unknown splits {unknown}; choose from {', '.join(SPLITS)}")
+        raise ConfigError(f"unknown splits {unknown}; choose from {', '.join(SPLITS)}")
     taken: set[str] = set()
     out = {}
     for split in (s for s in SPLITS if s in sizes):

@@ -9,16 +9,27 @@ without touching text again::
 
 Labels follow the paper's mask: nothing in the prefix, the thoughts or at <eot> itself is predicted; the
 <eot> position predicts the first remaining token, and every later suffix token is a target.
+
+``coconut.layout=reference`` (the default) is the reference's ``dataset.py`` token for token: the question
+is encoded as ``question + "\n"`` *with* the tokenizer's special tokens (a BOS for Llama-family tokenizers),
+each step as ``step + "\n"`` and the answer as ``"### " + answer``, verbatim; CoT and no-CoT carry no markers::
+
+    prefix  = question[:-1]          suffix = question[-1] step_{1} ... step_m ### answer <eos>
+
+(the question's last token opens the suffix because its logit predicts the first supervised token).
+``coconut.layout=legacy`` is recurrent_lm's earlier layout: parts stripped, no special tokens, markers for every
+method.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Sequence
+from typing import Protocol, Sequence
 
 import torch
 from torch import Tensor
 
+from recurrent_lm.errors import ConfigError
 from recurrent_lm.coconut.config import CoconutConfig
 from recurrent_lm.coconut.curriculum import layout
 from recurrent_lm.model.lm import IGNORE_INDEX
@@ -59,26 +70,52 @@ class ThoughtExample:
     suffix: tuple[int, ...]
 
 
-def encode_record(encode, question: str, steps: Sequence[str], answer: str) -> EncodedRecord:
-    """Tokenize a record's parts with ``encode(text) -> ids`` (batching is the tokenizer's business)."""
-    return EncodedRecord(tuple(encode(question.strip() + "\n")), tuple(tuple(encode(s.strip() + "\n")) for s in steps),
-                         tuple(encode(ANSWER_MARK + answer.strip())))
+class Encoder(Protocol):
+    """What encoding a record needs of a tokenizer (:class:`recurrent_lm.coconut.tokens.ThoughtTokenizer`)."""
+
+    def encode(self, text: str) -> list[int]:
+        """Text as text, no special tokens added."""
+
+    def encode_with_specials(self, text: str) -> list[int]:
+        """Text with the tokenizer's special tokens (its BOS, if it adds one)."""
+
+
+def encode_record(tokenizer: Encoder, question: str, steps: Sequence[str], answer: str,
+                  layout_name: str = "reference") -> EncodedRecord:
+    """Tokenize a record's parts as ``layout_name`` lays them out (see the module docstring)."""
+    legacy = layout_name == "legacy"
+    clean = str.strip if legacy else str
+    first = tokenizer.encode if legacy else tokenizer.encode_with_specials
+    encode = tokenizer.encode
+    return EncodedRecord(tuple(first(clean(question) + "\n")), tuple(tuple(encode(clean(s) + "\n")) for s in steps),
+                         tuple(encode(ANSWER_MARK + clean(answer))))
+
+
+def encode_records(tokenizer: Encoder, records: Sequence, config: CoconutConfig) -> list[EncodedRecord]:
+    """Every record (anything with question, steps, answer) encoded in ``config.layout``."""
+    return [encode_record(tokenizer, r.question, r.steps, r.answer, config.layout) for r in records]
 
 
 def build_example(record: EncodedRecord, stage: int, config: CoconutConfig, ids: SpecialIds) -> ThoughtExample:
-    """``record`` laid out at ``stage`` for ``config.method``."""
+    """``record`` laid out at ``stage`` for ``config.method`` in ``config.layout``."""
     shape = layout(config, stage, len(record.steps))
+    steps = [t for step in record.steps[shape.steps_dropped:] for t in step]
+    if not config.has_markers:  # the reference's CoT / no-CoT: question, remaining steps, answer, nothing else
+        if len(record.question) < 2:
+            raise ConfigError(f"a question of {len(record.question)} token cannot be laid out without markers: its "
+                             "last token predicts the first target, so one must precede it; write a longer question")
+        return ThoughtExample(record.question[:-1], 0, (record.question[-1], *steps, *record.answer, ids.eos))
     pause = config.method == "pause"
     prefix = (*record.question, ids.bot, *([ids.latent] * shape.thoughts if pause else ()))
-    steps = [t for step in record.steps[shape.steps_dropped:] for t in step]
     suffix = (ids.eot, *steps, *record.answer, ids.eos)
     return ThoughtExample(prefix, 0 if pause else shape.thoughts, suffix)
 
 
-def final_example(record: EncodedRecord, config: CoconutConfig, ids: SpecialIds) -> ThoughtExample:
-    """``record`` as the last training stage lays it out: what generation starts from (prefix, thought bound)
-    and the reference continuation (suffix)."""
-    return build_example(record, config.max_latent_stage + 1 if config.thinks else 0, config, ids)
+def final_example(record: EncodedRecord, config: CoconutConfig, ids: SpecialIds,
+                  stage: int | None = None) -> ThoughtExample:
+    """``record`` as evaluation lays it out (:meth:`CoconutConfig.evaluation_stage`). Generation starts from its
+    prefix, thought bound and first suffix token."""
+    return build_example(record, config.evaluation_stage(stage), config, ids)
 
 
 def collate(examples: Sequence[ThoughtExample], pad_id: int) -> dict[str, Tensor]:

@@ -14,8 +14,8 @@ recomputing the prefix, and gradients flow back through the cached keys and valu
 
 Rows think for different numbers of steps in one batch: the thought columns are shared, and a row that has
 stopped (its count is reached, or its thought converged under an exit criterion) gets a masked column,
-so its suffix sees exactly what it would see alone. The loop's ``active`` mask is the same mechanism the
-recurrent core uses for per-token exit.
+so its suffix sees exactly what it would see alone. The counts are the loop's per-element ``budget`` and
+its ``active`` mask says who still thinks: the same freezing the recurrent core uses for per-token exit.
 """
 
 from __future__ import annotations
@@ -76,21 +76,18 @@ class ContinuousThoughtLM:
         bound = int(counts.max()) if counts.numel() else 0
         criterion = exit.build() if exit is not None else None
 
-        def step(state: Tensor, i: int, active: Optional[Tensor], carry: tuple) -> tuple[Tensor, tuple]:
-            cache, mask, core_steps = carry
-            thinking = counts > i  # (B,)
-            if active is not None:
-                thinking = thinking & active
-            mask = torch.cat((mask, thinking[:, None].to(mask.dtype)), dim=1)  # (B, S + 1)
+        def step(state: Tensor, i: int, active: Tensor, carry: tuple) -> tuple[Tensor, tuple]:
+            cache, mask, core_steps = carry  # active (B,): rows still thinking (count not reached, not exited)
+            mask = torch.cat((mask, active[:, None].to(mask.dtype)), dim=1)  # (B, S + 1)
             out = self.backend.forward(state[:, None, :], mask, cache, depth, generator)  # hidden (B, 1, H)
             if out.steps_used is not None:
-                spent = out.steps_used[:, 0] * thinking  # (B,)
+                spent = out.steps_used[:, 0] * active  # (B,)
                 core_steps = spent if core_steps is None else core_steps + spent
-            return torch.where(thinking[:, None], out.hidden[:, 0], state), (cache, mask, core_steps)
+            return out.hidden[:, 0], (cache, mask, core_steps)  # the loop freezes rows that stopped
 
         frozen = min(no_grad_thoughts, bound)
         loop = unroll(step, last_hidden, frozen, bound - frozen, criterion=criterion, sequence_axis=None,
-                      carry=(cache, attention_mask, None))
+                      budget=counts, carry=(cache, attention_mask, None))
         _, mask, core = loop.carry
         used = mask[:, attention_mask.shape[1]:].sum(-1)
         return Thoughts(loop.state, mask, used, core)

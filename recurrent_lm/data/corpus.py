@@ -17,14 +17,15 @@ import json
 import importlib.util
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, TypeAlias
 
 import numpy as np
-from datasets import Dataset, DatasetDict, IterableDataset, IterableDatasetDict, load_dataset
-from datasets.exceptions import DatasetGenerationError
 
 from recurrent_lm.data.config import DataConfig
 from recurrent_lm.errors import ConfigError, MissingFileError
+
+if TYPE_CHECKING:  # `datasets` is imported where a corpus is read: a prepared cache trains without it
+    from datasets import Dataset, DatasetDict, IterableDataset, IterableDatasetDict
 
 SHAKESPEARE = "shakespeare"
 VALIDATION_PLAYS = ("comedies/twelfth-night", "tragedies/macbeth")
@@ -32,17 +33,23 @@ VALIDATION_PLAYS = ("comedies/twelfth-night", "tragedies/macbeth")
 SUFFIX_BUILDERS = {".txt": "text", ".json": "json", ".jsonl": "json", ".parquet": "parquet"}
 """Supported local file suffixes and the `datasets` builder that reads each."""
 
-Corpus = DatasetDict | IterableDatasetDict
-AnyDataset = Dataset | IterableDataset
+Corpus: TypeAlias = "DatasetDict | IterableDatasetDict"
+AnyDataset: TypeAlias = "Dataset | IterableDataset"
 
 
 def load_corpus(cfg: DataConfig) -> Corpus:
     """The `train` and `validation` documents of `cfg.source`."""
+    from datasets import DatasetDict, IterableDatasetDict, load_dataset
+    from datasets.exceptions import DatasetGenerationError
+
     if cfg.source == SHAKESPEARE:
         return shakespeare()
     files = local_files(cfg.source)
     if files is not None:
         builder = SUFFIX_BUILDERS[files[0].suffix]
+        empty = next((f for f in files if f.stat().st_size == 0), None)
+        if empty is not None:  # the text builder reads an empty file as no lines, silently: refuse it as json does
+            raise ConfigError(f"data.source={cfg.source!r}: {empty} is empty; fix or remove that file")
         options = {"sample_by": cfg.text_unit} if builder == "text" else {}
         try:
             raw = load_dataset(builder, data_files={"train": [str(f) for f in files]}, streaming=cfg.streaming,
@@ -101,6 +108,8 @@ def shakespeare() -> DatasetDict:
     model that a scene ending ends the text. Whole held-out plays make the validation split genuinely
     unseen (no shared scenes, and little shared plot) rather than a random sample of a play the model trains on.
     """
+    from datasets import Dataset, DatasetDict
+
     plays = _play_files()
     missing = sorted(set(VALIDATION_PLAYS) - set(plays))
     if missing:
@@ -174,6 +183,8 @@ def _holdout_mask(indices: np.ndarray, seed: int, fraction: float) -> np.ndarray
 
 
 def _load_hub(cfg: DataConfig) -> Corpus:
+    from datasets import load_dataset
+
     try:
         return load_dataset(cfg.source, cfg.hub_config, streaming=cfg.streaming)
     except (ConnectionError, FileNotFoundError) as error:
@@ -192,6 +203,8 @@ def _split_by_document(ds: AnyDataset, cfg: DataConfig) -> tuple[AnyDataset, Any
 
     def in_train(batch: dict, indices: list[int]) -> list[bool]:
         return [not held_out for held_out in in_validation(batch, indices)]
+
+    from datasets import Dataset
 
     train = ds.filter(in_train, with_indices=True, batched=True)
     validation = ds.filter(in_validation, with_indices=True, batched=True)
@@ -216,6 +229,8 @@ def _documents(ds: AnyDataset, field: str, source: str) -> AnyDataset:
 
 
 def _is_empty(ds: AnyDataset) -> bool:
+    from datasets import IterableDataset
+
     return next(iter(ds.take(1)), None) is None if isinstance(ds, IterableDataset) else len(ds) == 0
 
 

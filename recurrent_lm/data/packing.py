@@ -5,12 +5,18 @@ Layout of one prepared dataset, ``<cache_dir>/<recipe digest>/``::
     tokenizer.json    the tokenizer the tokens were produced with
     train.bin         every train document's tokens followed by <|eos|>, back to back (raw uint16/uint32)
     validation.bin    the same for the validation split
-    meta.json         what produced the files and what is in them; written last
+    meta.json         what produced the files and what is in them (token counts, an xxh3-128 checksum of each
+                      .bin computed while packing); written last
 
 The directory name is a digest of everything that determines its contents (`_recipe`), so runs with
 different settings can share one `cache_dir` without overwriting each other, and a finished directory
 never needs rebuilding. Every file is written to a temporary sibling and moved into place, and meta.json
 goes last, so a crash mid-build leaves no meta.json and the next call simply rebuilds.
+
+Opening a cache verifies it in one streaming pass per split: every id below the vocabulary (an out-of-range id is
+named by file and token offset) and the checksum of meta.json, so a cache overwritten in place -- same size,
+other bytes -- is refused instead of training on garbage. The cost is measured in benchmarks/packing_checksum.py
+(benchmarks/RESULTS.md).
 
 Documents are packed back to back, not padded: a sample is any window of the flat stream, and the <|eos|>
 between documents tells the model where one ends.
@@ -29,8 +35,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import pyarrow.compute as pc
-from datasets import Features, IterableDataset, List, Value
+import xxhash
 
 from recurrent_lm.data.config import DataConfig
 from recurrent_lm.data.corpus import AnyDataset, iter_texts, load_corpus, source_signature
@@ -44,6 +49,9 @@ FORMAT_VERSION = 1
 cache entries built by older code are ignored rather than reused."""
 TOKENIZER_FILE = "tokenizer.json"
 META_FILE = "meta.json"
+CHECKSUM = "xxh3_128"
+VERIFY_CHUNK = 1 << 24
+"""Bytes read per step when verifying a split: bounded memory whatever the file's size."""
 
 
 @dataclass
@@ -59,6 +67,8 @@ class PackedMeta:
     tokens: dict[str, int]
     """Tokens per split, <|eos|> included."""
     documents: dict[str, int]
+    checksums: dict[str, str] | None = None
+    """``{split: "xxh3_128:<hex>"}`` of the .bin files (None in caches from before checksums: verified by size only)."""
 
     def save(self, path: Path) -> None:
         with _replaced(path) as tmp:
@@ -97,6 +107,9 @@ class PreparedData:
                 f"({directory / TOKENIZER_FILE})")
         arrays = {split: _map_split(directory / f"{split}.bin", np.dtype(meta.dtype), meta.tokens[split])
                   for split in SPLITS}
+        for split in SPLITS:
+            verify_split(directory / f"{split}.bin", arrays[split], meta.vocab_size,
+                         (meta.checksums or {}).get(split))
         return cls(directory=directory, tokenizer=tokenizer, meta=meta, **arrays)
 
 
@@ -135,11 +148,15 @@ def _given_tokenizer(path: str) -> WrappedTokenizer:
     return load_tokenizer(file)
 
 
-def pack_split(ds: AnyDataset, tokenizer: WrappedTokenizer, path: Path, num_proc: int = 1) -> tuple[int, int]:
-    """Write the tokens of every document of `ds`, each followed by <|eos|>, to `path`; return (tokens, documents).
+def pack_split(ds: AnyDataset, tokenizer: WrappedTokenizer, path: Path, num_proc: int = 1) -> tuple[int, int, str]:
+    """Write the tokens of every document of `ds`, each followed by <|eos|>, to `path`; return (tokens, documents,
+    checksum of the file).
 
     `num_proc` worker processes tokenize a map-style dataset; a streaming one is tokenized as it is read.
     """
+    import pyarrow.compute as pc  # here, not at the top: a prepared cache trains without datasets/pyarrow
+    from datasets import Features, IterableDataset, List, Value
+
     dtype = token_dtype(tokenizer.vocab_size)
     eos = tokenizer.eos_id
 
@@ -153,13 +170,33 @@ def pack_split(ds: AnyDataset, tokenizer: WrappedTokenizer, path: Path, num_proc
     encoded = ds.map(encode, batched=True, remove_columns=["text"],
                      features=Features({"ids": List(Value(dtype.name))}), **parallel)
     tokens = documents = 0
+    digest = xxhash.xxh3_128()
     with _replaced(path) as tmp, open(tmp, "wb") as out:
         for table in encoded.with_format("arrow").iter(batch_size=1024):
-            ids = pc.list_flatten(table["ids"]).to_numpy()
-            out.write(ids.tobytes())
-            tokens += len(ids)
+            data = pc.list_flatten(table["ids"]).to_numpy().tobytes()
+            out.write(data)
+            digest.update(data)
+            tokens += len(data) // dtype.itemsize
             documents += table.num_rows
-    return tokens, documents
+    return tokens, documents, f"{CHECKSUM}:{digest.hexdigest()}"
+
+
+def verify_split(path: Path, tokens: np.ndarray, vocab_size: int, checksum: str | None) -> None:
+    """Refuse a packed split holding an id >= ``vocab_size`` (naming file and token offset) or whose bytes no longer
+    match ``checksum``; one pass of ``VERIFY_CHUNK`` bytes at a time over the memory map."""
+    digest = xxhash.xxh3_128()
+    step = VERIFY_CHUNK // tokens.dtype.itemsize
+    for start in range(0, len(tokens), step):
+        chunk = np.asarray(tokens[start:start + step])
+        if chunk.size and int(chunk.max()) >= vocab_size:
+            offset = start + int(np.argmax(chunk >= vocab_size))
+            raise ConfigError(f"{path}: token id {int(tokens[offset])} at token offset {offset} (byte "
+                             f"{offset * tokens.dtype.itemsize}) is outside the vocabulary of {vocab_size}; the file "
+                             f"was modified after packing. Delete {path.parent} to rebuild it")
+        digest.update(chunk.tobytes())
+    if checksum is not None and checksum != f"{CHECKSUM}:{digest.hexdigest()}":
+        raise ConfigError(f"{path}: its contents no longer match the checksum in {META_FILE} (same size, other bytes): "
+                         f"the file was modified after packing. Delete {path.parent} to rebuild it")
 
 
 def token_dtype(vocab_size: int) -> np.dtype:
@@ -188,8 +225,9 @@ def _build(cfg: DataConfig, recipe: dict[str, Any], directory: Path, given: Wrap
         tokenizer_fingerprint=tokenizer.fingerprint,
         vocab_size=tokenizer.vocab_size,
         dtype=token_dtype(tokenizer.vocab_size).name,
-        tokens={split: tokens for split, (tokens, _) in counts.items()},
-        documents={split: documents for split, (_, documents) in counts.items()},
+        tokens={split: tokens for split, (tokens, _, _) in counts.items()},
+        documents={split: documents for split, (_, documents, _) in counts.items()},
+        checksums={split: checksum for split, (_, _, checksum) in counts.items()},
     ).save(directory / META_FILE)
 
 

@@ -18,6 +18,7 @@ import argparse
 import contextlib
 import logging
 import sys
+import time
 from collections.abc import Iterator, Sequence
 from typing import Any, Optional
 
@@ -85,7 +86,11 @@ def _lm_eval(argv: list[str]) -> int:
         cli.execute(args)
         return 0
     offline_only = _prepare_run(args, ours)
-    with _offline_task_manager(offline_only):
+    from recurrent_lm.evaluation.harness import keep_models
+    from recurrent_lm.evaluation.sweep import record_settings
+
+    started = time.time()
+    with _offline_task_manager(offline_only), keep_models() as models:
         try:
             cli.execute(args)
         except ValueError as err:
@@ -93,6 +98,8 @@ def _lm_eval(argv: list[str]) -> int:
                 raise EvalError(f"{err}; `{PROG} ls tasks` lists lm-eval's tasks, `{PROG} prepare` the offline "
                                 "ones (rlm_*)") from None
             raise
+        if models and getattr(args, "output_path", None):  # steps and exit settings, so `aggregate` takes it
+            record_settings(args.output_path, started, models[-1])
     return 0
 
 

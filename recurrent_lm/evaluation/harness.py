@@ -22,9 +22,10 @@ from __future__ import annotations
 
 import logging
 import os
+import contextlib
 from collections import defaultdict
 from pathlib import Path
-from typing import Any, Optional, Union
+from typing import Any, Iterator, Optional, Union
 
 import torch
 import torch.nn.functional as F
@@ -37,6 +38,7 @@ from tqdm import tqdm
 
 from recurrent_lm.evaluation.chat import parse_chat
 from recurrent_lm.evaluation.errors import EvalError
+from recurrent_lm.infer.depth_bound import check_depth
 from recurrent_lm.evaluation.model_args import (MODEL_ARGS, load_tokenizer, parse_batch_size, parse_cache,
                                                 parse_depth, parse_device, parse_dtype, parse_exit, parse_kv_window,
                                                 resolve_model_dir)
@@ -46,6 +48,8 @@ from recurrent_lm.model.io import TOKENIZER_FILE
 log = logging.getLogger(__name__)
 
 MODEL_NAME = "recurrent_lm"
+_kept: Optional[list["RecurrentLMEval"]] = None
+"""Inside :func:`keep_models`, every model constructed (lm-eval's own CLI builds it out of reach)."""
 
 @register_model(MODEL_NAME)
 class RecurrentLMEval(TemplateLM):
@@ -118,15 +122,17 @@ class RecurrentLMEval(TemplateLM):
         if self.tokenizer.vocab_size > config.vocab_size:
             raise EvalError(f"the tokenizer has {self.tokenizer.vocab_size} tokens but the model only "
                             f"{config.vocab_size} embeddings; pass the tokenizer the model was trained with")
-        self.set_num_steps(num_steps)
         self.max_length = config.block_size if max_length in (None, "", "none") else int(max_length)
         if not 2 <= self.max_length <= config.block_size:
             raise EvalError(f"max_length={max_length}: must be in [2, block_size={config.block_size}]")
+        self.set_num_steps(num_steps)
         specials = {"bos_token": self.tok_decode([self.tokenizer.bos_id]) if self.tokenizer.bos_id is not None else "",
                     "eos_token": self.tok_decode([self.tokenizer.eos_id])}
         self.chat = parse_chat(chat_template, system_prompt, self.model_dir, specials)
         self._init_states = self.model.initial_state_table(self.seed)  # per position: batching-independent
         self.reset_steps()
+        if _kept is not None:
+            _kept.append(self)
         self._request_type = "loglikelihood"
 
     # ------------------------------------------------------------------ lm-eval plumbing
@@ -173,7 +179,14 @@ class RecurrentLMEval(TemplateLM):
     def set_num_steps(self, num_steps: Any) -> int:
         """Set (and return) the test-time depth: the cap of core iterations for the request ``num_steps``.
         A sweep calls it once per depth on one loaded model."""
-        self.num_steps = parse_depth(num_steps, self.model.config.mean_recurrence, self.exit_spec)
+        depth = parse_depth(num_steps, self.model.config.mean_recurrence, self.exit_spec)
+        try:
+            check_depth("max_steps" if self.exit_spec.max_steps is not None else "num_steps", depth, self.model.config,
+                        self.max_length, self.batch_size if isinstance(self.batch_size, int) else 1, self.kv_cache,
+                        self.kv_window, self._dtype.itemsize)
+        except ValueError as err:
+            raise EvalError(str(err)) from None
+        self.num_steps = depth
         return self.num_steps
 
     # ------------------------------------------------------------------ steps accounting
@@ -349,3 +362,16 @@ class RecurrentLMEval(TemplateLM):
             record[0] += sum(prompt_steps) + sum(steps[1:])
             record[1] += len(prompt_steps) + len(steps) - 1
         return list(result.texts)
+
+
+@contextlib.contextmanager
+def keep_models() -> Iterator[list["RecurrentLMEval"]]:
+    """Collect the models constructed inside the block, so ``recurrent-lm-eval run`` can record their settings and
+    step counts in the results file (lm-eval records only the model-args string it was given). Outside the block
+    nothing is kept alive."""
+    global _kept
+    _kept = []
+    try:
+        yield _kept
+    finally:
+        _kept = None

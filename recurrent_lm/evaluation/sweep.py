@@ -31,7 +31,9 @@ log = logging.getLogger(__name__)
 PathLike = Union[str, os.PathLike]
 RESULT_PREFIX = "results_r"
 CSV_COLUMNS = ("task", "metric", "filter", "num_steps", "exit", "threshold", "mean_steps_used", "value", "stderr",
-               "source")
+               "higher_is_better", "limit", "source")
+UNBOUNDED = ("perplexity", "bits", "bpb", "loss")
+"""Metrics not on a 0–1 scale (the others are plotted on the whole 0–1 axis)."""
 
 
 def split_depths(value: Union[str, Sequence[Any]]) -> list[Any]:
@@ -103,8 +105,8 @@ def load_rows(paths: Iterable[PathLike]) -> list[dict[str, Any]]:
     files: list[Path] = []
     for p in paths:
         p = Path(p).expanduser()
-        if p.is_dir():
-            files.extend(sorted(p.glob(f"{RESULT_PREFIX}*.json")))
+        if p.is_dir():  # a sweep's results_r<depth>.json, or lm-eval's <model>/results_<time>.json of a single run
+            files.extend(sorted(p.rglob("results_*.json")))
         elif p.is_file():
             files.append(p)
         else:
@@ -114,9 +116,12 @@ def load_rows(paths: Iterable[PathLike]) -> list[dict[str, Any]]:
         data = json.loads(file.read_text())
         info = data.get("recurrent_lm")
         if not info:
-            log.warning("aggregate: %s has no recurrent_lm block (not written by a sweep); skipped", file)
+            log.warning("aggregate: %s has no recurrent_lm block (written neither by recurrent-lm-eval sweep nor by "
+                        "recurrent-lm-eval run); skipped", file)
             continue
+        limit = (data.get("config") or {}).get("limit")
         for task, metrics in sorted(data.get("results", {}).items()):
+            directions = (data.get("higher_is_better") or {}).get(task, {})
             for key, value in metrics.items():
                 if "," not in key or "_stderr" in key or not _is_number(value):
                     continue
@@ -125,7 +130,8 @@ def load_rows(paths: Iterable[PathLike]) -> list[dict[str, Any]]:
                 rows.append({"task": task, "metric": metric, "filter": filt, "num_steps": int(info["num_steps"]),
                              "exit": info.get("exit") or "none", "threshold": info.get("threshold"),
                              "mean_steps_used": info.get("mean_steps_used"), "value": float(value),
-                             "stderr": float(stderr) if _is_number(stderr) else None, "source": str(file)})
+                             "stderr": float(stderr) if _is_number(stderr) else None, "source": str(file),
+                             "higher_is_better": directions.get(metric), "limit": limit})
     if not rows:
         raise EvalError(f"aggregate: no sweep results ({RESULT_PREFIX}<depth>.json with a recurrent_lm block) in "
                         f"{[str(p) for p in paths]}")
@@ -170,8 +176,11 @@ def markdown_table(rows: list[dict[str, Any]]) -> str:
         groups[(row["task"], _setting(row))].append(row)
     for (task, setting), group in sorted(groups.items()):
         depths = sorted({r["num_steps"] for r in group})
-        lines += [f"## {task} ({setting})", "", "| metric | " + " | ".join(f"r={d}" for d in depths) + " |",
-                  "|---|" + "---:|" * len(depths)]
+        limit = group[0].get("limit")
+        lines += [f"## {task} ({setting})", ""]
+        if limit is not None:
+            lines += [f"_Ran with --limit {limit:g}: a subset of the task, not its full score._", ""]
+        lines += ["| metric | " + " | ".join(f"r={d}" for d in depths) + " |", "|---|" + "---:|" * len(depths)]
         if setting != "fixed depth":
             steps = {r["num_steps"]: r["mean_steps_used"] for r in group}
             lines.append("| mean steps used | " + " | ".join(_fmt(steps.get(d)) for d in depths) + " |")
@@ -180,7 +189,8 @@ def markdown_table(rows: list[dict[str, Any]]) -> str:
             label = r["metric"] if r["filter"] == "none" else f"{r['metric']} ({r['filter']})"
             cells[label][r["num_steps"]] = _fmt(r["value"]) + (f" ± {_fmt(r['stderr'])}" if r["stderr"] else "")
         for label, by_depth in cells.items():
-            lines.append(f"| {label} | " + " | ".join(by_depth.get(d, "") for d in depths) + " |")
+            lines.append(f"| {label}{_direction(group, label)} | " + " | ".join(by_depth.get(d, "") for d in depths)
+                         + " |")
         lines.append("")
     return "\n".join(lines)
 
@@ -219,9 +229,14 @@ def plot_metrics(rows: list[dict[str, Any]], x_key: str, path: Path) -> Path:
             if x_key == "num_steps":  # label the depths themselves, not powers of two
                 ax.set_xticks(xs_all, [str(x) for x in xs_all])
                 ax.minorticks_off()
-        ax.set_title(f"{task}: {metric}" + ("" if filt == "none" else f" ({filt})"), fontsize=9)
+        points = [r for pts in lines.values() for r in pts]
+        ax.set_ylim(*y_range(metric, [r["value"] for r in points], [r["stderr"] or 0.0 for r in points]))
+        limit = points[0].get("limit")
+        ax.set_title(f"{task}: {metric}" + ("" if filt == "none" else f" ({filt})")
+                     + ("" if limit is None else f"\n--limit {limit:g} (a subset of the task)"), fontsize=9)
         ax.set_xlabel(x_label, fontsize=8)
-        ax.set_ylabel(metric, fontsize=8)
+        better = points[0].get("higher_is_better")
+        ax.set_ylabel(metric + ("" if better is None else f" ({'higher' if better else 'lower'} is better)"), fontsize=8)
         ax.grid(True, alpha=0.3)
         ax.legend(fontsize=7)
     for ax in list(axes.flat)[len(panels):]:
@@ -230,3 +245,42 @@ def plot_metrics(rows: list[dict[str, Any]], x_key: str, path: Path) -> Path:
     fig.savefig(path, dpi=120)
     plt.close(fig)
     return path
+
+
+def y_range(metric: str, values: Sequence[float], errors: Sequence[float]) -> tuple[float, float]:
+    """The y-axis of a metric's panel: a 0–1 metric (accuracy, exact match) on its whole scale; any other at least
+    ±5% of its largest magnitude around the data, so a 0.3% change does not fill the axis like a cliff."""
+    low = min(v - e for v, e in zip(values, errors))
+    high = max(v + e for v, e in zip(values, errors))
+    if not any(word in metric for word in UNBOUNDED) and 0.0 <= low and high <= 1.0:
+        return -0.02, 1.02
+    span = max(high - low, 0.1 * max(abs(low), abs(high), 1e-12))
+    middle = (low + high) / 2
+    return middle - 0.55 * span, middle + 0.55 * span
+
+
+def _direction(group: list[dict[str, Any]], label: str) -> str:
+    """' (↑ better)' / ' (↓ better)' from lm-eval's higher_is_better for the metric of a table row."""
+    better = next((r["higher_is_better"] for r in group if label.split(" (")[0] == r["metric"]), None)
+    return "" if better is None else (" (↑ better)" if better else " (↓ better)")
+
+
+def record_settings(output_path: PathLike, since: float, lm: Any) -> list[Path]:
+    """Add the ``recurrent_lm`` block (depth, exit settings, mean steps used) to the lm-eval results files written
+    under ``output_path`` since ``since`` (a time.time()): a single ``recurrent-lm-eval run`` then aggregates like
+    a sweep's depth."""
+    from recurrent_lm.model.io import atomic_write
+
+    root = Path(output_path).expanduser()
+    files = [root] if root.is_file() else sorted(root.rglob("results_*.json")) if root.is_dir() else []
+    written = []
+    for file in files:
+        if file.stat().st_mtime < since:
+            continue
+        data = json.loads(file.read_text())
+        data["recurrent_lm"] = {**lm.settings(), **lm.steps_summary(),
+                                "model_args": (data.get("config") or {}).get("model_args")}
+        text = json.dumps(data, indent=2, default=str, ensure_ascii=False)
+        atomic_write(file, lambda tmp, text=text: Path(tmp).write_text(text))
+        written.append(file)
+    return written

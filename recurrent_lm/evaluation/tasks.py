@@ -23,7 +23,6 @@ import json
 import os
 import random
 import re
-from collections import deque
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
@@ -155,91 +154,11 @@ def perplexity_documents(source: str = "shakespeare", max_chars: int = PPL_DOC_C
     return [{"text": doc} for text in perplexity_texts(source) for doc in split_documents(text, max_chars)]
 
 
-_ONSETS = ("b", "br", "d", "dr", "f", "g", "gl", "gr", "j", "k", "l", "m", "n", "p", "pl", "r", "s", "sh", "st",
-           "t", "tr", "v", "w", "y", "z")
-_VOWELS = ("a", "e", "i", "o", "u")
-_CODAS = ("mp", "rp", "lp", "mb", "nd", "rt", "sk")
-_ENTITIES = ("Tom", "Alex", "Sally", "Max", "Rex", "Wren", "Polly", "Sam", "Fae", "Jack", "Stella", "Bob")
-
-
-def concept_names(rng: random.Random, n: int) -> list[str]:
-    """``n`` distinct made-up concept names like 'wumpus', 'brimpus'."""
-    names: set[str] = set()
-    while len(names) < n:
-        names.add(rng.choice(_ONSETS) + rng.choice(_VOWELS) + rng.choice(_CODAS) + "us")
-    return sorted(names, key=lambda _: rng.random())
-
-
-def prosqa_problem(rng: random.Random) -> dict[str, Any]:
-    """One ProsQA-style problem: a random DAG of concepts, 'Is Tom a X or Y?', exactly one reachable.
-
-    Nodes are split into group A (holding the entity's chain to the answer) and group B (holding a chain
-    to the distractor); edges only go from lower to higher rank (so the graph is acyclic) and never from A
-    to B, so nothing in B — the distractor included — is reachable from the entity. The proof (shortest
-    path) has 3 to 6 hops.
-    """
-    while True:
-        n = rng.randint(16, 24)
-        names = concept_names(rng, n)
-        hops, distractor_hops = rng.randint(3, 6), rng.randint(3, 6)
-        chain = list(range(hops + 1))  # answer chain: c0 -> ... -> c_hops
-        other = list(range(hops + 1, hops + 2 + distractor_hops))  # distractor chain
-        rest = list(range(other[-1] + 1, n))
-        group_a = set(chain) | {v for v in rest if rng.random() < 0.5}
-        ranks = {v: rng.random() for v in range(n)}
-        for seq in (chain, other):  # chains must climb in rank
-            for v, r in zip(seq, sorted(ranks[v] for v in seq)):
-                ranks[v] = r
-        edges = {(a, b) for seq in (chain, other) for a, b in zip(seq, seq[1:])}
-        target_edges = int(1.5 * n)
-        attempts = 0
-        while len(edges) < target_edges and attempts < 50 * n:
-            attempts += 1
-            a, b = rng.sample(range(n), 2)
-            if ranks[a] > ranks[b]:
-                a, b = b, a
-            if a in group_a and b not in group_a:
-                continue  # an A -> B edge could make the distractor reachable
-            edges.add((a, b))
-        path = _shortest_path(edges, chain[0], chain[-1])
-        if path is not None and 3 <= len(path) - 1 <= 6:
-            break
-    entity = rng.choice(_ENTITIES)
-    answer, distractor = names[chain[-1]], names[other[-1]]
-    facts = [f"Every {names[a]} is a {names[b]}." for a, b in sorted(edges)] + [f"{entity} is a {names[chain[0]]}."]
-    rng.shuffle(facts)
-    choices = [answer, distractor]
-    rng.shuffle(choices)
-    steps = [f"{entity} is a {names[chain[0]]}."]
-    steps += [f"Every {names[a]} is a {names[b]}." for a, b in zip(path, path[1:])]
-    return {"question": " ".join(facts) + f" Is {entity} a {choices[0]} or {choices[1]}?", "entity": entity,
-            "choices": choices, "label": choices.index(answer), "answer": answer, "steps": steps,
-            "hops": len(path) - 1}
-
-
-def _shortest_path(edges: set[tuple[int, int]], source: int, target: int) -> Optional[list[int]]:
-    children: dict[int, list[int]] = {}
-    for a, b in sorted(edges):
-        children.setdefault(a, []).append(b)
-    parent = {source: source}
-    queue = deque([source])
-    while queue:
-        node = queue.popleft()
-        if node == target:
-            path = [node]
-            while path[-1] != source:
-                path.append(parent[path[-1]])
-            return path[::-1]
-        for child in children.get(node, []):
-            if child not in parent:
-                parent[child] = node
-                queue.append(child)
-    return None
-
-
 def prosqa_problems(n: int, seed: int) -> list[dict[str, Any]]:
-    rng = random.Random(seed)
-    return [prosqa_problem(rng) for _ in range(n)]
+    """``n`` ProsQA multiple-choice rows from the one ProsQA generator (:mod:`recurrent_lm.coconut.prosqa`)."""
+    from recurrent_lm.coconut.prosqa import generate_split
+
+    return [problem.multiple_choice() for problem in generate_split(n, seed, "test")]
 
 
 def arith_problems(n: int, seed: int) -> list[dict[str, Any]]:

@@ -19,7 +19,8 @@ from typing import Optional, Sequence
 from recurrent_lm.errors import ConfigError, report_user_errors
 from recurrent_lm.infer.config import GenerationConfig
 from recurrent_lm.infer.display import depth_text, legend, sparkline, steps_summary, token_pieces
-from recurrent_lm.loop.exit_spec import EXIT_CHOICES, ExitSpec
+from recurrent_lm.infer.depth_bound import check_depth
+from recurrent_lm.loop.exit_spec import EXIT_CHOICES, ExitSpec, resolve_depth
 from recurrent_lm.model.cache import CACHE_STRATEGIES, DEFAULT_KV_WINDOW
 from recurrent_lm.model.io import model_dir_problem
 from recurrent_lm.model.precision import DTYPE_CHOICES, resolve_dtype
@@ -134,6 +135,10 @@ def _run(args: argparse.Namespace) -> int:
         if len(row) > model.config.block_size:
             raise InputError(f"prompt {i + 1} is {len(row)} tokens long, longer than the model context "
                              f"({model.config.block_size} tokens); shorten it")
+    cap = resolve_depth(args.num_steps, model.config.mean_recurrence, spec)
+    check_depth("--max-steps" if spec.max_steps is not None else "--num-steps", cap, model.config,
+                min(max(map(len, ids)) + args.max_new_tokens, model.config.block_size),
+                min(args.batch_size, len(ids)), args.kv_cache, args.kv_window, getattr(torch, args.dtype).itemsize)
 
     console = Console(highlight=False, soft_wrap=True)
     stream = args.batch_size == 1 and not args.no_stream

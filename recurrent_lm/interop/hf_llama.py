@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
-from typing import Any, Mapping, Optional, Sequence
+from typing import Any, Iterable, Mapping, Optional, Sequence
 
 import torch
 from torch import Tensor
@@ -319,3 +319,34 @@ def export_tensor(name: str, state: Mapping[str, Tensor], config: ModelConfig) -
     ours, index, _ = BLOCK_PARTS[rest]
     rows = [llama_shapes(config, 1)[f"model.layers.0.{part}"][0] for part in BLOCK[ours]]
     return state[f"{stack}.{layer}.{ours}"].split(rows, dim=0)[index]
+
+
+class LlamaAdapter:
+    """The :class:`~recurrent_lm.interop.adapter.StateDictAdapter` of the format: ``slices`` of the source's
+    ``n_layers`` become ours on import (dropped layers map to nothing); export writes every layer of ours."""
+
+    def __init__(self, config: ModelConfig, slices: LayerSlices, n_layers: int) -> None:
+        self.config, self.slices, self.n_layers = config, slices, n_layers
+
+    def key_map(self) -> dict[str, tuple[str, ...]]:
+        targets = {name: import_target(name, self.slices) for name in llama_shapes(self.config, self.n_layers)}
+        return {name: () if target is None else (target[0],) for name, target in targets.items()}
+
+    def to_ours(self, theirs: Mapping[str, Tensor]) -> dict[str, Tensor]:
+        """Fused q/k/v and gate/up need all their parts in ``theirs``; a dropped layer's tensors are skipped."""
+        parts: dict[str, dict[int, Tensor]] = {}
+        counts: dict[str, int] = {}
+        for name, tensor in theirs.items():
+            target = import_target(name, self.slices)
+            if target is not None:
+                parts.setdefault(target[0], {})[target[1]] = tensor
+                counts[target[0]] = target[2]
+        incomplete = sorted(ours for ours, got in parts.items() if len(got) != counts[ours])
+        if incomplete:
+            raise FormatError(f"the fused tensors {incomplete} need all their {ARCHITECTURE} parts together")
+        return {ours: got[0] if len(got) == 1 else torch.cat([got[i] for i in range(len(got))])
+                for ours, got in parts.items()}
+
+    def from_ours(self, ours: Mapping[str, Tensor], names: Optional[Iterable[str]] = None) -> dict[str, Tensor]:
+        names = llama_shapes(self.config, self.n_layers) if names is None else names
+        return {name: export_tensor(name, ours, self.config) for name in names}

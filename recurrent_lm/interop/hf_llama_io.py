@@ -20,9 +20,8 @@ import torch
 
 from recurrent_lm.errors import MissingFileError
 from recurrent_lm.interop.errors import FormatError
-from recurrent_lm.interop.hf_llama import (IGNORED, LayerSlices, check_llama, config_from_llama, config_to_llama,
-                                           export_tensor, import_target, llama_shapes, retrofit_adapter,
-                                           source_layers)
+from recurrent_lm.interop.hf_llama import (IGNORED, LayerSlices, LlamaAdapter, check_llama, config_from_llama,
+                                           config_to_llama, llama_shapes, retrofit_adapter, source_layers)
 from recurrent_lm.interop.stream import checkpoint_tensors
 from recurrent_lm.data.tokenizer_dir import TOKENIZER_FILES, copy_tokenizer_files
 from recurrent_lm.model import RecurrentDepthLM
@@ -111,18 +110,22 @@ def _retrofit(directory: Path, source: str, prelude: Optional[str], core: Option
         raise FormatError(f"{directory}: the weights do not match {CONFIG_FILE} (num_hidden_layers={n_layers}, "
                           f"tie_word_embeddings={config.tie_embeddings}): missing {missing[:6]}, unexpected "
                           f"{unexpected[:6]}; copy every shard, or fix config.json")
+    adapter = LlamaAdapter(config, slices, n_layers)
+    fills = adapter.key_map()
+    waiting = {ours: {name for name, targets in fills.items() if ours in targets} for ours in
+               {t for targets in fills.values() for t in targets}}  # our tensor -> the Llama parts it still needs
     state: dict[str, torch.Tensor] = {}
-    parts: dict[str, dict[int, torch.Tensor]] = {}  # fused tensor -> its parts read so far
+    held: dict[str, torch.Tensor] = {}  # parts read, their fused group not complete yet
     for stored in checkpoint_tensors(directory):
-        target = None if stored.name in ignored else import_target(stored.name, slices)
-        if target is None:  # ignored, or a dropped layer's: never read
+        if stored.name in ignored or not fills[stored.name]:  # ignored, or a dropped layer's: never read
             continue
         stored.check_shape(expected[stored.name])
-        ours, index, count = target
-        parts.setdefault(ours, {})[index] = stored.read(dtype)
-        if len(parts[ours]) == count:
-            pieces = parts.pop(ours)
-            state[ours] = pieces[0] if count == 1 else torch.cat([pieces[i] for i in range(count)])
+        held[stored.name] = stored.read(dtype)
+        (ours,) = fills[stored.name]
+        waiting[ours].discard(stored.name)
+        if not waiting[ours]:
+            group = {name: held.pop(name) for name, targets in fills.items() if targets == (ours,)}
+            state.update(adapter.to_ours(group))
     state["adapter.weight"] = retrofit_adapter(config.d_model, state["embed.weight"].dtype)
     return model_from_state(RecurrentDepthLM, config, state, "cpu", f"the converted weights of {directory}")
 
@@ -139,7 +142,9 @@ def save_hf_llama(model: RecurrentDepthLM, directory: Path, max_shard_size: int 
     plan = {name: torch.empty(shape, dtype=dtype, device="meta")
             for name, shape in llama_shapes(config, n_layers).items()}
     raw["torch_dtype"] = str(dtype).removeprefix("torch.")
-    write_weights(directory, plan, max_shard_size, materialize=lambda name: export_tensor(name, state, config))
+    p, c = config.n_prelude, config.n_core
+    adapter = LlamaAdapter(config, LayerSlices((0, p), (p, p + c), (p + c, n_layers)), n_layers)  # every layer, in order
+    write_weights(directory, plan, max_shard_size, materialize=lambda name: adapter.from_ours(state, [name])[name])
     atomic_write(directory / CONFIG_FILE, lambda p: p.write_text(json.dumps(raw, indent=2, sort_keys=True)))
     return directory
 

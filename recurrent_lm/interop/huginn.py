@@ -14,7 +14,7 @@ This module is pure mapping (no I/O): :mod:`recurrent_lm.interop.huginn_io` stre
 
 from __future__ import annotations
 
-from typing import Any, Mapping
+from typing import Any, Iterable, Mapping, Optional
 
 import torch
 from torch import Tensor
@@ -24,8 +24,13 @@ from recurrent_lm.model.config import ModelConfig
 
 MODEL_TYPE = "huginn_raven"
 ARCHITECTURES = ["RavenForCausalLM"]
-AUTO_MAP = {"AutoConfig": "raven_config_minimal.RavenConfig",
-            "AutoModelForCausalLM": "raven_modeling_minimal.RavenForCausalLM"}
+REMOTE_CODE_REPO = "tomg-group-umd/huginn-0125"
+"""The published model repository holding the format's remote code (raven_config_minimal.py, raven_modeling_minimal.py)."""
+AUTO_MAP = {"AutoConfig": f"{REMOTE_CODE_REPO}--raven_config_minimal.RavenConfig",
+            "AutoModelForCausalLM": f"{REMOTE_CODE_REPO}--raven_modeling_minimal.RavenForCausalLM"}
+"""``repo--module.Class``: transformers (``trust_remote_code=True``) fetches the code from the published repository,
+so an export needs no .py files beside it. Offline: copy the two files into the directory and drop the prefix
+(docs/interop.md)."""
 ROPE_TABLE = "freqs_cis"
 """The saved RoPE buffer: recomputed on our side, so checked on import and never loaded."""
 
@@ -210,6 +215,32 @@ def export_tensor(name: str, state: Mapping[str, Tensor], config: ModelConfig) -
         pair = torch.stack((state[f"{ours}.attn.q_bias"], state[f"{ours}.attn.k_bias"]))  # (2, heads, 1, hd)
         return pair.transpose(1, 2)[..., inverse].contiguous()
     return state[f"{ours}.{BLOCK_RENAMES_INV[rest]}"]
+
+
+class HuginnAdapter:
+    """The :class:`~recurrent_lm.interop.adapter.StateDictAdapter` of the format for one ``config``."""
+
+    def __init__(self, config: ModelConfig) -> None:
+        self.config = config
+
+    def key_map(self) -> dict[str, tuple[str, ...]]:
+        return {name: self._targets(name) for name in huginn_shapes(self.config)}
+
+    def _targets(self, name: str) -> tuple[str, ...]:
+        if name in TOP_RENAMES_INV:
+            return (TOP_RENAMES_INV[name],)
+        ours, rest = _our_block_prefix(name)
+        if rest == "attn.Wqkv.weight":
+            return (f"{ours}.attn.qkv.weight",)
+        if rest == "attn.qk_bias":
+            return (f"{ours}.attn.q_bias", f"{ours}.attn.k_bias")
+        return (f"{ours}.{BLOCK_RENAMES_INV[rest]}",)
+
+    def to_ours(self, theirs: Mapping[str, Tensor]) -> dict[str, Tensor]:
+        return {k: v for name, tensor in theirs.items() for k, v in import_tensor(name, tensor, self.config).items()}
+
+    def from_ours(self, ours: Mapping[str, Tensor], names: Optional[Iterable[str]] = None) -> dict[str, Tensor]:
+        return {name: export_tensor(name, ours, self.config) for name in (self.key_map() if names is None else names)}
 
 
 def _our_block_prefix(name: str) -> tuple[str, str]:

@@ -17,8 +17,8 @@ import torch
 
 from recurrent_lm.errors import MissingFileError
 from recurrent_lm.interop.errors import FormatError
-from recurrent_lm.interop.huginn import (ROPE_TABLE, config_from_huginn, config_to_huginn, export_tensor, huginn_shapes,
-                                         import_tensor, rope_table, rope_table_problem)
+from recurrent_lm.interop.huginn import (ROPE_TABLE, HuginnAdapter, config_from_huginn, config_to_huginn, huginn_shapes,
+                                         rope_table, rope_table_problem)
 from recurrent_lm.interop.stream import checkpoint_tensors
 from recurrent_lm.data.tokenizer_dir import copy_tokenizer_files
 from recurrent_lm.model import ModelConfig, RecurrentDepthLM
@@ -49,6 +49,7 @@ def load_huginn(directory: Path, dtype: Optional[torch.dtype] = None) -> Recurre
     directory = Path(directory)
     config = read_huginn_config(directory)
     expected = huginn_shapes(config)
+    adapter = HuginnAdapter(config)
     state: dict[str, torch.Tensor] = {}
     found: set[str] = set()
     for stored in checkpoint_tensors(directory):
@@ -61,7 +62,7 @@ def load_huginn(directory: Path, dtype: Optional[torch.dtype] = None) -> Recurre
             log.warning("%s: %s ignored, tie_embeddings is true (the head is the embedding)", path, name)
             continue
         stored.check_shape(expected[name])
-        state.update(import_tensor(name, stored.read(dtype), config))
+        state.update(adapter.to_ours({name: stored.read(dtype)}))  # one tensor at a time: no fused groups here
         found.add(name)
     missing = sorted(set(expected) - found)
     if missing:
@@ -97,8 +98,10 @@ def save_huginn(model: RecurrentDepthLM, directory: Path, max_shard_size: int | 
     plan[ROPE_TABLE] = rope_table(config).to("meta")
     raw["torch_dtype"] = str(dtype).removeprefix("torch.")
 
+    adapter = HuginnAdapter(config)
+
     def build(name: str) -> torch.Tensor:
-        return rope_table(config) if name == ROPE_TABLE else export_tensor(name, state, config)
+        return rope_table(config) if name == ROPE_TABLE else adapter.from_ours(state, [name])[name]
 
     write_weights(directory, plan, max_shard_size, materialize=build)
     atomic_write(directory / CONFIG_FILE, lambda p: p.write_text(json.dumps(raw, indent=2, sort_keys=True)))

@@ -9,16 +9,19 @@ entropy, argmax) must decode the state to logits at every check, which is why th
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from typing import Callable, Optional
+from typing import Any, Callable, Optional
 
 import torch
 from torch import Tensor
 
 from recurrent_lm.errors import ConfigError
+from recurrent_lm.loop.compaction import Subset
 from recurrent_lm.loop.exit_settings import checked_bounds
 
-Readout = Callable[[Tensor], Tensor]
-"""Maps a state (*elements, H) to next-token logits (*elements, V)."""
+Readout = Callable[..., Tensor]
+"""``readout(state)`` maps a state (*elements, H) to next-token logits (*elements, V); under compaction
+``readout(part, subset)`` decodes a gathered (B', M, H) sub-batch of the elements in ``subset``
+(:class:`recurrent_lm.loop.compaction.Subset`) to (B', M, V)."""
 
 
 class ExitCriterion(ABC):
@@ -26,6 +29,9 @@ class ExitCriterion(ABC):
 
     name: str = ""
     needs_readout: bool = False
+    needs_delta: bool = True
+    """Whether :meth:`converged` reads the relative latent change (else the loop passes None and saves
+    computing it every step: the learned and output-based criteria look at other things)."""
 
     def __init__(self, threshold: float, min_steps: int = 1, max_steps: Optional[int] = None) -> None:
         # The same checks (and messages) as ExitSpec's, from the module both use.
@@ -41,16 +47,21 @@ class ExitCriterion(ABC):
         criteria need no axis; see :class:`Convergence` for the ones that do."""
         self.sequence_axis = sequence_axis
 
-    @abstractmethod
-    def converged(self, prev: Tensor, new: Tensor, delta: Tensor,
-                  readout: Optional[Readout]) -> tuple[Tensor, int]:
-        """Return (bool mask over elements, number of readout calls made)."""
+    def attach(self, model: Any) -> None:
+        """Take what the criterion needs from the model it will run in (see :class:`LearnedExit`)."""
 
-    def _readout(self, readout: Optional[Readout], state: Tensor) -> Tensor:
+    @abstractmethod
+    def converged(self, prev: Tensor, new: Tensor, delta: Optional[Tensor], readout: Optional[Readout],
+                  subset: Optional[Subset] = None) -> tuple[Tensor, int]:
+        """Return (bool mask over elements, number of readout calls made). ``subset``: the elements this step
+        computed under compaction (None: all); a decision about the others is ignored by the loop, so
+        criteria that pay per element (a readout) decode the subset only."""
+
+    def _readout(self, readout: Optional[Readout], state: Tensor, subset: Optional[Subset] = None) -> Tensor:
         if readout is None:
             raise ConfigError(f"exit criterion '{self.name}' decodes the state to logits at each check, "
                              "but the loop was given no readout; pass readout= to unroll")
-        return readout(state).float()
+        return (readout(state) if subset is None else readout(subset.gather(state), subset)).float()
 
 
 class Convergence(ExitCriterion):
@@ -86,7 +97,7 @@ class Convergence(ExitCriterion):
                              "use 'convergence', which decides per element")
         super().bind(sequence_axis)
 
-    def converged(self, prev, new, delta, readout):
+    def converged(self, prev, new, delta, readout, subset=None):
         still = delta < self.threshold  # (*elements)
         if self.scope == "token":
             return still, 0
@@ -112,16 +123,19 @@ class _OutputCriterion(ExitCriterion):
     """Shared memory handling for criteria that compare successive output distributions."""
 
     needs_readout = True
+    needs_delta = False
 
     def reset(self) -> None:
         self._prev_logprobs: Optional[Tensor] = None
 
-    def converged(self, prev, new, delta, readout):
+    def converged(self, prev, new, delta, readout, subset=None):
         calls = 0
         if self._prev_logprobs is None:
             self._prev_logprobs = torch.log_softmax(self._readout(readout, prev), dim=-1)
             calls += 1
-        logprobs = torch.log_softmax(self._readout(readout, new), dim=-1)  # (*elements, V)
+        logprobs = torch.log_softmax(self._readout(readout, new, subset), dim=-1)  # (*elements | B', M, V)
+        if subset is not None:  # the others exited: their memory stays, their decision is ignored
+            logprobs = subset.scatter(self._prev_logprobs, logprobs)
         calls += 1
         done = self._compare(self._prev_logprobs, logprobs)
         self._prev_logprobs = logprobs
@@ -169,9 +183,43 @@ class ArgmaxStable(_OutputCriterion):
         return self._stable >= max(1, int(self.threshold))
 
 
+class LearnedExit(ExitCriterion):
+    """Ouro's learned exit: a gate on the state after each step gives λ_t, the probability of exiting there;
+    an element exits once the exit distribution's CDF 1 − ∏_{j ≤ t}(1 − λ_j) reaches ``threshold``.
+
+    The gate is the model's (:meth:`attach` takes ``model.exit_logit``, which refuses a model without a gate);
+    it costs one norm and a dot product per element and step, far below a readout.
+    """
+
+    name = "learned"
+    needs_delta = False
+
+    def __init__(self, threshold: float, min_steps: int = 1, max_steps: Optional[int] = None) -> None:
+        super().__init__(threshold, min_steps=min_steps, max_steps=max_steps)
+        if not 0 < self.threshold <= 1:
+            raise ConfigError(f"threshold={self.threshold!r} is not a probability; exit=learned stops a token once "
+                             "its exit probability so far reaches the threshold: give a value in (0, 1], e.g. 0.9")
+        self._logit: Optional[Callable[[Tensor], Tensor]] = None
+
+    def attach(self, model: Any) -> None:
+        model.require_exit_gate()  # refuses a model without one, by name
+        self._logit = model.exit_logit
+
+    def reset(self) -> None:
+        self._survival: Optional[Tensor] = None  # ∏ (1 − λ_j) so far, per element
+
+    def converged(self, prev, new, delta, readout, subset=None):
+        if self._logit is None:
+            raise ValueError("exit=learned runs the model's exit gate: pass the criterion to the model's forward "
+                             "(it attaches the gate), not to a bare loop")
+        survival = self._survival if self._survival is not None else new.new_ones(new.shape[:-1], dtype=torch.float32)
+        self._survival = survival * torch.sigmoid(-self._logit(new))  # 1 − λ = σ(−logit); (*elements)
+        return 1 - self._survival >= self.threshold, 0
+
+
 CRITERIA: dict[str, type[ExitCriterion]] = {
     c.name: c for c in (Convergence, CausalConvergence, SequenceConvergence, KLDivergence, EntropyChange,
-                        ArgmaxStable)
+                        ArgmaxStable, LearnedExit)
 }
 DEFAULT_THRESHOLDS = {"convergence": 0.03, "causal_convergence": 0.03, "sequence_convergence": 0.03,
-                      "kl": 5e-4, "entropy": 1e-3, "argmax": 4}
+                      "kl": 5e-4, "entropy": 1e-3, "argmax": 4, "learned": 0.9}

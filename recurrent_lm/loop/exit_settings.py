@@ -22,6 +22,8 @@ def checked_bounds(threshold: Optional[Any], min_steps: Any, max_steps: Optional
         threshold = number("threshold", threshold, float, fix)
         if threshold < 0:
             raise invalid("threshold", threshold, "is negative", fix)
+        if math.isinf(threshold):  # every token would pass the test at its first step: no depth at all
+            raise invalid("threshold", threshold, "is infinite (every token would exit after one step)", fix)
     min_steps = steps("min_steps", min_steps, "iterations before the criterion is consulted")
     if max_steps is not None:
         max_steps = steps("max_steps", max_steps, "the most iterations a token may use; none = num_steps")

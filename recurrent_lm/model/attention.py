@@ -21,6 +21,7 @@ from recurrent_lm.model.config import ModelConfig
 from recurrent_lm.model.rope import apply_rope
 
 if TYPE_CHECKING:
+    from recurrent_lm.loop.compaction import Subset
     from recurrent_lm.model.cache import CacheView
 
 
@@ -36,6 +37,23 @@ class AttnContext:
     sin: Tensor  # (B|1, 1, T, D/2)
     mask: Optional[Tensor]
     cache: Optional["CacheView"] = None
+
+    def select(self, subset: "Subset") -> "AttnContext":
+        """The context of a compacted step over ``subset``'s (B', M) queries: their RoPE angles and mask rows
+        (an explicit mask, since the queries are no longer a causal block), and the cache serving every
+        key of their rows — the only place the other tokens' K/V can come from."""
+        if self.cache is None:
+            raise ValueError("a compacted step needs a KV cache for the keys of the tokens it skips; "
+                             "run it with past_key_values (the model adds a throwaway one under exit)")
+        cos = subset.gather(self.cos.squeeze(1)).unsqueeze(1)  # (B', 1, M, D/2)
+        sin = subset.gather(self.sin.squeeze(1)).unsqueeze(1)
+        if self.mask is None:  # plain causal over the T new tokens, no past: key column <= query position
+            keys = torch.arange(subset.mask.shape[1], device=subset.index.device)
+            mask = keys[None, None, :] <= subset.index[:, :, None]  # (B', M, T)
+        else:
+            mask = subset.gather(self.mask.squeeze(1))  # (B', M, S)
+        return AttnContext(cos=cos, sin=sin, mask=mask.unsqueeze(1),
+                           cache=self.cache.cache.view(active=subset, read_only=self.cache.read_only))
 
 
 def check_backend(name: str) -> None:

@@ -8,17 +8,24 @@ tokens exited in an earlier forward and for exited tokens inside a batch (``Cach
 a slot that already holds an entry of the exited token from this forward (a reused compressed or
 latest slot) keeps it. Either way the cache ends up as if the loop had stopped when the token
 exited, which is what makes batched decoding with per-token exit equal to one-by-one decoding.
+
+Under compaction (:class:`recurrent_lm.loop.compaction.Subset`) a core iteration computes K/V for the
+active tokens only; the others' entries are exactly the ones the masked computation would keep (their
+latest, or the slot's entry of this forward), so the two give the same cache and the same attention.
+Read-only updates (exit criteria's readouts through the coda) likewise keep each new token's newest
+readout K/V, which a compacted readout serves for the tokens it skips.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Optional
+from typing import Optional, Union
 
 import torch
 from torch import Tensor
 
 from recurrent_lm.errors import ConfigError
+from recurrent_lm.loop.compaction import Subset
 
 CACHE_STRATEGIES = ("full", "compressed", "latest")
 DEFAULT_KV_WINDOW = 4
@@ -41,8 +48,9 @@ class RecurrentKVCache:
         self._store: dict[tuple, KV] = {}
         self._pending: dict[int, KV] = {}  # core layer -> K/V of the newest iteration in this forward
         self._written: set[tuple] = set()
+        self._readout: dict[tuple, KV] = {}  # non-core slot -> newest read-only K/V of this forward's tokens
 
-    def view(self, active: Optional[Tensor] = None, read_only: bool = False) -> "CacheView":
+    def view(self, active: Optional[Union[Tensor, Subset]] = None, read_only: bool = False) -> "CacheView":
         return CacheView(self, active, read_only)
 
     def slot_key(self, slot: tuple) -> tuple:
@@ -51,12 +59,27 @@ class RecurrentKVCache:
         _, iteration, layer = slot
         return ("core", iteration if self.n_slots is None else iteration % self.n_slots, layer)
 
-    def update(self, slot: tuple, k: Tensor, v: Tensor, active: Optional[Tensor], read_only: bool) -> KV:
+    def update(self, slot: tuple, k: Tensor, v: Tensor, active: Optional[Union[Tensor, Subset]],
+               read_only: bool) -> KV:
+        """Store the new tokens' K/V of ``slot`` and return (K, V) over past + new tokens, (B, Hkv, S, D); under
+        a :class:`Subset` ``k``/``v`` hold its (B', Hkv, M, D) tokens and the result its B' rows."""
         key = self.slot_key(slot)
+        subset = active if isinstance(active, Subset) else None
         if slot[0] == "core":
             layer = slot[2]
             latest = (k, v)
-            if active is not None and layer in self._pending:
+            if subset is not None:
+                if layer not in self._pending:
+                    raise RuntimeError("a compacted core iteration needs a full one before it in this forward "
+                                       "(the first iteration computes every token)")
+                pending_k, pending_v = self._pending[layer]
+                latest = (subset.scatter_heads(pending_k, k), subset.scatter_heads(pending_v, v))
+                if key in self._written:  # as below: an exited token keeps this forward's entry of the slot
+                    held_k, held_v = (t[:, :, self.length:] for t in self._store[key])
+                    k, v = subset.scatter_heads(held_k, k), subset.scatter_heads(held_v, v)
+                else:
+                    k, v = latest
+            elif active is not None and layer in self._pending:
                 keep = active[:, None, :, None]  # (B, 1, T, 1): exited tokens keep their latest K/V
                 pending_k, pending_v = self._pending[layer]
                 latest = (torch.where(keep, k, pending_k), torch.where(keep, v, pending_v))
@@ -70,11 +93,20 @@ class RecurrentKVCache:
                     k, v = latest
             if not read_only:
                 self._pending[layer] = latest
+        elif read_only:
+            if subset is not None:
+                if key not in self._readout:
+                    raise RuntimeError("a compacted readout needs a full one before it in this forward")
+                held_k, held_v = self._readout[key]
+                k, v = subset.scatter_heads(held_k, k), subset.scatter_heads(held_v, v)
+            self._readout[key] = (k, v)
         past = self._past(key)
         full_k, full_v = (k, v) if past is None else (torch.cat((past[0], k), 2), torch.cat((past[1], v), 2))
         if not read_only:
             self._store[key] = (full_k, full_v)
             self._written.add(key)
+        if subset is not None and subset.rows.numel() < full_k.shape[0]:
+            return full_k[subset.rows], full_v[subset.rows]
         return full_k, full_v
 
     def _past(self, key: tuple) -> Optional[KV]:
@@ -104,6 +136,7 @@ class RecurrentKVCache:
         self.length += new_tokens
         self._pending.clear()
         self._written.clear()
+        self._readout.clear()
 
     def select_rows(self, rows: Tensor) -> None:
         """Keep only batch rows ``rows`` (a 1-D index tensor), e.g. to drop finished sequences.
@@ -126,7 +159,7 @@ class CacheView:
     """The cache as one forward (or one core iteration of it) sees it."""
 
     cache: RecurrentKVCache
-    active: Optional[Tensor] = None  # (B, T) bool, core iterations only
+    active: Optional[Union[Tensor, Subset]] = None  # (B, T) bool or a compacted step's Subset
     read_only: bool = False  # exit-criterion readouts must not write coda entries
 
     def update(self, slot: tuple, k: Tensor, v: Tensor) -> KV:

@@ -86,11 +86,16 @@ def save_model_dir(model: "RecurrentDepthLM", directory: Path, max_shard_size: i
     A tied head is stored once, as ``embed.weight``. Weights first, config.json last: the small file is the
     commit, so a failed export never pairs a new config.json with old or missing weights.
     """
+    from recurrent_lm.model.exit_gate import GATE_PREFIX, save_gate
+
     make_writable_dir(directory)
     state = {k: v.detach().contiguous() for k, v in model.state_dict().items()}
     if model.config.tie_embeddings:
         state.pop("lm_head.weight")
+    gate = {k: state.pop(k) for k in [k for k in state if k.startswith(GATE_PREFIX)]}
     write_weights(directory, state, max_shard_size)
+    if gate:  # its own file: the LM's weights stay those of the model the gate was trained on
+        save_gate(gate, directory)
     config = json.dumps(model.config.to_dict(), indent=2, sort_keys=True)
     atomic_write(directory / CONFIG_FILE, lambda p: p.write_text(config))
     return directory
@@ -180,7 +185,12 @@ def load_model_dir(cls: type, directory: Path, map_location: str, overrides: dic
         except (SafetensorError, OSError) as err:
             raise ConfigError(f"{path} is corrupt or not a safetensors file ({err}); "
                              "re-export the model from its run directory") from err
-    return model_from_state(cls, config, state, map_location, f"the weights in {directory}")
+    model = model_from_state(cls, config, state, map_location, f"the weights in {directory}")
+    from recurrent_lm.model.exit_gate import has_gate, load_gate
+
+    if has_gate(directory):
+        model.exit_gate = load_gate(directory, config.d_model, map_location).to(next(model.parameters()).dtype)
+    return model
 
 
 def model_from_state(cls: type, config: ModelConfig, state: dict[str, torch.Tensor], map_location: str,

@@ -25,15 +25,20 @@ from torch import Tensor, nn
 
 from recurrent_lm.errors import ConfigError
 from recurrent_lm.loop import DepthRequest, ExitCriterion, LoopStats, resolve_depth, unroll
+from recurrent_lm.loop.compaction import Subset
 from recurrent_lm.model.attention import AttnContext, check_backend
 from recurrent_lm.model.block import Block
 from recurrent_lm.model.cache import RecurrentKVCache
 from recurrent_lm.model.config import ModelConfig
 from recurrent_lm.model.context import attention_context
+from recurrent_lm.model.exit_gate import ExitGate
 from recurrent_lm.model.norm import RMSNorm
 from recurrent_lm.model.rope import rope_tables
 
 NumSteps = Union[DepthRequest, tuple[int, int]]
+COMPACT_FILL = 0.5
+"""Default of ``compact_exits``: compaction pays once at most half the batch is left (benchmarks/adaptive.py's
+table: near-full sub-batches cost 1.1-1.4x the masked step on CPU, half-full ones 0.77-1.06x)."""
 IGNORE_INDEX = -100
 """Label of positions that carry no loss (cross_entropy's ignore_index); the one definition."""
 
@@ -57,6 +62,8 @@ class RecurrentLMOutput:
     stats: Optional[LoopStats]
     depth_logits: dict[int, Tensor] = field(default_factory=dict)
     """r -> (B, T, V) logits after r core iterations, for each r of ``readout_depths``."""
+    depth_states: dict[int, Tensor] = field(default_factory=dict)
+    """r -> (B, T, H) core state after r iterations, for each r of ``readout_depths`` (what the exit gate reads)."""
 
 
 def next_token_loss(logits: Tensor, labels: Tensor) -> Tensor:
@@ -84,6 +91,14 @@ class RecurrentDepthLM(nn.Module):
         cos, sin = rope_tables(config.head_dim, config.block_size, config.rope_theta, config.rope_scaling)
         self.register_buffer("rope_cos", cos, persistent=False)  # (block_size, D/2)
         self.register_buffer("rope_sin", sin, persistent=False)
+        self.compact_exits = COMPACT_FILL
+        """Under an exit criterion, run a core iteration on the still-active tokens only (compaction, same
+        result as masking) when their padded sub-batch is at most this fraction of the batch (unroll's
+        ``compact``; 0 = always mask). A runtime setting, not architecture: benchmarks set it to compare.
+        The flash backend takes causal masks only, so it always masks."""
+        self.exit_gate: Optional[ExitGate] = None
+        """The learned exit gate (``exit=learned``), when the model directory holds one; see
+        :mod:`recurrent_lm.model.exit_gate`. Not part of the architecture: it is trained after the LM."""
         self.reset_parameters()
 
     # ------------------------------------------------------------------ init
@@ -168,14 +183,29 @@ class RecurrentDepthLM(nn.Module):
         return x
 
     def core_step(self, state: Tensor, e: Tensor, ctx: AttnContext, iteration: int,
-                  active: Optional[Tensor] = None) -> Tensor:
-        """One iteration of the recurrent block: inject e, run the core layers. (B, T, H) -> (B, T, H)."""
-        x = self.adapter(torch.cat((state, e), dim=-1)) if self.adapter is not None else state + e
-        if ctx.cache is not None:
+                  active: Optional[Union[Tensor, Subset]] = None) -> Tensor:
+        """One iteration of the recurrent block: inject e, run the core layers. (B, T, H) -> (B, T, H); under
+        compaction ``active`` is a :class:`Subset` and ``state`` its gathered (B', M, H) tokens."""
+        if isinstance(active, Subset):
+            e, ctx = active.gather(e), ctx.select(active)  # (B', M, H)
+        elif ctx.cache is not None:
             ctx = replace(ctx, cache=ctx.cache.cache.view(active=active))
+        x = self.adapter(torch.cat((state, e), dim=-1)) if self.adapter is not None else state + e
         for i, block in enumerate(self.core):
             x = block(x, ctx, ("core", iteration, i))
         return x
+
+    def require_exit_gate(self) -> ExitGate:
+        """The learned exit gate, or the refusal of ``exit=learned`` on a model without one."""
+        if self.exit_gate is None:
+            raise ConfigError("exit=learned needs a learned exit gate, and this model has none (no "
+                             "exit_gate.safetensors in its directory); train one with `recurrent-lm-train exitgate=stage2 model=pretrained "
+                             "init_from=<model dir>`, or choose another exit")
+        return self.exit_gate
+
+    def exit_logit(self, state: Tensor) -> Tensor:
+        """(*, H) state -> (*,) the exit gate's logit on the normalised state (λ = σ of it), fp32."""
+        return self.require_exit_gate()(self.norm(state)).float()
 
     def decode_hidden(self, state: Tensor, ctx: AttnContext) -> Tensor:
         """(B, T, H) final state -> (B, T, H) last hidden state: norm (if norm_before_coda), coda, norm. The LM
@@ -218,6 +248,8 @@ class RecurrentDepthLM(nn.Module):
         x = self.embed_tokens(input_ids) if inputs_embeds is None else inputs_embeds  # (B, T, H)
         batch, seq, _ = x.shape
         n_no_grad, n_grad = self.resolve_steps(num_steps)
+        if exit_criterion is not None:
+            exit_criterion.attach(self)  # a criterion that needs the model's parts (the gate) takes or refuses them
         cache = past_key_values
         if cache is None and exit_criterion is not None:
             # An exited token must keep serving its latest K/V to later iterations, exactly as in
@@ -233,8 +265,11 @@ class RecurrentDepthLM(nn.Module):
         if wanted and not 1 <= min(wanted) <= max(wanted) <= n_no_grad + n_grad:
             raise ConfigError(f"readout_depths={sorted(wanted)}: each must be in 1..{n_no_grad + n_grad} (num_steps)")
         depth_logits: dict[int, Tensor] = {}
+        depth_states: dict[int, Tensor] = {}
 
         def read_depth(steps: int, state: Tensor) -> None:
+            if steps in wanted:
+                depth_states[steps] = state
             if steps in wanted and steps < n_no_grad + n_grad:  # the last depth is the final decode below
                 depth_logits[steps] = self.decode(state, readout_ctx)
 
@@ -246,13 +281,15 @@ class RecurrentDepthLM(nn.Module):
             checkpoint=self.training and self.checkpoint_iterations,
             criterion=exit_criterion,
             sequence_axis=1,  # the state is (B, T, H): tokens run along axis 1
-            readout=lambda s: self.decode(s, readout_ctx),
+            readout=lambda s, subset=None: self.decode(s, readout_ctx.select(subset) if subset else readout_ctx),
+            compact=self.compact_exits if exit_criterion is not None and self.config.attn_backend != "flash" else 0.0,
             record_stats=record_stats,
             observe=read_depth if wanted else None,
         )
         hidden = self.decode_hidden(loop.state, ctx)
         logits = self.lm_head(hidden)
         depth_logits.update({r: logits for r in wanted - depth_logits.keys()})
+        depth_states.update({r: loop.state for r in wanted - depth_states.keys()})
         if past_key_values is not None:
             past_key_values.commit(seq)
         loss = None
@@ -260,7 +297,8 @@ class RecurrentDepthLM(nn.Module):
             loss = next_token_loss(logits, labels)
         return RecurrentLMOutput(logits=logits, loss=loss, state=loop.state, hidden=hidden, steps_used=loop.steps_used,
                                  num_steps=(n_no_grad, n_grad), readouts=loop.readouts, stats=loop.stats,
-                                 depth_logits=dict(sorted(depth_logits.items())))
+                                 depth_logits=dict(sorted(depth_logits.items())),
+                                 depth_states=dict(sorted(depth_states.items())))
 
     # ------------------------------------------------------------------ persistence
     def save_pretrained(self, directory: Union[str, os.PathLike]) -> Path:

@@ -21,7 +21,7 @@ from recurrent_lm.reasoning.evaluate import ReasoningReport, evaluate, save_repo
 from recurrent_lm.train.app import Built, register_app
 from recurrent_lm.train.export import export_model
 from recurrent_lm.train.pretrain import language_module
-from recurrent_lm.train.run_dir import EXPORT_DIR
+from recurrent_lm.train.run_dir import EXPORT_DIR, Resume
 from recurrent_lm.train.schema import TrainConfig
 
 REPORT_FILE = "reasoning_eval.md"
@@ -46,14 +46,16 @@ class ReasoningApp:
     key: ClassVar[str] = "task"
     config_class: ClassVar[type] = TaskConfig
     default: ClassVar[bool] = False
+    reads: ClassVar[tuple[str, ...]] = ()
+    own_init_from: ClassVar[bool] = False
 
-    def build(self, cfg: TrainConfig, run_dir: Path, resuming: bool) -> Built:
+    def build(self, cfg: TrainConfig, run_dir: Path, resume: Resume) -> Built:
         task: TaskConfig = getattr(cfg, self.key)
         datamodule = ReasoningDataModule(task, batch_size=cfg.trainer.micro_batch_size,
                                          block_size=cfg.model.block_size, seed=cfg.seed)
         datamodule.prepare_data()
         datamodule.setup("fit")
-        return Built(datamodule, language_module(cfg, resuming), None)
+        return Built(datamodule, language_module(cfg, resume), None)
 
     def callbacks(self, cfg: TrainConfig) -> list[L.Callback]:
         return []
@@ -61,9 +63,9 @@ class ReasoningApp:
     def batch_positions(self, batch: Any) -> int:
         return batch["input_ids"].numel()
 
-    def after_fit(self, cfg: TrainConfig, model: nn.Module, built: Built, run_dir: Path) -> TaskReport:
+    def after_fit(self, cfg: TrainConfig, model: nn.Module, built: Built, run_dir: Path, step: int) -> TaskReport:
         task: TaskConfig = getattr(cfg, self.key)
-        export = export_model(model, run_dir, run_dir / EXPORT_DIR) if cfg.export else None
+        export = export_model(model, run_dir, run_dir / EXPORT_DIR, step, "the end of training") if cfg.export else None
         if export is not None:
             save_task(task, export)
         report = evaluate(model, task, seed=cfg.seed)

@@ -26,9 +26,11 @@ from rich.console import Console
 from torch import nn
 
 from recurrent_lm.errors import ConfigError
+from recurrent_lm.train.run_dir import Resume
 from recurrent_lm.train.schema import TrainConfig
 
-BUILTIN_APPS = ("recurrent_lm.train.pretrain", "recurrent_lm.reasoning.app", "recurrent_lm.coconut.app")
+BUILTIN_APPS = ("recurrent_lm.train.pretrain", "recurrent_lm.reasoning.app", "recurrent_lm.coconut.app",
+                "recurrent_lm.exitgate.app")
 """Modules whose import registers the apps that ship with recurrent_lm."""
 ENTRY_POINT_GROUP = "recurrent_lm.apps"
 
@@ -57,9 +59,16 @@ class App(Protocol):
     """The dataclass of that group: the hydra schema its YAML files are checked against."""
     default: ClassVar[bool]
     """True for the one app that runs when no other app's group is set (pretraining)."""
+    reads: ClassVar[tuple[str, ...]]
+    """Other apps' config groups this app takes its data from (the exit gate trains on pretraining's corpus or a
+    reasoning task): kept in the run's config, and not counted as a second app."""
+    own_init_from: ClassVar[bool]
+    """True when the app reads ``init_from`` itself (Coconut's exports); else the run takes init_from's
+    architecture into ``model`` before building."""
 
-    def build(self, cfg: TrainConfig, run_dir: Path, resuming: bool) -> Built:
-        """Data module (prepared and set up for fit) and module; ``resuming``: weights come from the checkpoint."""
+    def build(self, cfg: TrainConfig, run_dir: Path, resume: Resume) -> Built:
+        """Data module (prepared and set up for fit) and module; when ``resume`` has a checkpoint, weights come
+        from it, and the app checks its data and tokenizer against the checkpoint's before writing anything."""
 
     def callbacks(self, cfg: TrainConfig) -> list[L.Callback]:
         """Callbacks beyond the shared ones (checkpoints, preemption, throughput, lr)."""
@@ -67,8 +76,10 @@ class App(Protocol):
     def batch_positions(self, batch: Any) -> int:
         """Token positions a batch carries: the throughput monitor's tokens/s."""
 
-    def after_fit(self, cfg: TrainConfig, model: nn.Module, built: Built, run_dir: Path) -> Optional[AppReport]:
-        """Rank 0, after a fit that was not preempted: export, evaluate; the report is printed at the end."""
+    def after_fit(self, cfg: TrainConfig, model: nn.Module, built: Built, run_dir: Path,
+                  step: int) -> Optional[AppReport]:
+        """Rank 0, after a fit of ``step`` steps that was not preempted: export, evaluate; the report is printed
+        at the end."""
 
 
 APPS: dict[str, type[App]] = {}
@@ -94,6 +105,8 @@ def selected_key(cfg: Any) -> str:
     """The config key of the app a composed config runs: the one non-default app whose group is set, else the
     default app. Two non-default groups at once are refused by name."""
     chosen = [key for key, cls in APPS.items() if not cls.default and getattr(cfg, key, None) is not None]
+    read = {group for key in chosen for group in APPS[key].reads}
+    chosen = [key for key in chosen if key not in read]  # a group another chosen app reads is its data
     if len(chosen) > 1:
         raise ConfigError(f"{' and '.join(f'{k}=' for k in chosen)} are all set; a run trains one app "
                           f"(set all but one to null, e.g. {chosen[1]}=null)")
@@ -105,6 +118,9 @@ def selected_key(cfg: Any) -> str:
 def register_configs() -> type:
     """Store the root schema, :class:`TrainConfig` + one optional field per registered app typed by its config
     class, in hydra's ConfigStore as ``base_config``; returns it."""
+    from recurrent_lm.sweep.flops import register_resolver
+
+    register_resolver()  # ${iso_flop_steps:...} of conf/experiment/isoflop.yaml
     apps = [(key, Optional[cls.config_class], field(default=None)) for key, cls in load_apps().items()]
     schema = make_dataclass("RunConfig", apps, bases=(TrainConfig,))
     schema.__module__ = __name__

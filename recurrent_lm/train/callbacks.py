@@ -6,13 +6,18 @@ import os
 import signal
 import subprocess
 import time
-from typing import Any, Optional
+from typing import Any, Callable, Optional
 
 import lightning as L
 import torch
 from lightning.pytorch.callbacks import Callback, ModelCheckpoint, ThroughputMonitor
 
 from recurrent_lm.train.hardware import measure_matmul_peak
+
+PREEMPTED_EXIT = 75
+"""Exit status of a run stopped by SIGTERM, SIGUSR1 or SIGUSR2 after saving last.ckpt (EX_TEMPFAIL: "try again"):
+not 0, so ``recurrent-lm-train ... && recurrent-lm-eval ...`` stops on an unfinished model, and not 1 or 2, so
+a scheduler or script tells a preemption (resume with the same command) from a crash or a refusal."""
 
 
 class DepthThroughputMonitor(ThroughputMonitor):
@@ -53,6 +58,23 @@ class RunCheckpoint(ModelCheckpoint):
             self.write_last(trainer)
 
 
+class OnRestored(Callback):
+    """Calls ``action`` once, when the checkpoint has been restored and training is about to start (or, through
+    :meth:`fire`, after a fit that had no step left to train): the first moment nothing can refuse the resume any
+    more -- the data loader's own check of its resumed position runs just before."""
+
+    def __init__(self, action: Callable[[], None]) -> None:
+        self.action: Optional[Callable[[], None]] = action
+
+    def fire(self) -> None:
+        action, self.action = self.action, None
+        if action is not None:
+            action()
+
+    def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self.fire()
+
+
 class Preemption(Callback):
     """The one owner of preemption: a signal makes the run save last.ckpt at the next optimizer-step boundary
     and stop; a warning signal also requeues the SLURM job, whose rerun resumes from the same run directory.
@@ -63,7 +85,8 @@ class Preemption(Callback):
       itself requeues a ``--requeue`` job, and SIGKILL follows after its KillWait.
 
     Lightning's own SLURM auto-requeue is switched off (cli.build_trainer) and its SIGTERM handler replaced,
-    so nothing else acts on these signals. Every rank takes the same decision: a signal that reached one
+    so nothing else acts on these signals. The stop runs no validation (Lightning would validate on any early
+    stop, logging a row the uninterrupted run does not have), and the CLI exits with :data:`PREEMPTED_EXIT`. Every rank takes the same decision: a signal that reached one
     rank is all-reduced at each step boundary, then every rank takes part in the (collective) save.
     """
 
@@ -103,4 +126,5 @@ class Preemption(Callback):
         if requeue and trainer.is_global_zero:
             subprocess.run(["scontrol", "requeue", job], check=False)
         self.preempted_at = trainer.global_step
+        trainer.limit_val_batches = 0  # Trainer.enable_validation turns False: no validation on this stop
         trainer.should_stop = True

@@ -17,7 +17,12 @@ Run directory (``run_dir``, default ``runs/<name>``)::
     export/            model.safetensors + config.json + tokenizer.json (RecurrentDepthLM.from_pretrained)
 
 Before anything is written the run directory is locked, partial writes of a killed run are removed,
-and the resume is chosen and checked (see :mod:`recurrent_lm.train.run_dir`): a refusal changes nothing.
+and the resume is chosen and checked (:mod:`recurrent_lm.train.run_dir`, :mod:`recurrent_lm.train.resume_guard`:
+shapes, recipe, data and tokenizer against the checkpoint's); ``config.yaml`` is written, and stale step-N
+checkpoints removed, only once the checkpoint has been restored. A refusal at any point changes nothing.
+
+Exit status: 0 finished; 2 bad input or a refusal (one line, ``recurrent-lm-train: error: ...``); 75
+(``PREEMPTED_EXIT``) stopped by SIGTERM/SIGUSR1/SIGUSR2 after saving ``last.ckpt``, to be resumed; 1 a crash.
 """
 
 from __future__ import annotations
@@ -42,16 +47,17 @@ from recurrent_lm.model.config import MOVED_FIELDS
 from recurrent_lm.model.io import make_writable_dir
 from recurrent_lm.model.precision import resolve_precision
 from recurrent_lm.train.app import APPS, App, app_for, batch_rows, register_configs, selected_key
-from recurrent_lm.train.callbacks import DepthThroughputMonitor, Preemption, RunCheckpoint
+from recurrent_lm.train.callbacks import PREEMPTED_EXIT, DepthThroughputMonitor, OnRestored, Preemption, RunCheckpoint
 from recurrent_lm.train.checkpoint_io import SafeCheckpointIO
 from recurrent_lm.train.init_from import PRETRAINED_GROUP, model_config_from
 from recurrent_lm.train.metrics_log import RunCSVLogger
 from recurrent_lm.train.parallel import build_strategy, check_launch, is_rank_zero, planned_world_size
 from recurrent_lm.train.report import RunSummary, print_report
-from recurrent_lm.train.run_dir import (CHECKPOINT_DIR, LOG_DIR, Resume, RunDirLock,
-                                        check_compatible, check_parallel, clear_run, remove_partial_writes,
-                                        resolve_resume, write_text_atomic)
+from recurrent_lm.train.resume_guard import check_recipe
+from recurrent_lm.train.run_dir import (CHECKPOINT_DIR, LOG_DIR, Resume, RunDirLock, check_parallel, clear_run,
+                                        enforce_retention, remove_partial_writes, resolve_resume, write_text_atomic)
 from recurrent_lm.train.schema import TrainConfig
+from recurrent_lm.train.sweep_dirs import register_job_dir_resolver
 
 PROG = "recurrent-lm-train"
 
@@ -99,14 +105,14 @@ def build_loggers(cfg: TrainConfig, run_dir: Path, resume: Resume) -> list[Logge
     return loggers
 
 
-def build_trainer(cfg: TrainConfig, app: App, run_dir: Path, resume: Resume) -> L.Trainer:
+def build_trainer(cfg: TrainConfig, app: App, run_dir: Path, resume: Resume, on_restored: OnRestored) -> L.Trainer:
     t = cfg.trainer
     loggers = build_loggers(cfg, run_dir, resume)
     checkpoint = RunCheckpoint(dirpath=run_dir / CHECKPOINT_DIR, filename="step-{step}", auto_insert_metric_name=False,
                                every_n_train_steps=t.checkpoint_every_n_steps or 0, every_n_epochs=0, save_last=True,
                                save_top_k=1, enable_version_counter=False)
     callbacks: list[Any] = [
-        checkpoint, Preemption(checkpoint),
+        checkpoint, Preemption(checkpoint), on_restored,
         DepthThroughputMonitor(batch_size_fn=batch_rows, length_fn=app.batch_positions, window_size=t.throughput_window),
         *app.callbacks(cfg),
     ]
@@ -132,19 +138,30 @@ def build_trainer(cfg: TrainConfig, app: App, run_dir: Path, resume: Resume) -> 
     )
 
 
-def train(cfg: TrainConfig, resume: Resume) -> RunSummary:
-    """Fit (or resume), validate across depths, then the app's after-fit step (export, evaluation) on rank 0."""
+def record_session(config_yaml: str, run_dir: Path, resume: Resume) -> None:
+    """The writes a launch makes once its checkpoint is restored (never before: a refusal must change nothing):
+    the resolved config.yaml, and checkpoint retention over what earlier sessions left (rank 0 only)."""
+    if is_rank_zero():
+        write_text_atomic(run_dir / "config.yaml", config_yaml)
+        enforce_retention(run_dir, resume.step)
+
+
+def train(cfg: TrainConfig, resume: Resume, config_yaml: str = "") -> RunSummary:
+    """Fit (or resume), validate across depths, then the app's after-fit step (export, evaluation) on rank 0. A run
+    stopped by a signal returns a summary marked ``preempted`` (at the step saved), and nothing else is done."""
     run_dir = Path(cfg.run_dir)
     L.seed_everything(cfg.seed, workers=True, verbose=False)
     app = app_for(cfg)
-    built = app.build(cfg, run_dir, resuming=resume.path is not None)
-    trainer = build_trainer(cfg, app, run_dir, resume)
+    built = app.build(cfg, run_dir, resume)
+    on_restored = OnRestored(lambda: record_session(config_yaml, run_dir, resume))
+    trainer = build_trainer(cfg, app, run_dir, resume, on_restored)
     if resume.path is not None and is_rank_zero():
         print(f"resuming from {resume.path} (step {resume.step})")
     trainer.fit(built.module, datamodule=built.datamodule, ckpt_path=resume.path, weights_only=True)
+    on_restored.fire()  # a finished run re-run: the fit loop had nothing to do and never started training
     preempted = next(c.preempted_at for c in trainer.callbacks if isinstance(c, Preemption))
     if preempted is not None:  # no validation or export: the requeued job continues from the checkpoint
-        return RunSummary(run_dir, preempted, {}, None)
+        return RunSummary(run_dir, preempted, {}, None, preempted=True)
     # Lightning already validated at the last step when val_check_interval divides it: reuse that.
     val = {k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith("val")}
     interval = cfg.trainer.val_check_interval
@@ -157,21 +174,22 @@ def train(cfg: TrainConfig, resume: Resume) -> RunSummary:
     summary = RunSummary(run_dir, trainer.global_step, val, model)
     if trainer.is_global_zero:
         summary.model = model.float().eval()
-        summary.app = app.after_fit(cfg, summary.model, built, run_dir)
+        summary.app = app.after_fit(cfg, summary.model, built, run_dir, trainer.global_step)
     return summary
 
 
 def unselected_apps(cfg: DictConfig) -> list[str]:
-    """Config keys of the apps this run does not train (the default app's group is composed even then)."""
+    """Config keys of the apps this run neither trains nor reads (the default app's group is composed even then)."""
     chosen = selected_key(cfg)
-    return [key for key in APPS if key != chosen and getattr(cfg, key, None) is not None]
+    kept = {chosen, *APPS[chosen].reads}
+    return [key for key in APPS if key not in kept and getattr(cfg, key, None) is not None]
 
 
 def run(cfg: DictConfig) -> RunSummary:
     for key in unselected_apps(cfg):  # an app that does not run keeps no (validated) config
         cfg[key] = None
     typed: TrainConfig = OmegaConf.to_object(cfg)  # runs every dataclass __post_init__ check
-    if typed.init_from is not None:  # the architecture is init_from's: resolved before anything is built
+    if typed.init_from is not None and not app_for(typed).own_init_from:  # the architecture is init_from's
         typed.model = model_config_from(typed.init_from, typed.model)
         cfg.model = OmegaConf.structured(typed.model)
     if typed.dry_run:
@@ -186,29 +204,33 @@ def run(cfg: DictConfig) -> RunSummary:
     t = typed.trainer
     check_launch(typed.parallel, t.devices, t.accelerator, t.num_nodes)
     make_writable_dir(run_dir, "run_dir")
+    config_yaml = OmegaConf.to_yaml(cfg, resolve=True)
     if not is_rank_zero():  # rank 0 guards the directory; the others follow its resume choice
-        return train(typed, resolve_resume(typed.resume, run_dir, overwrite=True))
+        return train(typed, resolve_resume(typed.resume, run_dir, overwrite=True), config_yaml)
     with RunDirLock(run_dir):
         remove_partial_writes(run_dir)
         resume = resolve_resume(typed.resume, run_dir, typed.overwrite)
-        check_compatible(resume, typed.model)
+        check_recipe(resume, typed.model, typed.sampler, typed.optim, typed.allow_changes)
         check_parallel(resume, typed.parallel.strategy, planned_world_size(t.devices, t.accelerator, t.num_nodes))
         if typed.resume == "none" and typed.overwrite:
             clear_run(run_dir)
-        write_text_atomic(run_dir / "config.yaml", OmegaConf.to_yaml(cfg, resolve=True))
-        summary = train(typed, resume)
-        print_report(typed, summary)
+        summary = train(typed, resume, config_yaml)
+        if not summary.preempted:
+            print_report(typed, summary)
     return summary
 
 
 register_configs()
+register_job_dir_resolver()
 
 
 def own_run_dir_per_sweep_job(cfg: DictConfig) -> None:
     """In a multirun, give each job its own run dir (hydra's sweep dir/subdir) unless run_dir= is set.
 
     ``run_dir`` defaults to ``runs/${name}``, the same for every job of a sweep: the second job would
-    find the first one's checkpoint and "resume" it (or, run in parallel, be refused by the lock).
+    find the first one's checkpoint and "resume" it (or, run in parallel, be refused by the lock). The sweep
+    dir is per sweep (``runs/multirun/<name>/<start time>``) and the job's is named after its overrides
+    (:mod:`recurrent_lm.train.sweep_dirs`), so a second sweep never lands on an earlier one's runs.
     """
     hydra_cfg = HydraConfig.get()
     if hydra_cfg.mode == RunMode.MULTIRUN and not any(o.startswith("run_dir=") for o in hydra_cfg.overrides.task):
@@ -223,13 +245,19 @@ def require_init_from(cfg: DictConfig) -> None:
                          "another model group")
 
 
+_composed: list[bool] = []
+"""Set once hydra has composed a config and called the app: an exit 1 before that is a composition error."""
+
+
 @hydra.main(config_path=str(conf_dir()), config_name="config", version_base="1.3")
 def _hydra_main(cfg: DictConfig) -> None:
+    _composed.append(True)
     own_run_dir_per_sweep_job(cfg)
 
-    def guarded() -> None:
+    def guarded() -> int:
         require_init_from(cfg)
-        run(cfg)
+        # saved, not finished: `recurrent-lm-train ... && next-step` must not go on
+        return PREEMPTED_EXIT if run(cfg).preempted else 0
 
     status = report_user_errors(PROG, guarded)
     if status:
@@ -255,10 +283,17 @@ def check_overrides(overrides: Sequence[str], conf: Path) -> None:
 
 
 def main() -> None:
+    """The console script. A bad override hydra finds itself (a syntax error, an unknown key) it reports with its
+    own message and exit status 1, the status of a crash; it is a user error, so it exits 2 like every other."""
     status = report_user_errors(PROG, lambda: check_overrides(sys.argv[1:], conf_dir()))
     if status:
         sys.exit(status)
-    _hydra_main()
+    try:
+        _hydra_main()
+    except SystemExit as exit_:
+        if exit_.code == 1 and not _composed:
+            sys.exit(2)
+        raise
 
 
 if __name__ == "__main__":

@@ -8,6 +8,7 @@ import lightning as L
 from torch.utils.data import DataLoader
 
 from recurrent_lm.data import DataConfig, PreparedData, prepare_data, train_loader, validation_loader
+from recurrent_lm.train.resume_guard import data_record
 
 
 class TextDataModule(L.LightningDataModule):
@@ -51,12 +52,18 @@ class TextDataModule(L.LightningDataModule):
         return validation_loader(self.prepared.validation, self.block_size, self.micro_batch_size,
                                  rank=rank, world_size=world, max_batches=self.val_batches)
 
+    def data_record(self) -> dict[str, Any]:
+        """The tokenizer and packing recipe of this data, stored in every checkpoint and checked by a resume."""
+        self.setup("fit")
+        return data_record(self.prepared.tokenizer.fingerprint, self.prepared.meta.recipe)
+
     def state_dict(self) -> dict[str, Any]:
         if self._train is None:
             return {}
         state = self._train.sampler.state_dict()
         state["batches_consumed"] = self.trainer.global_step * self.trainer.accumulate_grad_batches
+        state["data"] = self.data_record()
         return state
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        self._resume = state or None
+        self._resume = {k: v for k, v in state.items() if k != "data"} or None

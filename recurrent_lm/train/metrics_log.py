@@ -17,6 +17,7 @@ preemption that is the wrong contract: the history must survive every restart. T
 from __future__ import annotations
 
 import csv
+import re
 from pathlib import Path
 from typing import Any, Optional
 
@@ -27,6 +28,14 @@ from torch import Tensor
 from recurrent_lm.model.io import atomic_write
 
 METRICS_FILE = "metrics.csv"
+
+
+def column_order(name: str) -> list[tuple[int, str]]:
+    """Sort key of a column: ``step`` first, then by name with numbers compared as numbers, so the depths of
+    ``val/loss_r1, r2, r4, r8, r16`` read in order (as text, r16 would come before r2)."""
+    if name == "step":
+        return [(-2, "")]
+    return [(int(part), "") if part.isdigit() else (-1, part) for part in re.split(r"(\d+)", name)]
 
 
 def read_rows(path: Path) -> tuple[list[str], list[dict[str, str]]]:
@@ -119,7 +128,7 @@ class RunCSVLogger(Logger):
         keys = set().union(*self._pending) - set(self._header)
         if keys or not self.path.is_file():
             _, rows = read_rows(self.path)
-            self._header = sorted(set(self._header) | keys)
+            self._header = sorted(set(self._header) | keys, key=column_order)
             _write(self.path, self._header, rows + self._pending)
         else:
             with open(self.path, "a", newline="") as f:

@@ -14,7 +14,7 @@ from rich.console import Console
 from torch import nn
 
 from recurrent_lm.data import DataConfig
-from recurrent_lm.data.tokenizer_dir import save_tokenizer_dir
+from recurrent_lm.data.tokenizer_dir import load_tokenizer, save_tokenizer_dir
 from recurrent_lm.errors import ConfigError
 from recurrent_lm.model.io import TOKENIZER_FILE
 from recurrent_lm.train.app import Built, register_app
@@ -23,6 +23,8 @@ from recurrent_lm.train.export import export_model
 from recurrent_lm.train.init_from import load_initial_model, tokenizer_of
 from recurrent_lm.train.module import RecurrentLMModule
 from recurrent_lm.train.parallel import is_rank_zero, wait_for_file
+from recurrent_lm.train.resume_guard import check_data
+from recurrent_lm.train.run_dir import EXPORT_DIR, Resume
 from recurrent_lm.train.schema import TrainConfig
 
 
@@ -46,24 +48,12 @@ class PretrainApp:
     key: ClassVar[str] = "data"
     config_class: ClassVar[type] = DataConfig
     default: ClassVar[bool] = True
+    reads: ClassVar[tuple[str, ...]] = ()
+    own_init_from: ClassVar[bool] = False
 
-    def build(self, cfg: TrainConfig, run_dir: Path, resuming: bool) -> Built:
-        data: DataConfig = getattr(cfg, self.key)
-        if cfg.init_from is not None and data.tokenizer_path is None:  # init_from's ids need its tokenizer
-            data.tokenizer_path = tokenizer_of(cfg.init_from)
-        if not is_rank_zero():
-            wait_for_file(run_dir / TOKENIZER_FILE, "rank 0 to prepare the data")  # prepared once, by rank 0
-        t = cfg.trainer
-        datamodule = TextDataModule(data, block_size=cfg.model.block_size, micro_batch_size=t.micro_batch_size,
-                                    val_batches=t.val_batches, seed=cfg.seed)
-        datamodule.prepare_data()
-        datamodule.setup("fit")
-        tokenizer = datamodule.tokenizer
-        if tokenizer.vocab_size > cfg.model.vocab_size:
-            raise ConfigError(f"tokenizer has {tokenizer.vocab_size} tokens but model.vocab_size="
-                              f"{cfg.model.vocab_size}; raise model.vocab_size or use a smaller tokenizer")
-        save_tokenizer_dir(tokenizer, run_dir)
-        return Built(datamodule, language_module(cfg, resuming), tokenizer)
+    def build(self, cfg: TrainConfig, run_dir: Path, resume: Resume) -> Built:
+        datamodule = text_datamodule(cfg, run_dir, resume)
+        return Built(datamodule, language_module(cfg, resume), datamodule.tokenizer)
 
     def callbacks(self, cfg: TrainConfig) -> list[L.Callback]:
         return []
@@ -71,17 +61,43 @@ class PretrainApp:
     def batch_positions(self, batch: Any) -> int:
         return batch["input_ids"].numel()
 
-    def after_fit(self, cfg: TrainConfig, model: nn.Module, built: Built, run_dir: Path) -> SampleReport:
-        from recurrent_lm.train.run_dir import EXPORT_DIR
-
-        export = export_model(model, run_dir, run_dir / EXPORT_DIR) if cfg.export else None
+    def after_fit(self, cfg: TrainConfig, model: nn.Module, built: Built, run_dir: Path, step: int) -> SampleReport:
+        export = export_model(model, run_dir, run_dir / EXPORT_DIR, step, "the end of training") if cfg.export else None
         return SampleReport(export, sample_text(cfg, model, built.tokenizer))
 
 
-def language_module(cfg: TrainConfig, resuming: bool) -> RecurrentLMModule:
+def text_datamodule(cfg: TrainConfig, run_dir: Path, resume: Resume) -> TextDataModule:
+    """The packed corpus of ``cfg.data``, prepared and set up; its tokenizer is saved into the run directory, where a
+    resume and the export find it, unless it is there already. A resume's data and tokenizer are first checked against
+    the checkpoint's (:func:`check_data`), so a refused resume writes nothing."""
+    data: DataConfig = cfg.data
+    if cfg.init_from is not None and data.tokenizer_path is None:  # init_from's ids need its tokenizer
+        data.tokenizer_path = tokenizer_of(cfg.init_from)
+    saved = run_dir / TOKENIZER_FILE
+    if not is_rank_zero():
+        wait_for_file(saved, "rank 0 to prepare the data")  # prepared once, by rank 0
+    t = cfg.trainer
+    datamodule = TextDataModule(data, block_size=cfg.model.block_size, micro_batch_size=t.micro_batch_size,
+                                val_batches=t.val_batches, seed=cfg.seed)
+    datamodule.prepare_data()
+    datamodule.setup("fit")
+    tokenizer = datamodule.tokenizer
+    if tokenizer.vocab_size > cfg.model.vocab_size:
+        raise ConfigError(f"tokenizer has {tokenizer.vocab_size} tokens but model.vocab_size="
+                          f"{cfg.model.vocab_size}; raise model.vocab_size or use a smaller tokenizer")
+    if is_rank_zero():
+        stored = (resume.checkpoint or {}).get(TextDataModule.__qualname__, {}).get("data")
+        check_data(resume, stored, datamodule.data_record(), saved,
+                   load_tokenizer(saved).fingerprint if saved.is_file() else None, cfg.allow_changes)
+        if resume.checkpoint is None or not saved.is_file():
+            save_tokenizer_dir(tokenizer, run_dir)
+    return datamodule
+
+
+def language_module(cfg: TrainConfig, resume: Resume) -> RecurrentLMModule:
     """The module of a run that trains a RecurrentDepthLM on token batches (pretraining, reasoning tasks);
-    ``init_from``'s weights are loaded unless ``resuming`` (the checkpoint then holds newer ones)."""
-    initial = load_initial_model(cfg.init_from, cfg.model) if cfg.init_from and not resuming else None
+    ``init_from``'s weights are loaded unless resuming (the checkpoint then holds newer ones)."""
+    initial = load_initial_model(cfg.init_from, cfg.model) if cfg.init_from and resume.path is None else None
     return RecurrentLMModule(cfg.model, cfg.sampler, cfg.optim, cfg.trainer.eval_depths,
                              compile_blocks=cfg.trainer.compile, telemetry_every=cfg.trainer.log_every_n_steps,
                              seed=cfg.seed, max_nonfinite_steps=cfg.trainer.max_nonfinite_steps,

@@ -27,6 +27,8 @@ class RunSummary:
     """The trained model, unsharded, in fp32 eval mode on rank 0; None on other ranks and when preempted."""
     app: Optional[AppReport] = None
     """The app's after-fit report (export, evaluation, sample) on rank 0."""
+    preempted: bool = False
+    """Stopped by a signal at ``step`` (saved, not finished): nothing ran after fit, the CLI exits 75."""
 
 
 def depth_table(val: dict[str, float], mean_recurrence: int) -> Table:

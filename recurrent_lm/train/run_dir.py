@@ -23,10 +23,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Optional
 
-import torch
-
 from recurrent_lm.errors import AlreadyExistsError, ConfigError, MissingFileError, UserError
-from recurrent_lm.model import ModelConfig, RecurrentDepthLM
 from recurrent_lm.model.io import atomic_write
 from recurrent_lm.train.checkpoint_io import load_checkpoint
 from recurrent_lm.train.sharded import read_resume_record
@@ -115,6 +112,15 @@ class RunDirLock:
         except (OSError, json.JSONDecodeError):
             return None
 
+    def live_holder(self) -> Optional[str]:
+        """Who holds the lock now ("pid P on host H (SLURM job J) since T"), or None when nobody or a stale holder
+        does: for readers of a run directory (the export) that must not mistake a running run for a finished one."""
+        holder = self._read_holder() if self.path.exists() else None
+        if holder is None or _stale_reason(holder) is not None:
+            return None
+        job = f" (SLURM job {holder['slurm_job_id']})" if holder.get("slurm_job_id") else ""
+        return f"pid {holder.get('pid')} on host {holder.get('host')}{job} since {holder.get('started')}"
+
     def release(self) -> None:
         if self.held:
             self.path.unlink(missing_ok=True)
@@ -149,6 +155,27 @@ def holds_a_run(run_dir: Path) -> bool:
     """True when the directory has checkpoints, logs or an export: something a fresh start would destroy."""
     return any((run_dir / sub).is_dir() and any((run_dir / sub).iterdir())
                for sub in (CHECKPOINT_DIR, LOG_DIR, EXPORT_DIR))
+
+
+def enforce_retention(run_dir: Path, resumed_step: int, keep: int = 1) -> list[Path]:
+    """Delete the step-N checkpoints beyond the policy (the newest ``keep`` at or below the resumed step stay).
+
+    Lightning applies ``save_top_k`` only to the checkpoints it wrote in this session, so every killed session
+    used to leave its step-N behind for good. Called once the resume has been restored: a newer complete
+    checkpoint (the one resumed from) exists, and a refused launch deletes nothing. Step files newer than the
+    resumed step (unreadable ones that the resume passed over) are left for the user to inspect.
+    """
+    folder = run_dir / CHECKPOINT_DIR
+    if not folder.is_dir():
+        return []
+    steps = sorted(((int(m.group(1)), p) for p in folder.iterdir() if (m := STEP_CHECKPOINT.match(p.name))),
+                   reverse=True)
+    stale = [p for _, p in [(n, p) for n, p in steps if n <= resumed_step][keep:]]
+    for path in stale:
+        shutil.rmtree(path) if path.is_dir() else path.unlink()
+    if stale:
+        print(f"checkpoint retention (newest {keep} step-N kept): removed {', '.join(p.name for p in stale)}")
+    return stale
 
 
 def clear_run(run_dir: Path) -> None:
@@ -245,37 +272,6 @@ def check_parallel(resume: Resume, strategy: str, world_size: int) -> None:
                      f"{world_size}; {why}. Resume with parallel={stored['strategy']} and trainer.devices × "
                      f"trainer.num_nodes = {stored['world_size']}, or start a new run under another name= "
                      f"(recurrent-lm-export {resume.path} exports its weights)")
-
-
-def check_compatible(resume: Resume, model: ModelConfig) -> None:
-    """Refuse a resume whose model config builds other parameter shapes than the checkpoint's.
-
-    Shapes are compared on meta-device models, so "shape-relevant" is decided by the model code
-    itself rather than a hand-kept key list; a change that keeps shapes (block_size, rope_theta,
-    attn_window, ...) is allowed and reported.
-    """
-    if resume.checkpoint is None:
-        return
-    try:
-        stored = resume.checkpoint["hyper_parameters"]["model"]
-    except KeyError:
-        raise ConfigError(f"checkpoint {resume.path} has no model config (hyper_parameters.model); it was not "
-                         "written by recurrent-lm-train") from None
-    stored = ModelConfig.from_dict(stored).to_dict()  # a field added since the checkpoint reads as its default
-    new = model.to_dict()
-    changed = sorted(k for k in new if stored[k] != new[k])
-    if not changed:
-        return
-    listing = ", ".join(f"model.{k}: {stored[k]!r} -> {new[k]!r}" for k in changed)
-    if _param_shapes(ModelConfig.from_dict(stored)) != _param_shapes(model):
-        raise ConfigError(f"resume refused: {resume.path} was trained with another model shape ({listing}); "
-                         "resume with the stored values, or start a new run under another name= or run_dir=")
-    print(f"resuming {resume.path} with changed model settings that keep all shapes: {listing}")
-
-
-def _param_shapes(config: ModelConfig) -> dict[str, tuple[int, ...]]:
-    with torch.device("meta"):
-        return {k: tuple(v.shape) for k, v in RecurrentDepthLM(config).state_dict().items()}
 
 
 def write_text_atomic(path: Path, text: str) -> None:

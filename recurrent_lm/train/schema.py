@@ -145,7 +145,9 @@ class TrainConfig:
     init_from: Optional[str] = None
     """A model directory (config.json + safetensors) whose weights the run starts from, e.g. a Hugging Face model
     retrofitted by recurrent-lm-convert. Its config.json fixes the architecture; model.* may set only the recipe
-    fields (train/init_from.py), so use it with model=pretrained. A resume takes the weights from the checkpoint."""
+    fields (train/init_from.py), so use it with model=pretrained. A resume takes the weights from the checkpoint.
+    With coconut=, a Coconut export of a Hugging Face model (a run's export/, or recurrent-lm-convert --from
+    coconut-ref): its model and tokenizer replace coconut.hf_model's."""
     name: str = "default"
     run_dir: str = "runs/${name}"
     """Everything of a run lives here: checkpoints/, logs/, config.yaml, export/."""
@@ -155,6 +157,9 @@ class TrainConfig:
     overwrite=true); or the path of a checkpoint."""
     overwrite: bool = False
     """With resume=none: delete the run dir's checkpoints, logs and export, then start fresh."""
+    allow_changes: list[str] = field(default_factory=list)
+    """Settings a resume may change from the checkpoint's recipe, by key or group: e.g. [model.mean_recurrence],
+    [optim], [data] (train/resume_guard.py). Any other change of model, sampler, optim or data is refused."""
     seed: int = 0
     export: bool = True
     """Write run_dir/export (safetensors + config.json + tokenizer.json) at the end."""
@@ -162,4 +167,7 @@ class TrainConfig:
     sample_tokens: int = 48
     dry_run: bool = False
     """Compose, validate and print the config, build the model, then exit."""
+    flop_budget: Optional[float] = None
+    """Training FLOPs this run is meant to spend (an iso-FLOP grid point); conf/experiment/isoflop.yaml derives
+    trainer.max_steps from it with the ${iso_flop_steps:...} resolver. Recorded for recurrent-lm-sweep."""
 

@@ -1,0 +1,2 @@
+"""Depth sweeps as an instrument: collect a sweep's run directories into iso-FLOP tables, plots and the
+compute-optimal mean recurrence (``recurrent-lm-sweep``)."""

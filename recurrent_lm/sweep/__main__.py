@@ -1,0 +1,3 @@
+from recurrent_lm.sweep.cli import main
+
+raise SystemExit(main())
