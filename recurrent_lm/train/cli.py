@@ -31,13 +31,14 @@ import lightning as L
 from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 import torch
-from lightning.pytorch.callbacks import LearningRateMonitor, RichProgressBar
+from lightning.pytorch.callbacks import LearningRateMonitor
 from lightning.pytorch.plugins.environments import SLURMEnvironment
 from lightning.pytorch.loggers import Logger, TensorBoardLogger
 from omegaconf import DictConfig, OmegaConf
 
 from recurrent_lm.data.tokenizer_dir import save_tokenizer_dir
 from recurrent_lm.model.io import TOKENIZER_FILE, atomic_write, make_writable_dir
+from recurrent_lm.quiet import quiet_libraries
 from recurrent_lm.train.callbacks import DepthThroughputMonitor, Preemption, RunCheckpoint
 from recurrent_lm.train.checkpoint_io import SafeCheckpointIO
 from recurrent_lm.train.datamodule import TextDataModule
@@ -46,7 +47,8 @@ from recurrent_lm.train.init_from import PRETRAINED_GROUP, load_initial_model, m
 from recurrent_lm.train.export import export_model
 from recurrent_lm.train.metrics_log import RunCSVLogger
 from recurrent_lm.train.module import RecurrentLMModule
-from recurrent_lm.train.report import print_report
+from recurrent_lm.train.progress import StepProgressBar
+from recurrent_lm.train.report import print_next_steps, print_report
 from recurrent_lm.train.parallel import build_strategy, check_launch, is_rank_zero, planned_world_size, wait_for_file
 from recurrent_lm.train.run_dir import (CHECKPOINT_DIR, EXPORT_DIR, LOG_DIR, Resume, RunDirInUse, RunDirLock,
                                         check_compatible, check_parallel, clear_run, remove_partial_writes,
@@ -140,7 +142,7 @@ def build_trainer(cfg: TrainConfig, run_dir: Path, resume: Resume) -> L.Trainer:
     if loggers:
         callbacks.append(LearningRateMonitor(logging_interval="step"))
     if t.enable_progress_bar:
-        callbacks.append(RichProgressBar())
+        callbacks.append(StepProgressBar(length_fn=batch_positions))
     devices: Any = int(t.devices) if str(t.devices).isdigit() else t.devices
     plugins: list[Any] = [SafeCheckpointIO(preloaded=(resume.path, resume.checkpoint)
                                            if resume.path is not None and resume.path.is_file() else None)]
@@ -308,7 +310,9 @@ def _hydra_main(cfg: DictConfig) -> None:
     own_run_dir_per_sweep_job(cfg)
     try:
         require_init_from(cfg)
-        run(cfg)
+        summary = run(cfg)
+        if summary and HydraConfig.get().mode != RunMode.MULTIRUN and is_rank_zero():
+            print_next_steps([summary])
     except USER_ERRORS as err:
         if os.environ.get("HYDRA_FULL_ERROR") == "1":
             raise
@@ -317,6 +321,7 @@ def _hydra_main(cfg: DictConfig) -> None:
 
 
 def main() -> None:
+    quiet_libraries()
     _hydra_main()
 
 

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from typing import Any
+from pathlib import Path
+from typing import Any, Sequence
 
 from rich.console import Console
 from rich.table import Table
@@ -22,6 +23,64 @@ def depth_table(val: dict[str, float], mean_recurrence: int) -> Table:
     return table
 
 
+def depth_losses(val: dict[str, float]) -> dict[int, float]:
+    """{r: validation loss} from the ``val/loss_r{r}`` metrics."""
+    return {int(k.removeprefix("val/loss_r")): float(v) for k, v in val.items() if k.startswith("val/loss_r")}
+
+
+PREFERRED_EXIT = "causal_convergence"
+"""The exit the reasoning figure marks when the task ran it: the rule that gives longer inputs more depth."""
+
+
+def write_figures(cfg: TrainConfig, summary: dict[str, Any]) -> list[Path]:
+    """The run's pictures (train/figures.py) in its run directory; their paths also go to summary['figures']."""
+    from recurrent_lm.train.figures import LOSS_FIGURE, REASONING_FIGURE, plot_depth_loss, plot_reasoning_depth
+
+    run_dir, figures = Path(summary["run_dir"]), []
+    losses = depth_losses(summary["val"])
+    if len(losses) > 1:
+        figures.append(plot_depth_loss(losses, cfg.model.mean_recurrence, run_dir / LOSS_FIGURE,
+                                       title=f"{cfg.name}: validation loss by test-time depth"))
+    report = summary.get("reasoning")
+    if report is not None and report.depths:
+        names = [e.name for e in report.exits]
+        figures.append(plot_reasoning_depth(report, run_dir / REASONING_FIGURE,
+                                            exit_name=PREFERRED_EXIT if PREFERRED_EXIT in names else None,
+                                            train_max=cfg.task.train_max if cfg.task is not None else None))
+    summary["figures"] = figures
+    return figures
+
+
+def next_steps(summaries: Sequence[dict[str, Any]]) -> list[str]:
+    """What to try after a run, with the paths it just wrote: generate, evaluate, sweep, read on."""
+    lines = []
+    for s in summaries:
+        export = s.get("export")
+        if export is None:
+            continue
+        if s.get("reasoning") is not None:
+            r = s["reasoning"]
+            longer = [2 * max(r.difficulties), 4 * max(r.difficulties)]
+            lines.append(f"recurrent-lm-reasoning-eval --model {export} --difficulties {longer[0]} {longer[1]} "
+                         f"--depths {' '.join(str(2 * d) for d in r.depths[-3:])} "
+                         f"--block-size {2 * longer[1] + 16}   # longer inputs, deeper")
+        else:
+            lines.append(f'recurrent-lm-generate {export} "ROMEO." --temperature 0.8 --top-k 40 '
+                         "--exit convergence   # sample, adaptive depth per token")
+            lines.append(f"recurrent-lm-eval sweep --model_args pretrained={export} --num_steps 1,2,4,8,16 "
+                         "--tasks rlm_offline --output_dir out/sweep   # lm-eval by depth")
+            lines.append("recurrent-lm-train -m experiment=demo model.mean_recurrence=2,4,8   # a depth sweep")
+    lines.append("docs: README.md, docs/training.md, docs/inference.md, docs/evaluation.md")
+    return lines
+
+
+def print_next_steps(summaries: Sequence[dict[str, Any]], console: Console | None = None) -> None:
+    console = console or Console()
+    console.rule("next steps")
+    for line in next_steps(summaries):
+        console.print(line, markup=False, highlight=False, soft_wrap=True)
+
+
 def print_report(cfg: TrainConfig, summary: dict[str, Any]) -> None:
     console = Console()
     if any(k.startswith("val/loss_r") for k in summary["val"]):
@@ -38,14 +97,17 @@ def print_report(cfg: TrainConfig, summary: dict[str, Any]) -> None:
         console.rule(f"{summary['reasoning'].task}: exact match by difficulty × test-time depth")
         console.print(summary["reasoning"].to_markdown(), markup=False, soft_wrap=True)
         console.print(f"written to {summary['run_dir'] / 'reasoning_eval.md'} (.csv, .json)")
+    for figure in write_figures(cfg, summary):
+        console.print(f"figure: [bold]{figure}[/bold]")
     tokenizer = summary.get("tokenizer")
     if tokenizer is not None and cfg.sample_tokens > 0:
         from recurrent_lm.infer import GenerationConfig, generate
 
         model = summary["model"].float().eval()
         prompt = tokenizer.encode(cfg.sample_prompt)
-        result = generate(model, [prompt], GenerationConfig(max_new_tokens=cfg.sample_tokens, seed=cfg.seed,
-                                                            num_steps=cfg.model.mean_recurrence),
-                          eos_id=tokenizer.eos_id, pad_id=tokenizer.pad_id)
-        console.rule("sample")
+        settings = GenerationConfig(max_new_tokens=cfg.sample_tokens, seed=cfg.seed, num_steps=cfg.model.mean_recurrence,
+                                    temperature=cfg.sample_temperature, top_k=cfg.sample_top_k)
+        result = generate(model, [prompt], settings, eos_id=tokenizer.eos_id, pad_id=tokenizer.pad_id)
+        console.rule(f"sample (r = {settings.num_steps}, temperature {settings.temperature}, top-k {settings.top_k}, "
+                     f"seed {settings.seed})")
         console.print(cfg.sample_prompt + tokenizer.decode(result.tokens[0]), markup=False, highlight=False)
