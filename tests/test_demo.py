@@ -125,3 +125,19 @@ def test_reasoning_run_writes_its_picture(tmp_path):
     summary = run(cfg)
     assert summary["figures"] == [tmp_path / REASONING_FIGURE]
     _assert_figure(tmp_path / REASONING_FIGURE)
+
+
+def test_lm_eval_git_hash_is_recorded_without_git_errors(tmp_path, capfd, monkeypatch):
+    """Outside a repository lm-eval's git call printed `fatal: not a git repository` on every evaluation."""
+    pytest.importorskip("lm_eval")
+    import lm_eval.evaluator
+
+    from recurrent_lm.quiet import git_hash_quietly, quiet_lm_eval_git
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("GIT_CEILING_DIRECTORIES", str(tmp_path.parent))
+    monkeypatch.setattr(lm_eval.evaluator, "get_git_commit_hash", lm_eval.evaluator.get_git_commit_hash)
+    quiet_lm_eval_git()
+    assert lm_eval.evaluator.get_git_commit_hash is git_hash_quietly
+    assert lm_eval.evaluator.get_git_commit_hash() is None
+    assert "fatal" not in capfd.readouterr().err

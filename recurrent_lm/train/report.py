@@ -65,7 +65,7 @@ def next_steps(summaries: Sequence[dict[str, Any]]) -> list[str]:
                          f"--depths {' '.join(str(2 * d) for d in r.depths[-3:])} "
                          f"--block-size {2 * longer[1] + 16}   # longer inputs, deeper")
         else:
-            lines.append(f'recurrent-lm-generate {export} "ROMEO." --temperature 0.8 --top-k 40 '
+            lines.append(f'recurrent-lm-generate {export} "**ROMEO**" --temperature 0.8 --top-k 40 '
                          "--exit convergence   # sample, adaptive depth per token")
             lines.append(f"recurrent-lm-eval sweep --model_args pretrained={export} --num_steps 1,2,4,8,16 "
                          "--tasks rlm_offline --output_dir out/sweep   # lm-eval by depth")
