@@ -71,8 +71,8 @@ def plot_reasoning_depth(report: ReasoningReport, path: Path, exit_name: Optiona
     _depth_axis(ax, report.depths)
     ax.set_ylabel("exact match (%)")
     ax.set_ylim(-5, 105)
-    star = f"; ★ = {chosen.name} exit's mean depth" if chosen is not None else ""
-    ax.set_title(f"{report.task}: accuracy by depth per input length{star}", fontsize=9)
+    star = f"\n★ = depth the {chosen.name} exit chose (mean over answer tokens)" if chosen is not None else ""
+    ax.set_title(f"{report.task}: exact match by test-time depth per input length{star}", fontsize=9)
     ax.legend(title="length", fontsize=8, title_fontsize=8, loc="lower right")
     fig.tight_layout()
     fig.savefig(path, dpi=110)
