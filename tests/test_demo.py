@@ -141,3 +141,14 @@ def test_lm_eval_git_hash_is_recorded_without_git_errors(tmp_path, capfd, monkey
     assert lm_eval.evaluator.get_git_commit_hash is git_hash_quietly
     assert lm_eval.evaluator.get_git_commit_hash() is None
     assert "fatal" not in capfd.readouterr().err
+
+
+def test_next_steps_fit_the_kind_of_run():
+    """A text run gets generate / eval / sweep, a Coconut run its own evaluation; the docs line ends it."""
+    from recurrent_lm.train.report import next_steps
+
+    text = next_steps([{"export": Path("runs/demo/export")}])
+    assert text[0].startswith('recurrent-lm-generate runs/demo/export "**ROMEO**"') and text[-1].startswith("docs:")
+    coconut = next_steps([{"export": Path("runs/c/export"), "coconut_eval": {}}])
+    assert coconut[0].startswith("recurrent-lm-coconut-eval --model coconut=runs/c/export") and len(coconut) == 2
+    assert next_steps([{"export": None}]) == [text[-1]]  # a preempted or export=false run: just the docs

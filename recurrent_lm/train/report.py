@@ -58,6 +58,9 @@ def next_steps(summaries: Sequence[dict[str, Any]]) -> list[str]:
         export = s.get("export")
         if export is None:
             continue
+        if "coconut_eval" in s:
+            lines.append(f"recurrent-lm-coconut-eval --model coconut={export} --data <records.json>   # evaluate again")
+            continue
         if s.get("reasoning") is not None:
             r = s["reasoning"]
             longer = [2 * max(r.difficulties), 4 * max(r.difficulties)]
