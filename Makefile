@@ -1,6 +1,6 @@
 # Two commands do everything from a fresh clone:
 #   make demo   set up, then the main job (recurrent_lm/demo.py, CPU, minutes): a language model whose loss
-#               falls with test-time depth, then prefix parity's exact match by depth and input length
+#               falls with test-time depth, then prefix parity solved on 4x longer inputs by iterating longer
 #   make test   set up, then run the test suite
 # Setup is idempotent: the venv is rebuilt only when pyproject.toml or constraints.txt change.
 PY ?= python3
