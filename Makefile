@@ -1,5 +1,6 @@
 # Two commands do everything from a fresh clone:
-#   make demo   set up, then pretrain the `small` model on the embedded corpus (CPU, minutes)
+#   make demo   set up, then the main job (recurrent_lm/demo.py, CPU, minutes): a language model whose loss
+#               falls with test-time depth, then prefix parity solved on 4x longer inputs by iterating longer
 #   make test   set up, then run the test suite
 # On a GPU machine (no venv, no network needed): `make gpu-check` proves the GPU paths in < 8 minutes; where
 # there is network, `make gpu-wheels` first prepares what it carries (.whl/gpu, .cache/gpu_check).
@@ -23,7 +24,7 @@ $(STAMP): pyproject.toml constraints.txt
 	touch $(STAMP)
 
 demo: setup
-	$(BIN)/recurrent-lm-train experiment=demo $(ARGS)
+	$(BIN)/recurrent-lm-demo $(ARGS)
 
 test: setup
 	$(BIN)/python -m pytest -q $(ARGS)

@@ -150,10 +150,10 @@ def main(argv: Optional[list[str]] = None) -> int:
         parser.error(f"SRC {args.src} is not a directory")
     if args.dst.resolve() == args.src.resolve():
         parser.error("DST must differ from SRC (the conversion would overwrite its own input)")
-    return report_user_errors("recurrent-lm-convert", lambda: _convert_staged(args))
+    return report_user_errors("recurrent-lm-convert", lambda: _convert_staged(convert, args))
 
 
-def _convert_staged(args: argparse.Namespace) -> None:
+def _convert_staged(convert: Converter, args: argparse.Namespace) -> None:
     """Convert into a hidden sibling of DST that replaces it only when complete (a failure leaves DST as it was)."""
     dst = args.dst
     with staged_dir(dst, args.overwrite) as args.dst:

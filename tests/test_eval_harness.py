@@ -156,3 +156,17 @@ def test_missing_model_directory_fails_clearly(tmp_path):
     (tmp_path / "empty").mkdir()
     with pytest.raises(ModelNotFoundError, match="recurrent-lm-export"):
         RecurrentLMEval(pretrained=str(tmp_path / "empty"))
+
+
+def test_generation_kwargs_warning_is_given_once_and_not_for_greedy_temperature(model_dir, caplog):
+    """lm-eval passes temperature=0 with do_sample=False on every greedy task: that is greedy decoding, not an
+    ignored setting; a really unsupported kwarg is reported once per run, not once per batch."""
+    fresh = RecurrentLMEval(pretrained=str(model_dir), num_steps=2, batch_size=1)
+    greedy = {"until": ["\0"], "max_gen_toks": 2, "do_sample": False, "temperature": 0.0}
+    with caplog.at_level("WARNING", logger="recurrent_lm.evaluation.harness"):
+        fresh.generate_until(requests("generate_until", [("Tom", greedy), ("Tim", greedy)]), disable_tqdm=True)
+        assert "ignores the generation kwargs" not in caplog.text
+        odd = {**greedy, "repetition_penalty": 1.3}
+        fresh.generate_until(requests("generate_until", [("Tom", odd), ("Tim", odd), ("Ann", odd)]),
+                             disable_tqdm=True)
+    assert caplog.text.count("ignores the generation kwargs ['repetition_penalty']") == 1

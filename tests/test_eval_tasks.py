@@ -97,3 +97,18 @@ def test_task_selection_and_missing_task_files(tmp_path):
     # Every checked-in template parses and names the task after its file.
     for path in (REPO / "evals" / "tasks").glob("*.yaml"):
         assert yaml.safe_load(path.read_text())["task"] == path.stem
+
+
+def test_every_shipped_metric_declares_aggregation_and_direction():
+    """lm-eval warns once per metric and task build (six times per depth of a sweep) when a task YAML leaves
+    aggregation or higher_is_better to defaults; the declared ones are lm-eval's own defaults for the metric."""
+    pytest.importorskip("lm_eval")
+    import lm_eval.api.metrics  # noqa: F401  (registers the metrics and aggregations)
+    from lm_eval.api.registry import get_aggregation, get_metric_aggregation, is_higher_better
+
+    for path in sorted((REPO / "evals" / "tasks").glob("*.yaml")):
+        for metric in yaml.safe_load(path.read_text())["metric_list"]:
+            assert {"aggregation", "higher_is_better"} <= set(metric), (path.name, metric)
+            if metric["metric"] in ("word_perplexity", "byte_perplexity", "bits_per_byte"):
+                assert get_aggregation(metric["aggregation"]) is get_metric_aggregation(metric["metric"])
+                assert metric["higher_is_better"] == is_higher_better(metric["metric"])

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import pytest
@@ -45,7 +46,12 @@ def test_streams_text_then_shows_depth_per_token(model_dir, capsys, tmp_path):
     spark = next(line for line in out.splitlines() if line.startswith("depth  ")).split()[-1]
     assert len(spark) == 7 and set(spark) <= set(BARS)
     assert "7 tokens (length)" in out and "exit convergence" in out and "kv-cache full" in out
-    assert "depth: " in out  # the shaded view's legend
+    # Piped (capsys is no terminal) the shading would be lost: each token with its count instead.
+    pairs = next(line for line in out.splitlines() if line.startswith("tokens·steps  "))
+    assert [int(n) for n in re.findall(r"·(\d+)(?= |$)", pairs)] == record["steps"] and "depth: " not in out
+    config = json.loads(report.read_text())["config"]  # applied values, typed: not the flags' strings
+    assert (config["num_steps"], config["threshold"], config["exit"], config["min_steps"]) == (10, 0.1, "convergence", 1)
+    assert config["requested"]["num_steps"] == "10" and config["max_new_tokens"] == 7
 
     # The CLI passes its options through: the same run via the Python API gives the same tokens and depths.
     tokenizer = TextTokenizer.from_file(model_dir / "tokenizer.json")
@@ -154,3 +160,14 @@ def test_depth_and_threshold_bounds_name_the_setting_the_cost_and_the_fix(model_
                                          r"memory available.*compressed or latest"):
         check_depth("--num-steps", 8, config, 10, 1, "full", 4, 4, memory=1000)
     assert run(capsys, model_dir, "ROMEO.", "--num-steps", "8", "--max-new-tokens", "2", "--no-depth")[0] == 0
+
+
+def test_json_records_the_threshold_and_depth_applied_by_default(model_dir, capsys, tmp_path):
+    """No --threshold, no --num-steps: the JSON says which threshold and depth were used, not None."""
+    report = tmp_path / "out.json"
+    code, _, err = run(capsys, model_dir, "hello", "--max-new-tokens", 2, "--exit", "kl", "--json", report)
+    assert code == 0, err
+    config = json.loads(report.read_text())["config"]
+    model_depth = RecurrentDepthLM.from_pretrained(model_dir).config.mean_recurrence
+    assert config["threshold"] == 5e-4 and config["num_steps"] == model_depth
+    assert config["requested"]["threshold"] is None

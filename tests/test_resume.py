@@ -221,7 +221,7 @@ def test_retention_is_enforced_at_start(straight, corpus_dir, tmp_path):
 def test_misspelled_experiment_exits_2(corpus_dir, tmp_path):
     result = launch(overrides(corpus_dir, tmp_path) + ["experiment=demoo"])
     assert result.returncode == 2, result.stdout[-3000:]
-    assert "experiment/demoo" in result.stdout and not tmp_path.joinpath("config.yaml").exists()
+    assert "experiment=demoo: no such experiment" in result.stdout and not tmp_path.joinpath("config.yaml").exists()
 
 
 def test_lock_of_a_requeued_slurm_job_is_taken_over(corpus_dir, tmp_path, monkeypatch, capsys):

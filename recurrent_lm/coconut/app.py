@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar, Optional
 
@@ -167,6 +167,12 @@ class CoconutReport:
     export: Optional[Path]
     evaluation: Optional[dict[str, Any]]
     written: Path
+    figures: list[Path] = field(default_factory=list)
+
+    def next_steps(self) -> list[str]:
+        if self.export is None:
+            return []
+        return [f"recurrent-lm-coconut-eval --model coconut={self.export} --data <records.json>   # evaluate again"]
 
     def print(self, console: Console) -> None:
         if self.export is not None:

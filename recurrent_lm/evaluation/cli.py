@@ -31,6 +31,10 @@ LM_EVAL_COMMANDS = ("run", "ls", "validate")
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
+    from recurrent_lm.quiet import quiet_libraries, quiet_lm_eval_git
+
+    quiet_libraries()
+    quiet_lm_eval_git()
     argv = list(sys.argv[1:] if argv is None else argv)
     if not argv or argv[0] in ("-h", "--help"):
         print(__doc__.strip(), end="\n\nlm-eval's own help follows (`run` options: `recurrent-lm-eval run -h`).\n\n")

@@ -96,6 +96,7 @@ class RecurrentLMEval(TemplateLM):
         self.kv_window = parse_kv_window(kv_window)
         self.batch_size = parse_batch_size(batch_size, max_batch_size)
         self.max_gen_toks = int(max_gen_toks)
+        self._warned_ignored: set[tuple[str, ...]] = set()  # generation kwargs already reported as ignored
         if self.max_gen_toks < 1:
             raise EvalError(f"max_gen_toks={max_gen_toks}: must be >= 1")
         self.seed = int(seed)
@@ -333,11 +334,13 @@ class RecurrentLMEval(TemplateLM):
                         budget, self.max_length, self.max_length - 1)
             budget = self.max_length - 1
         sample = bool(kwargs.pop("do_sample", False))
-        temperature = float(kwargs.pop("temperature", 0.0) or 0.0) if sample else 0.0
+        temperature = float(kwargs.pop("temperature", 0.0) or 0.0)  # as in transformers: unused unless sampling
+        temperature = temperature if sample else 0.0
         top_k, top_p = kwargs.pop("top_k", None), kwargs.pop("top_p", None)
-        ignored = sorted(k for k in kwargs if k not in ("max_length",))
-        if ignored:
-            log.warning("recurrent_lm ignores the generation kwargs %s", ignored)
+        ignored = tuple(sorted(k for k in kwargs if k not in ("max_length",)))
+        if ignored and ignored not in self._warned_ignored:  # once per run, not once per batch
+            self._warned_ignored.add(ignored)
+            log.warning("recurrent_lm ignores the generation kwargs %s", list(ignored))
         try:
             config = GenerationConfig(
                 max_new_tokens=budget, num_steps=self.num_steps, **self.exit_spec.settings(), kv_cache=self.kv_cache,

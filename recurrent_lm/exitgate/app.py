@@ -5,7 +5,7 @@ beside the unchanged weights) are every app's."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar, Optional
 
@@ -26,6 +26,12 @@ from recurrent_lm.train.schema import TrainConfig
 @dataclass
 class GateReport:
     export: Optional[Path]
+    figures: list[Path] = field(default_factory=list)
+
+    def next_steps(self) -> list[str]:
+        if self.export is None:
+            return []
+        return [f'recurrent-lm-generate {self.export} "**ROMEO**" --exit learned --threshold 0.9   # the gate decides']
 
     def print(self, console: Console) -> None:
         if self.export is not None:

@@ -13,17 +13,22 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from dataclasses import asdict, fields
 from pathlib import Path
-from typing import Optional, Sequence
+from typing import Any, Optional, Sequence
 
 from recurrent_lm.errors import ConfigError, report_user_errors
 from recurrent_lm.infer.config import GenerationConfig
-from recurrent_lm.infer.display import depth_text, legend, sparkline, steps_summary, token_pieces
+from recurrent_lm.infer.display import depth_pairs, depth_text, legend, sparkline, steps_summary, token_pieces
 from recurrent_lm.infer.depth_bound import check_depth
 from recurrent_lm.loop.exit_spec import EXIT_CHOICES, ExitSpec, resolve_depth
 from recurrent_lm.model.cache import CACHE_STRATEGIES, DEFAULT_KV_WINDOW
 from recurrent_lm.model.io import model_dir_problem
 from recurrent_lm.model.precision import DTYPE_CHOICES, resolve_dtype
+
+
+GENERATION_FLAGS = tuple(f.name for f in fields(GenerationConfig))
+"""Flags that are GenerationConfig fields: --json records their applied values."""
 
 
 class InputError(ConfigError):
@@ -163,8 +168,12 @@ def _run(args: argparse.Namespace) -> int:
                 sys.stdout.flush()
             steps = result.steps[row]
             if not args.no_depth:
-                console.print(depth_text(token_pieces(result.tokens[row], tokenizer.decode), steps, cap))
-                console.print(legend(cap))
+                pieces = token_pieces(result.tokens[row], tokenizer.decode)
+                if console.is_terminal:  # shaded by depth; piped, the shading is gone: the counts instead
+                    console.print(depth_text(pieces, steps, cap))
+                    console.print(legend(cap))
+                else:
+                    console.print(f"tokens·steps  {depth_pairs(pieces, steps)}", markup=False)
             readouts = sum(result.readouts[row])
             console.print(f"depth  {sparkline(steps, cap)}")
             console.print(f"{len(steps)} tokens ({result.finish_reasons[row]}) | {steps_summary(steps, cap)} | "
@@ -176,8 +185,17 @@ def _run(args: argparse.Namespace) -> int:
                             "readouts": result.readouts[row], "finish_reason": result.finish_reasons[row],
                             "prompt_steps": result.prompt_steps[row], "cache_bytes": result.cache_bytes})
     if args.json_out:
-        Path(args.json_out).write_text(json.dumps({"config": vars(args), "results": records}, indent=2))
+        Path(args.json_out).write_text(json.dumps({"config": applied_settings(args, config, cap), "results": records},
+                                                  indent=2))
     return 0
+
+
+def applied_settings(args: argparse.Namespace, config: GenerationConfig, cap: int) -> dict[str, Any]:
+    """The command line as it was applied: typed values, defaults resolved (the depth cap the run used,
+    the criterion's own threshold when none was given), ``requested`` = the flags as typed."""
+    applied = {k: v for k, v in vars(args).items() if k not in GENERATION_FLAGS}
+    settings = {**asdict(config), "num_steps": cap, "stop": list(config.stop)}
+    return {**applied, **settings, "requested": {k: getattr(args, k) for k in GENERATION_FLAGS if hasattr(args, k)}}
 
 
 class _Streamer:

@@ -1,7 +1,8 @@
 """Thinking depth per token, for a terminal: tokens shaded by the core iterations they used.
 
-``depth_text`` gives a ``rich`` Text (background from pale = shallow to dark red = deep); ``sparkline``
-gives the same information as plain characters (▁ … █), which survives logs and pipes.
+``depth_text`` gives a ``rich`` Text (background from pale = shallow to dark red = deep) for a terminal;
+``depth_pairs`` the same as plain text (each token with its count) for a pipe or a log, where the shading is
+lost; ``sparkline`` a one-line overview (▁ … █).
 """
 
 from __future__ import annotations
@@ -36,6 +37,11 @@ def depth_text(pieces: Sequence[str], steps: Sequence[int], cap: int) -> Text:
         shown = piece.replace("\n", "↵\n") if piece else "∅"
         text.append(shown, style=f"{'white' if i >= 5 else 'black'} on {PALETTE[i]}")
     return text
+
+
+def depth_pairs(pieces: Sequence[str], steps: Sequence[int]) -> str:
+    """``'ROM'·4 'EO'·6 '.'·3``: each token's text (quoted, escapes visible) and the iterations it used."""
+    return " ".join(f"{piece!r}·{s}" for piece, s in zip(pieces, steps))
 
 
 def legend(cap: int) -> Text:

@@ -7,7 +7,7 @@ the evaluation without arguments; the report is written to ``<run_dir>/reasoning
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar, Optional
 
@@ -32,6 +32,7 @@ class TaskReport:
     export: Optional[Path]
     reasoning: ReasoningReport
     written: Path
+    figures: list[Path] = field(default_factory=list)
 
     def print(self, console: Console) -> None:
         if self.export is not None:
@@ -39,6 +40,15 @@ class TaskReport:
         console.rule(f"{self.reasoning.task}: exact match by difficulty × test-time depth")
         console.print(self.reasoning.to_markdown(), markup=False, soft_wrap=True)
         console.print(f"written to {self.written} (.csv, .json)")
+
+    def next_steps(self) -> list[str]:
+        if self.export is None:
+            return []
+        r = self.reasoning
+        longer = [2 * max(r.difficulties), 4 * max(r.difficulties)]
+        return [f"recurrent-lm-reasoning-eval --model {self.export} --difficulties {longer[0]} {longer[1]} "
+                f"--depths {' '.join(str(2 * d) for d in r.depths[-3:])} "
+                f"--block-size {2 * longer[1] + 16}   # longer inputs, deeper"]
 
 
 @register_app
@@ -70,4 +80,20 @@ class ReasoningApp:
             save_task(task, export)
         report = evaluate(model, task, seed=cfg.seed)
         save_report(report, run_dir / REPORT_FILE)
-        return TaskReport(export, report, run_dir / REPORT_FILE)
+        return TaskReport(export, report, run_dir / REPORT_FILE, reasoning_figures(task, report, run_dir))
+
+
+PREFERRED_EXIT = "causal_convergence"
+"""The exit the reasoning figure marks when the task ran it: the rule that gives longer inputs more depth."""
+
+
+def reasoning_figures(task: TaskConfig, report: ReasoningReport, run_dir: Path) -> list[Path]:
+    """Exact match by test-time depth per input length, with the depth the exit chose (train/figures.py)."""
+    if not report.depths:
+        return []
+    from recurrent_lm.train.figures import REASONING_FIGURE, plot_reasoning_depth
+
+    names = [e.name for e in report.exits]
+    return [plot_reasoning_depth(report, run_dir / REASONING_FIGURE,
+                                 exit_name=PREFERRED_EXIT if PREFERRED_EXIT in names else None,
+                                 train_max=task.train_max)]

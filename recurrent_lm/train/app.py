@@ -38,7 +38,13 @@ ENTRY_POINT_GROUP = "recurrent_lm.apps"
 class AppReport(Protocol):
     """What an app's after-fit step produced (an export path, an evaluation), printed in the final report."""
 
+    figures: list[Path]
+    """Pictures the app drew into the run directory (named in the final printout)."""
+
     def print(self, console: Console) -> None: ...
+
+    def next_steps(self) -> list[str]:
+        """Commands worth running next on what the run wrote (its export), one per line with a # comment."""
 
 
 @dataclass

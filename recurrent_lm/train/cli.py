@@ -37,7 +37,7 @@ import lightning as L
 import torch
 from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
-from lightning.pytorch.callbacks import LearningRateMonitor, RichProgressBar
+from lightning.pytorch.callbacks import LearningRateMonitor
 from lightning.pytorch.plugins.environments import SLURMEnvironment
 from lightning.pytorch.loggers import Logger, TensorBoardLogger
 from omegaconf import DictConfig, OmegaConf
@@ -48,11 +48,13 @@ from recurrent_lm.model.io import make_writable_dir
 from recurrent_lm.model.precision import resolve_precision
 from recurrent_lm.train.app import APPS, App, app_for, batch_rows, register_configs, selected_key
 from recurrent_lm.train.callbacks import PREEMPTED_EXIT, DepthThroughputMonitor, OnRestored, Preemption, RunCheckpoint
+from recurrent_lm.quiet import quiet_libraries
 from recurrent_lm.train.checkpoint_io import SafeCheckpointIO
 from recurrent_lm.train.init_from import PRETRAINED_GROUP, model_config_from
 from recurrent_lm.train.metrics_log import RunCSVLogger
 from recurrent_lm.train.parallel import build_strategy, check_launch, is_rank_zero, planned_world_size
-from recurrent_lm.train.report import RunSummary, print_report
+from recurrent_lm.train.progress import StepProgressBar
+from recurrent_lm.train.report import RunSummary, print_next_steps, print_report
 from recurrent_lm.train.resume_guard import check_recipe
 from recurrent_lm.train.run_dir import (CHECKPOINT_DIR, LOG_DIR, Resume, RunDirLock, check_parallel, clear_run,
                                         enforce_retention, remove_partial_writes, resolve_resume, write_text_atomic)
@@ -119,7 +121,7 @@ def build_trainer(cfg: TrainConfig, app: App, run_dir: Path, resume: Resume, on_
     if loggers:
         callbacks.append(LearningRateMonitor(logging_interval="step"))
     if t.enable_progress_bar:
-        callbacks.append(RichProgressBar())
+        callbacks.append(StepProgressBar(length_fn=app.batch_positions))
     devices: Any = int(t.devices) if str(t.devices).isdigit() else t.devices
     plugins: list[Any] = [SafeCheckpointIO(preloaded=(resume.path, resume.checkpoint)
                                            if resume.path is not None and resume.path.is_file() else None)]
@@ -256,8 +258,12 @@ def _hydra_main(cfg: DictConfig) -> None:
 
     def guarded() -> int:
         require_init_from(cfg)
-        # saved, not finished: `recurrent-lm-train ... && next-step` must not go on
-        return PREEMPTED_EXIT if run(cfg).preempted else 0
+        summary = run(cfg)
+        if summary.preempted:  # saved, not finished: `recurrent-lm-train ... && next-step` must not go on
+            return PREEMPTED_EXIT
+        if HydraConfig.get().mode != RunMode.MULTIRUN and is_rank_zero() and not cfg.dry_run:
+            print_next_steps([summary])
+        return 0
 
     status = report_user_errors(PROG, guarded)
     if status:
@@ -285,6 +291,7 @@ def check_overrides(overrides: Sequence[str], conf: Path) -> None:
 def main() -> None:
     """The console script. A bad override hydra finds itself (a syntax error, an unknown key) it reports with its
     own message and exit status 1, the status of a crash; it is a user error, so it exits 2 like every other."""
+    quiet_libraries()
     status = report_user_errors(PROG, lambda: check_overrides(sys.argv[1:], conf_dir()))
     if status:
         sys.exit(status)

@@ -5,7 +5,7 @@ The default app of ``recurrent-lm-train``: it runs when no other app's group is 
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar, Optional
 
@@ -30,17 +30,29 @@ from recurrent_lm.train.schema import TrainConfig
 
 @dataclass
 class SampleReport:
-    """The export path and a text generated at the model's default depth."""
+    """The export path and a text sampled at the model's default depth, with the settings that drew it."""
 
     export: Optional[Path]
     sample: Optional[str]
+    settings: str = ""
+    figures: list[Path] = field(default_factory=list)
 
     def print(self, console: Console) -> None:
         if self.export is not None:
             console.print(f"exported model: [bold]{self.export}[/bold]")
         if self.sample is not None:
-            console.rule("sample")
+            console.rule(f"sample ({self.settings})")
             console.print(self.sample, markup=False, highlight=False)
+
+    def next_steps(self) -> list[str]:
+        if self.export is None:
+            return []
+        return [f'recurrent-lm-generate {self.export} "**ROMEO**" --temperature 0.8 --top-k 40 '
+                "--exit convergence   # sample, adaptive depth per token",
+                f"recurrent-lm-eval sweep --model_args pretrained={self.export} --num_steps 1,2,4,8,16 "
+                "--tasks rlm_offline --output_dir out/sweep   # lm-eval by depth",
+                "recurrent-lm-train -m experiment=demo model.mean_recurrence=2,4,8   # a depth sweep "
+                "(recurrent-lm-sweep reports it)"]
 
 
 @register_app
@@ -63,7 +75,7 @@ class PretrainApp:
 
     def after_fit(self, cfg: TrainConfig, model: nn.Module, built: Built, run_dir: Path, step: int) -> SampleReport:
         export = export_model(model, run_dir, run_dir / EXPORT_DIR, step, "the end of training") if cfg.export else None
-        return SampleReport(export, sample_text(cfg, model, built.tokenizer))
+        return SampleReport(export, *sample_text(cfg, model, built.tokenizer))
 
 
 def text_datamodule(cfg: TrainConfig, run_dir: Path, resume: Resume) -> TextDataModule:
@@ -104,14 +116,17 @@ def language_module(cfg: TrainConfig, resume: Resume) -> RecurrentLMModule:
                              lm=initial, parallel=cfg.parallel)
 
 
-def sample_text(cfg: TrainConfig, model: nn.Module, tokenizer: Any) -> Optional[str]:
-    """``cfg.sample_prompt`` continued by ``cfg.sample_tokens`` greedy tokens at the model's default depth."""
+def sample_text(cfg: TrainConfig, model: nn.Module, tokenizer: Any) -> tuple[Optional[str], str]:
+    """(``cfg.sample_prompt`` continued by ``cfg.sample_tokens`` sampled tokens at the model's default depth, the
+    settings used): temperature and top-k keep a small model's text readable where greedy decoding loops."""
     if cfg.sample_tokens <= 0:
-        return None
+        return None, ""
     from recurrent_lm.infer import GenerationConfig, generate
 
     prompt = tokenizer.encode(cfg.sample_prompt)
-    result = generate(model, [prompt], GenerationConfig(max_new_tokens=cfg.sample_tokens, seed=cfg.seed,
-                                                        num_steps=cfg.model.mean_recurrence),
-                      eos_id=tokenizer.eos_id, pad_id=tokenizer.pad_id)
-    return cfg.sample_prompt + tokenizer.decode(result.tokens[0])
+    settings = GenerationConfig(max_new_tokens=cfg.sample_tokens, seed=cfg.seed, num_steps=cfg.model.mean_recurrence,
+                                temperature=cfg.sample_temperature, top_k=cfg.sample_top_k)
+    result = generate(model, [prompt], settings, eos_id=tokenizer.eos_id, pad_id=tokenizer.pad_id)
+    described = (f"r = {settings.num_steps}, temperature {settings.temperature}, top-k {settings.top_k}, "
+                 f"seed {settings.seed}")
+    return cfg.sample_prompt + tokenizer.decode(result.tokens[0]), described

@@ -1,10 +1,11 @@
-"""The end-of-run summary and report: validation loss by test-time depth, then the app's own report."""
+"""The end-of-run summary and report: validation loss by test-time depth (table and figure), then the app's own
+report, then what to try next."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Optional
+from typing import Optional, Sequence
 
 from rich.console import Console
 from rich.table import Table
@@ -29,6 +30,8 @@ class RunSummary:
     """The app's after-fit report (export, evaluation, sample) on rank 0."""
     preempted: bool = False
     """Stopped by a signal at ``step`` (saved, not finished): nothing ran after fit, the CLI exits 75."""
+    figures: list[Path] = field(default_factory=list)
+    """The pictures the report drew into the run directory (loss by depth, and the app's own)."""
 
 
 def depth_table(val: dict[str, float], mean_recurrence: int) -> Table:
@@ -43,6 +46,39 @@ def depth_table(val: dict[str, float], mean_recurrence: int) -> Table:
     return table
 
 
+def depth_losses(val: dict[str, float]) -> dict[int, float]:
+    """{r: validation loss} from the ``val/loss_r{r}`` metrics."""
+    return {int(k.removeprefix("val/loss_r")): float(v) for k, v in val.items() if k.startswith("val/loss_r")}
+
+
+def write_figures(cfg: TrainConfig, summary: RunSummary) -> list[Path]:
+    """The loss-by-depth picture (train/figures.py) in the run directory, when validation read several depths, then
+    the app's own; all go to ``summary.figures``."""
+    from recurrent_lm.train.figures import LOSS_FIGURE, plot_depth_loss
+
+    losses = depth_losses(summary.val)
+    if len(losses) > 1:
+        summary.figures.append(plot_depth_loss(losses, cfg.model.mean_recurrence, summary.run_dir / LOSS_FIGURE,
+                                               title=f"{cfg.name}: validation loss by test-time depth"))
+    if summary.app is not None:
+        summary.figures.extend(summary.app.figures)
+    return summary.figures
+
+
+def next_steps(summaries: Sequence[RunSummary]) -> list[str]:
+    """What to try after runs, with the paths they just wrote (each app says what fits its export), then the docs."""
+    lines = [line for s in summaries if s.app is not None for line in s.app.next_steps()]
+    lines.append("docs: README.md, docs/training.md, docs/inference.md, docs/evaluation.md")
+    return lines
+
+
+def print_next_steps(summaries: Sequence[RunSummary], console: Console | None = None) -> None:
+    console = console or Console()
+    console.rule("next steps")
+    for line in next_steps(summaries):
+        console.print(line, markup=False, highlight=False, soft_wrap=True)
+
+
 def print_report(cfg: TrainConfig, summary: RunSummary) -> None:
     console = Console()
     if any(k.startswith("val/loss_r") for k in summary.val):
@@ -50,3 +86,5 @@ def print_report(cfg: TrainConfig, summary: RunSummary) -> None:
     console.print(f"steps trained: {summary.step}   run dir: {summary.run_dir}")
     if summary.app is not None:
         summary.app.print(console)
+    for figure in write_figures(cfg, summary):
+        console.print(f"figure: [bold]{figure}[/bold]")

@@ -165,6 +165,10 @@ class TrainConfig:
     """Write run_dir/export (safetensors + config.json + tokenizer.json) at the end."""
     sample_prompt: str = "ROMEO."
     sample_tokens: int = 48
+    sample_temperature: float = 0.8
+    """Temperature of the end-of-run sample (0 = greedy; a small model's greedy text loops on one phrase)."""
+    sample_top_k: Optional[int] = 40
+    """The end-of-run sample draws from the top_k most likely tokens (null = all)."""
     dry_run: bool = False
     """Compose, validate and print the config, build the model, then exit."""
     flop_budget: Optional[float] = None
