@@ -29,7 +29,7 @@ from typing import Callable, Optional
 
 import torch
 
-from recurrent_lm.errors import ConfigError, report_user_errors
+from recurrent_lm.errors import AlreadyExistsError, ConfigError, report_user_errors
 from recurrent_lm.model.precision import DTYPE_CHOICES, resolve_dtype
 from recurrent_lm.output_dir import staged_dir
 
@@ -95,6 +95,8 @@ HUB_SOURCES = ("hf",)
 """Source formats whose SRC may be a Hub name rather than a directory."""
 FILE_SOURCES = ("coconut-ref",)
 """Source formats whose SRC is a file (the reference's checkpoint_<epoch>)."""
+FILE_TARGETS = ("coconut-ref",)
+"""Target formats whose DST is one file, written atomically (the other targets are directories, staged whole)."""
 
 
 def _dtype(args: argparse.Namespace) -> Optional[torch.dtype]:
@@ -154,10 +156,16 @@ def main(argv: Optional[list[str]] = None) -> int:
 
 
 def _convert_staged(convert: Converter, args: argparse.Namespace) -> None:
-    """Convert into a hidden sibling of DST that replaces it only when complete (a failure leaves DST as it was)."""
+    """Convert into a hidden sibling of DST that replaces it only when complete (a failure leaves DST as it was); a
+    file target is written atomically by its converter, and an existing one is replaced only with --overwrite."""
     dst = args.dst
-    with staged_dir(dst, args.overwrite) as args.dst:
+    if args.target_format in FILE_TARGETS:
+        if dst.is_file() and not args.overwrite:
+            raise AlreadyExistsError(f"DST {dst} exists; pass --overwrite to replace it, or choose another path")
         convert(args)
+    else:
+        with staged_dir(dst, args.overwrite) as args.dst:
+            convert(args)
     print(dst)
 
 

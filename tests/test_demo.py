@@ -18,8 +18,11 @@ from train_support import compose_cfg, overrides
 
 from recurrent_lm.demo import split_overrides
 from recurrent_lm.quiet import quiet_libraries
-from recurrent_lm.train.cli import build_run, build_trainer, run
-from recurrent_lm.train.figures import LOSS_FIGURE, REASONING_FIGURE
+from recurrent_lm.train.app import app_for
+from recurrent_lm.train.callbacks import OnRestored
+from recurrent_lm.train.cli import build_trainer, run
+from recurrent_lm.reasoning.figures import REASONING_FIGURE
+from recurrent_lm.train.figures import LOSS_FIGURE
 from recurrent_lm.train.progress import StepProgressBar
 from recurrent_lm.train.run_dir import resolve_resume
 
@@ -82,12 +85,13 @@ def test_progress_bar_shows_steps_loss_depth_and_speed(corpus_dir, tmp_path):
         "trainer.max_steps": 3, "trainer.val_check_interval": "null", "trainer.enable_progress_bar": True,
         "logger.tensorboard": True})))
     resume = resolve_resume("none", tmp_path, overwrite=True)
-    datamodule, module, _ = build_run(typed, tmp_path)
-    trainer = build_trainer(typed, tmp_path, resume)
+    app = app_for(typed)
+    built = app.build(typed, tmp_path, resume)
+    trainer = build_trainer(typed, app, tmp_path, resume, OnRestored(lambda: None))
     bar = trainer.progress_bar_callback
     assert isinstance(bar, StepProgressBar)
-    trainer.fit(module, datamodule=datamodule)
-    metrics = bar.get_metrics(trainer, module)
+    trainer.fit(built.module, datamodule=built.datamodule)
+    metrics = bar.get_metrics(trainer, built.module)
     assert list(metrics)[:3] == ["loss", "depth", "tokens/s"] and "v_num" not in metrics
     assert float(metrics["loss"]) == pytest.approx(float(trainer.callback_metrics["train/loss"]), abs=1e-3)
     assert float(metrics["depth"]) >= 1 and float(metrics["tokens/s"].replace(",", "")) > 0

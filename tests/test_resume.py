@@ -171,6 +171,18 @@ def test_sweep_jobs_get_their_own_run_dirs_and_sweeps_do_not_share(corpus_dir, t
     assert "mean_recurrence: 8" in (job / "config.yaml").read_text() and sorted(step_losses(job)) == [0, 1]
 
 
+def test_a_refused_sweep_job_lets_the_sweep_go_on_and_sets_the_exit_status(corpus_dir, tmp_path):
+    """Job 0 of a local multirun is refused (n_heads does not divide d_model): job 1 still trains (so the sweep's
+    report can list both), and the multirun exits 2 at the end instead of 0."""
+    args = [a for a in overrides(corpus_dir, tmp_path, **{**RESUME_ARGS, "export": False})
+            if not a.startswith(("run_dir=", "trainer.max_steps="))]
+    result = launch(["-m", f"hydra.sweep.dir={tmp_path / 'sweep'}", "trainer.max_steps=2", "model.n_heads=3,4"] + args)
+    assert result.returncode == 2, result.stdout[-3000:]
+    assert "n_heads" in result.stdout
+    [trained] = [p for p in (tmp_path / "sweep").iterdir() if p.name.startswith("1_")]
+    assert sorted(step_losses(trained)) == [0, 1]
+
+
 def test_default_sweep_dir_is_per_sweep():
     from recurrent_lm.train.sweep_dirs import job_dir_name
 

@@ -203,10 +203,9 @@ def _fmt(value: Optional[float]) -> str:
 
 def plot_metrics(rows: list[dict[str, Any]], x_key: str, path: Path) -> Path:
     """One subplot per (task, metric, filter): value against ``x_key``, one line per exit setting."""
-    import matplotlib
+    from recurrent_lm.train.figures import pyplot
 
-    matplotlib.use("Agg", force=False)
-    import matplotlib.pyplot as plt
+    plt = pyplot()
 
     panels: dict[tuple[str, str, str], dict[str, list[dict[str, Any]]]] = defaultdict(lambda: defaultdict(list))
     for r in rows:

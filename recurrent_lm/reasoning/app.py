@@ -91,7 +91,7 @@ def reasoning_figures(task: TaskConfig, report: ReasoningReport, run_dir: Path) 
     """Exact match by test-time depth per input length, with the depth the exit chose (train/figures.py)."""
     if not report.depths:
         return []
-    from recurrent_lm.train.figures import REASONING_FIGURE, plot_reasoning_depth
+    from recurrent_lm.reasoning.figures import REASONING_FIGURE, plot_reasoning_depth
 
     names = [e.name for e in report.exits]
     return [plot_reasoning_depth(report, run_dir / REASONING_FIGURE,

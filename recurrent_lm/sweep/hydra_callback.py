@@ -12,8 +12,9 @@ from omegaconf import DictConfig
 class SweepReport(Callback):
     """``recurrent-lm-sweep <sweep dir> --out <sweep dir>/report`` once every job of the multirun has returned.
 
-    A job that raised stops hydra before this hook; the report of such a partial sweep is one command away and
-    lists the failed run as such: ``recurrent-lm-sweep <sweep dir>``.
+    A job refused with a user error or stopped by a signal lets the sweep go on (``recurrent-lm-train`` exits with
+    its status once the multirun ends), so the report lists it. A job that crashed with a bug stops hydra before
+    this hook; ``recurrent-lm-sweep <sweep dir>`` then reports the partial sweep.
     """
 
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:

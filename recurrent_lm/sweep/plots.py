@@ -11,19 +11,11 @@ import numpy as np
 
 from recurrent_lm.sweep.collect import Run
 from recurrent_lm.sweep.isoflop import PowerLaw, SliceFit, run_curve
-
-
-def _pyplot():
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    return plt
+from recurrent_lm.train.figures import pyplot
 
 
 def _colors(values: Sequence[float]) -> dict[float, tuple]:
-    plt = _pyplot()
+    plt = pyplot()
     ordered = sorted(set(values))
     cmap = plt.get_cmap("viridis")
     return {v: cmap(i / max(1, len(ordered) - 1) * 0.9) for i, v in enumerate(ordered)}
@@ -31,7 +23,7 @@ def _colors(values: Sequence[float]) -> dict[float, tuple]:
 
 def loss_vs_flops(runs: Sequence[Run], budgets: Sequence[float], depth: str | int, path: Path) -> Path:
     """Validation loss against training FLOPs, one colour per mean recurrence; budgets as dotted lines."""
-    plt = _pyplot()
+    plt = pyplot()
     fig, ax = plt.subplots(figsize=(7, 4.5))
     colors = _colors([r.mean_recurrence for r in runs if math.isfinite(r.mean_recurrence)])
     labelled: set[float] = set()
@@ -58,7 +50,7 @@ def loss_vs_flops(runs: Sequence[Run], budgets: Sequence[float], depth: str | in
 
 def isoflop(slices: Sequence[SliceFit], law: PowerLaw, depth: str | int, path: Path) -> Path:
     """Left: loss against r̄ at each budget with its parabola and minimum. Right: r*(C) with the power law."""
-    plt = _pyplot()
+    plt = pyplot()
     fig, (left, right) = plt.subplots(1, 2, figsize=(11, 4.5))
     colors = _colors([s.budget for s in slices])
     for fit in slices:
@@ -108,7 +100,7 @@ def isoflop(slices: Sequence[SliceFit], law: PowerLaw, depth: str | int, path: P
 
 def loss_vs_depth(runs: Sequence[Run], labels: Sequence[str], path: Path) -> Path:
     """Final validation loss against test-time depth, one line per run; ▲ marks its training mean."""
-    plt = _pyplot()
+    plt = pyplot()
     fig, ax = plt.subplots(figsize=(10, 4.5))
     colors = _colors([r.mean_recurrence for r in runs if math.isfinite(r.mean_recurrence)])
     for run, label in zip(runs, labels):
@@ -142,5 +134,5 @@ def _wrap(text: str, width: int = 45) -> str:
 def _save(fig, path: Path) -> Path:
     fig.tight_layout()
     fig.savefig(path, dpi=120)
-    _pyplot().close(fig)
+    pyplot().close(fig)
     return path

@@ -249,6 +249,8 @@ def require_init_from(cfg: DictConfig) -> None:
 
 _composed: list[bool] = []
 """Set once hydra has composed a config and called the app: an exit 1 before that is a composition error."""
+_failed_jobs: list[int] = []
+"""Exit statuses of a multirun's refused or preempted jobs: the other jobs, and the sweep's report, still run."""
 
 
 @hydra.main(config_path=str(conf_dir()), config_name="config", version_base="1.3")
@@ -266,7 +268,9 @@ def _hydra_main(cfg: DictConfig) -> None:
         return 0
 
     status = report_user_errors(PROG, guarded)
-    if status:
+    if status and HydraConfig.get().mode == RunMode.MULTIRUN:
+        _failed_jobs.append(status)  # the sweep goes on (its report lists this run); main() exits with the status
+    elif status:
         sys.exit(status)
 
 
@@ -301,6 +305,8 @@ def main() -> None:
         if exit_.code == 1 and not _composed:
             sys.exit(2)
         raise
+    if _failed_jobs:  # a refusal (2) outranks a preemption (75): the sweep did not only need more time
+        sys.exit(2 if 2 in _failed_jobs else _failed_jobs[0])
 
 
 if __name__ == "__main__":
