@@ -53,8 +53,7 @@ def model_config(shape: str, device: str):
 
     preset, fields, batch, seq, r, k = (SHAPES_CUDA if device == "cuda" else SHAPES_CPU)[shape]
     base = OmegaConf.to_container(OmegaConf.load(CONF / f"{preset}.yaml"))
-    cfg = ModelConfig(**{**base, **fields, "block_size": seq, "mean_recurrence": r, "mean_backprop_depth": k,
-                         "activation_checkpointing": False})
+    cfg = ModelConfig(**{**base, **fields, "block_size": seq, "mean_recurrence": r, "mean_backprop_depth": k})
     return cfg, batch, seq, r, k
 
 

@@ -130,7 +130,8 @@ def _run(args: argparse.Namespace) -> int:
     except ValueError as err:
         raise InputError(str(err)) from None
     model = RecurrentDepthLM.from_pretrained(directory, map_location=str(device))
-    model = model.to(resolve_dtype(args.dtype, device, "--dtype"))
+    dtype = resolve_dtype(args.dtype, device, "--dtype")
+    model = model.to(dtype)
     if tokenizer.vocab_size > model.config.vocab_size:
         raise InputError(f"tokenizer.json has {tokenizer.vocab_size} tokens but the model only "
                          f"{model.config.vocab_size}; the directory mixes files from different exports")
@@ -143,7 +144,7 @@ def _run(args: argparse.Namespace) -> int:
     cap = resolve_depth(args.num_steps, model.config.mean_recurrence, spec)
     check_depth("--max-steps" if spec.max_steps is not None else "--num-steps", cap, model.config,
                 min(max(map(len, ids)) + args.max_new_tokens, model.config.block_size),
-                min(args.batch_size, len(ids)), args.kv_cache, args.kv_window, getattr(torch, args.dtype).itemsize)
+                min(args.batch_size, len(ids)), args.kv_cache, args.kv_window, dtype.itemsize)
 
     console = Console(highlight=False, soft_wrap=True)
     stream = args.batch_size == 1 and not args.no_stream
