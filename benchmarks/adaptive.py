@@ -1,19 +1,29 @@
 """Adaptive compute in wall-clock: per-token exits against fixed depth, in batched prefill and batched decoding.
 
     python benchmarks/adaptive.py --model runs/reasoning_parity/export --difficulty 32 --batch-size 8
+    python benchmarks/adaptive.py --model runs/demo/export --task text --seq-len 64 --depths 1 2 3 4 6 8 16 --cap 16
 
-For a reasoning model (its task is read from ``task.json`` in the model directory) whose accuracy depends on
-depth, on ``--num-examples`` test problems of one difficulty, in batches of ``--batch-size`` rows:
+Two kinds of model (``--task``; by default ``reasoning`` when the model directory has a ``task.json``, else ``text``):
 
-* fixed depths (``--depths``): exact match and time, measured in this run;
-* each exit criterion (cap ``--cap``): mean core iterations per answer token, exact match, its gap to the best
-  fixed depth, and its time with and without compaction, against the time of the *smallest fixed depth that
-  reaches the same exact match* (its "equal-quality" baseline; none if no fixed depth does);
+* **reasoning**: ``--num-examples`` test problems of one ``--difficulty`` of the model's task; quality = exact match
+  (every answer token right), higher is better;
+* **text**: ``--num-examples`` held-out windows of ``--seq-len`` + 1 tokens from the validation split of the corpus the
+  model was trained on (the ``data`` section of ``--run-config``, by default the run's ``config.yaml`` beside the
+  export); quality = mean next-token loss over every position, lower is better.
 
-in two modes: **prefill** (one batched forward over the whole problem, as the reasoning evaluation runs it) and
-**decode** (teacher-forced cached decoding, one token per row per forward, B rows at once: batched decoding's
-cost structure with the task's exact-match score). Times are medians of ``--repeats`` runs over all batches.
-Every setting sees the same problems and the same per-position initial states.
+In batches of ``--batch-size`` rows, it measures
+
+* fixed depths (``--depths``): quality and time, measured in this run;
+* each exit criterion (cap ``--cap``): mean core iterations per scored token, quality, its cost against the best
+  fixed depth, and its time with and without compaction, against the time of the *smallest fixed depth of equal
+  quality*: at least as good as the exit, or within the goal's 1 % (points of exact match, % of loss) of the best
+  fixed depth (its "equal-quality" baseline; none if no fixed depth is);
+
+in two modes: **prefill** (one batched forward over the whole sequence, as the reasoning evaluation and lm-eval
+run it) and **decode** (teacher-forced cached decoding, one token per row per forward, B rows at once: batched
+decoding's cost structure with the same quality score). In decode the causal and sequence scopes see one token
+per forward, so they reduce to that token's own change (``convergence``). Times are medians of ``--repeats`` runs
+over all batches. Every setting sees the same sequences and the same per-position initial states.
 """
 
 from __future__ import annotations
@@ -23,27 +33,32 @@ import json
 import platform
 import statistics
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
 
 import torch
+import torch.nn.functional as F
 
 from recurrent_lm.loop import ExitSpec
 from recurrent_lm.model import RecurrentDepthLM
 from recurrent_lm.model.cache import RecurrentKVCache
 from recurrent_lm.model.lm import COMPACT_FILL, IGNORE_INDEX
-from recurrent_lm.reasoning.evaluate import load_task
-from recurrent_lm.reasoning.tasks import TEST_SPLIT, collate, fixed_examples
 
 DEFAULT_CRITERIA = ["convergence=0.03", "causal_convergence=0.03", "sequence_convergence=0.03", "kl=5e-4",
                     "entropy=1e-3", "learned=0.9"]
 MODES = ("prefill", "decode")
+TASKS = ("reasoning", "text")
+QUALITY_GOAL = 1.0  # the issue's "at most 1 % quality cost": points of exact match, or % of the loss
 
 
 def parse_args(argv: Optional[list[str]] = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--model", required=True, help="exported reasoning model directory (with task.json)")
-    p.add_argument("--difficulty", type=int, default=32)
+    p.add_argument("--model", required=True, help="exported model directory (a reasoning one has a task.json)")
+    p.add_argument("--task", choices=TASKS, help="what quality means (default: reasoning iff task.json exists)")
+    p.add_argument("--difficulty", type=int, default=32, help="reasoning: the test problems' difficulty")
+    p.add_argument("--seq-len", type=int, default=64, help="text: tokens per held-out window")
+    p.add_argument("--run-config", help="text: the training run's config.yaml (default: <model>/../config.yaml)")
     p.add_argument("--num-examples", type=int, default=32)
     p.add_argument("--batch-size", type=int, default=8)
     p.add_argument("--depths", type=int, nargs="+", default=[4, 8, 12, 16, 20, 24, 32])
@@ -59,6 +74,72 @@ def parse_args(argv: Optional[list[str]] = None) -> argparse.Namespace:
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--json", dest="json_out")
     return p.parse_args(argv)
+
+
+@dataclass
+class Workload:
+    """The batches every setting runs, which tokens count, and how their outputs become one quality figure."""
+
+    task: str
+    title: str  # e.g. "32-bit problems", "64-token windows"
+    batches: list[dict[str, torch.Tensor]]  # input_ids, labels (B, T); labels IGNORE_INDEX where not scored
+
+    @property
+    def higher_is_better(self) -> bool:
+        return self.task == "reasoning"
+
+    @property
+    def metric(self) -> str:
+        return "exact match %" if self.task == "reasoning" else "loss (nats/token)"
+
+    def quality(self, logits: list[torch.Tensor]) -> float:
+        """Exact match in % (reasoning) or the mean next-token loss (text) of the batches' logits (B, T, V)."""
+        if self.task == "reasoning":
+            exact = [((lg.argmax(-1) == b["labels"]) | (b["labels"] == IGNORE_INDEX)).all(-1)
+                     for b, lg in zip(self.batches, logits)]
+            return 100 * torch.cat(exact).float().mean().item()
+        losses = [F.cross_entropy(lg.flatten(0, 1).float(), b["labels"].flatten(), ignore_index=IGNORE_INDEX,
+                                  reduction="none") for b, lg in zip(self.batches, logits)]
+        return torch.cat(losses).mean().item()
+
+    def at_least(self, a: float, b: float) -> bool:
+        """Quality ``a`` is as good as ``b`` or better."""
+        return a >= b - 1e-9 if self.higher_is_better else a <= b + 1e-9
+
+    def cost(self, q: float, best: float) -> float:
+        """The quality cost against the best fixed depth: points of exact match, or % of loss."""
+        return best - q if self.higher_is_better else 100 * (q - best) / best
+
+
+def load_workload(args: argparse.Namespace, model: RecurrentDepthLM) -> Workload:
+    """The test batches of ``args.task`` (inferred from the model directory if not given)."""
+    task = args.task or ("reasoning" if (Path(args.model) / "task.json").is_file() else "text")
+    if task == "reasoning":
+        from recurrent_lm.reasoning.evaluate import load_task
+        from recurrent_lm.reasoning.tasks import TEST_SPLIT, collate, fixed_examples
+
+        examples = fixed_examples(load_task(args.model), TEST_SPLIT, args.difficulty, args.num_examples)
+        batches = [collate(examples[i:i + args.batch_size]) for i in range(0, len(examples), args.batch_size)]
+        return Workload(task, f"difficulty {args.difficulty}", batches)
+    import yaml
+
+    from recurrent_lm.data.config import DataConfig
+    from recurrent_lm.data.packing import prepare_data
+
+    config = Path(args.run_config or Path(args.model).parent / "config.yaml")
+    if not config.is_file():
+        raise SystemExit(f"--task text reads the held-out text of the run's data section, and {config} does not "
+                         "exist: pass --run-config <run_dir>/config.yaml")
+    if args.seq_len > model.config.block_size:
+        raise SystemExit(f"--seq-len {args.seq_len} exceeds the model's block_size {model.config.block_size}")
+    tokens = prepare_data(DataConfig(**yaml.safe_load(config.read_text())["data"]), args.seq_len).validation
+    span = args.seq_len + 1
+    if len(tokens) < args.num_examples * span:
+        raise SystemExit(f"--num-examples {args.num_examples} windows of {span} tokens need {args.num_examples * span} "
+                         f"validation tokens; the corpus holds {len(tokens)}")
+    windows = torch.from_numpy(tokens[: args.num_examples * span].astype("int64")).view(args.num_examples, span)
+    batches = [{"input_ids": w[:, :-1], "labels": w[:, 1:]} for w in windows.split(args.batch_size)]
+    return Workload(task, f"{args.seq_len}-token windows", batches)
 
 
 def run_batch(model: RecurrentDepthLM, ids: torch.Tensor, watch: torch.Tensor, noise: Optional[torch.Tensor],
@@ -79,23 +160,21 @@ def run_batch(model: RecurrentDepthLM, ids: torch.Tensor, watch: torch.Tensor, n
     return torch.cat(logits, 1), torch.cat(steps, 1)
 
 
-def measure(model, batches, noise, depth, spec, mode, compact: float, repeats: int) -> dict:
-    """Exact match, mean iterations per answer token and the median time over ``repeats`` passes of all batches."""
+def measure(model, work: Workload, noise, depth, spec, mode, compact: float, repeats: int) -> dict:
+    """Quality, mean iterations per scored token and the median time over ``repeats`` passes of all batches."""
     model.compact_exits = compact
-    times, exact, steps = [], [], []
+    times, logits, steps = [], [], []
     with torch.no_grad():
         for rep in range(repeats):
             start = time.perf_counter()
             results = [run_batch(model, b["input_ids"], b["labels"] != IGNORE_INDEX, noise, depth, spec, mode)
-                       for b in batches]
+                       for b in work.batches]
             times.append(time.perf_counter() - start)
             if rep == 0:
-                for b, (logits, used) in zip(batches, results):
-                    answer = b["labels"] != IGNORE_INDEX
-                    exact.append(((logits.argmax(-1) == b["labels"]) | ~answer).all(-1))
-                    steps.append(used[answer].float())
+                logits = [lg for lg, _ in results]
+                steps = [used[b["labels"] != IGNORE_INDEX].float() for b, (_, used) in zip(work.batches, results)]
     model.compact_exits = COMPACT_FILL
-    return {"acc": 100 * torch.cat(exact).float().mean().item(), "iters": torch.cat(steps).mean().item(),
+    return {"quality": work.quality(logits), "iters": torch.cat(steps).mean().item(),
             "seconds": statistics.median(times), "spread": max(times) - min(times)}
 
 
@@ -146,9 +225,11 @@ def compaction_table(model: RecurrentDepthLM, ids: torch.Tensor, args: argparse.
     return rows
 
 
-def equal_quality(fixed: dict[int, dict], acc: float) -> Optional[int]:
-    """The smallest fixed depth whose exact match reaches ``acc``."""
-    reached = [r for r, m in sorted(fixed.items()) if m["acc"] >= acc - 1e-9]
+def equal_quality(work: Workload, fixed: dict[int, dict], q: float, best: float) -> Optional[int]:
+    """The smallest fixed depth of equal quality to ``q``: at least as good, or within the goal's 1 % of the best
+    fixed depth (so that an exit a hair better than every fixed depth on a continuous loss still has a baseline)."""
+    reached = [r for r, m in sorted(fixed.items())
+               if work.at_least(m["quality"], q) or work.cost(m["quality"], best) <= QUALITY_GOAL]
     return reached[0] if reached else None
 
 
@@ -156,9 +237,7 @@ def main(argv: Optional[list[str]] = None) -> int:
     args = parse_args(argv)
     torch.set_num_threads(args.threads)
     model = RecurrentDepthLM.from_pretrained(args.model).float().eval()
-    task = load_task(args.model)
-    examples = fixed_examples(task, TEST_SPLIT, args.difficulty, args.num_examples)
-    batches = [collate(examples[i:i + args.batch_size]) for i in range(0, len(examples), args.batch_size)]
+    work = load_workload(args, model)
     noise = model.initial_state_table(0)
     specs = []
     for item in args.criteria:
@@ -167,34 +246,36 @@ def main(argv: Optional[list[str]] = None) -> int:
             print(f"(skipping {item}: {args.model} has no exit gate)")
             continue
         specs.append(ExitSpec.parse(name, threshold or None, max_steps=args.cap))
-    report: dict = {"model": args.model, "task": task.name, "difficulty": args.difficulty,
-                    "examples": len(examples), "batch_size": args.batch_size, "machine": platform.platform(),
-                    "threads": args.threads, "modes": {}}
+    report: dict = {"model": args.model, "task": work.task, "workload": work.title, "examples": args.num_examples,
+                    "batch_size": args.batch_size, "machine": platform.platform(), "threads": args.threads,
+                    "modes": {}}
     for mode in args.modes:
-        fixed = {r: measure(model, batches, noise, r, None, mode, 0.0, args.repeats) for r in args.depths}
-        best = max(m["acc"] for m in fixed.values())
+        fixed = {r: measure(model, work, noise, r, None, mode, 0.0, args.repeats) for r in args.depths}
+        best = max(m["quality"] for m in fixed.values()) if work.higher_is_better else \
+            min(m["quality"] for m in fixed.values())
         rows = []
         for spec in specs:
-            masked = measure(model, batches, noise, args.cap, spec, mode, 0.0, args.repeats)
-            compact = measure(model, batches, noise, args.cap, spec, mode, args.compact, args.repeats)
-            base = equal_quality(fixed, compact["acc"])
+            masked = measure(model, work, noise, args.cap, spec, mode, 0.0, args.repeats)
+            compact = measure(model, work, noise, args.cap, spec, mode, args.compact, args.repeats)
             rows.append({"exit": f"{spec.criterion}={spec.threshold:g}", "masked": masked, "compact": compact,
-                         "equal_depth": base})
-        report["modes"][mode] = {"fixed": fixed, "exits": rows, "best_fixed_acc": best}
-        print_mode(mode, fixed, rows, best, args)
-    report["compaction"] = compaction_table(model, batches[0]["input_ids"], args)
+                         "equal_depth": equal_quality(work, fixed, compact["quality"], best)})
+        report["modes"][mode] = {"fixed": fixed, "exits": rows, "best_fixed": best}
+        print_mode(mode, work, fixed, rows, best, args)
+    report["compaction"] = compaction_table(model, work.batches[0]["input_ids"], args)
     if args.json_out:
         Path(args.json_out).write_text(json.dumps(report, indent=2))
     return 0
 
 
-def print_mode(mode: str, fixed: dict[int, dict], rows: list[dict], best: float, args) -> None:
-    print(f"\n### {mode}: {args.difficulty}-bit problems, {args.num_examples} examples, B = {args.batch_size}, "
-          f"median of {args.repeats}\n")
-    print("| fixed r | exact match % | s (spread) |\n|---|---|---|")
+def print_mode(mode: str, work: Workload, fixed: dict[int, dict], rows: list[dict], best: float, args) -> None:
+    text = work.task == "text"
+    fmt = (lambda q: f"{q:.4f}") if text else (lambda q: f"{q:.1f}")
+    gap = "cost: % of loss" if text else "cost: points"
+    print(f"\n### {mode}: {work.title}, {args.num_examples} examples, B = {args.batch_size}, median of {args.repeats}\n")
+    print(f"| fixed r | {work.metric} | s (spread) |\n|---|---|---|")
     for r, m in sorted(fixed.items()):
-        print(f"| {r} | {m['acc']:.1f} | {m['seconds']:.3f} ({m['spread']:.3f}) |")
-    print(f"\n| exit (cap {args.cap}) | iters/token | exact match % | vs best fixed ({best:.1f}) | masked s | "
+        print(f"| {r} | {fmt(m['quality'])} | {m['seconds']:.3f} ({m['spread']:.3f}) |")
+    print(f"\n| exit (cap {args.cap}) | iters/token | {work.metric} | {gap} (best {fmt(best)}) | masked s | "
           "compact s | compact / masked | equal-quality fixed r | its s | saving (fixed s / compact s) | "
           "goal (≤ 1% cost, ≥ 2×) |")
     print("|---|---|---|---|---|---|---|---|---|---|---|")
@@ -202,12 +283,15 @@ def print_mode(mode: str, fixed: dict[int, dict], rows: list[dict], best: float,
         m, c, r = row["masked"], row["compact"], row["equal_depth"]
         base = fixed[r]["seconds"] if r is not None else None
         saving = f"{base / c['seconds']:.2f}×" if base is not None else "— (no fixed depth reaches it)"
-        cost_ok = c["acc"] >= best - 1.0
+        cost_ok = work.cost(c["quality"], best) <= QUALITY_GOAL
         goal = "met" if cost_ok and base is not None and base / c["seconds"] >= 2 else \
             "missed: quality" if not cost_ok else "missed: < 2×"
-        print(f"| {row['exit']} | {c['iters']:.2f} | {c['acc']:.1f} | {c['acc'] - best:+.1f} | {m['seconds']:.3f} | "
-              f"{c['seconds']:.3f} | {c['seconds'] / m['seconds']:.2f} | {r if r is not None else '—'} | "
-              f"{f'{base:.3f}' if base is not None else '—'} | {saving} | {goal} |")
+        name = row["exit"]
+        if mode == "decode" and name.split("=")[0] in ("causal_convergence", "sequence_convergence"):
+            name += " (= convergence: one token per forward)"
+        print(f"| {name} | {c['iters']:.2f} | {fmt(c['quality'])} | {work.cost(c['quality'], best):+.2f} | "
+              f"{m['seconds']:.3f} | {c['seconds']:.3f} | {c['seconds'] / m['seconds']:.2f} | "
+              f"{r if r is not None else '—'} | {f'{base:.3f}' if base is not None else '—'} | {saving} | {goal} |")
 
 
 if __name__ == "__main__":

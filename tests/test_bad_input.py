@@ -29,6 +29,7 @@ from recurrent_lm.train.cli import run
     ("parallel.strategy=dpp", "parallel.strategy='dpp' is unknown; choose one of"),
     ("trainer.devices=two", "trainer.devices='two': give auto, a count >= 1"),
     ("trainer.max_nonfinite_steps=-1", "trainer.max_nonfinite_steps=-1: must be >= 0"),
+    ("trainer.exit_loss_beta=-1", "trainer.exit_loss_beta=-1.0: the entropy weight of stage I must be >= 0"),
 ])
 def test_settings_are_refused_before_any_work(corpus_dir, tmp_path, setting, message):
     cfg = compose_cfg(overrides(corpus_dir, tmp_path / "run") + [setting])

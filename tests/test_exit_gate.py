@@ -9,10 +9,11 @@ from test_init_from import source_export  # noqa: F401 (a fixture: a tiny model 
 from train_support import compose_cfg, overrides
 
 from recurrent_lm.exitgate import exit_depth, stage2_loss, stage2_targets
+from recurrent_lm.exitgate.stage1 import exit_distribution, stage1_loss
 from recurrent_lm.infer import GenerationConfig, generate
 from recurrent_lm.loop import ExitSpec
 from recurrent_lm.model import RecurrentDepthLM
-from recurrent_lm.model.exit_gate import GATE_FILE, ExitGate
+from recurrent_lm.model.exit_gate import GATE_FILE, INITIAL_BIAS, ExitGate
 from recurrent_lm.train.cli import run
 
 
@@ -36,6 +37,39 @@ def test_stage2_target_on_a_hand_made_loss_curve():
     best_later = [1.937, 1.937, 1.937, 1.937, 1.937]
     want = [sigmoid(50 * (max(0.0, c - b) - 0.005)) for c, b in zip(ce[:-1].tolist(), best_later)]
     torch.testing.assert_close(stage2_targets(ce, lookahead=True), torch.tensor(want, dtype=torch.float64))
+
+
+def test_stage1_loss_on_a_hand_made_loss_curve_and_exit_distribution():
+    # λ = 0.5, 0.25, (any): p = 0.5, 0.5 · 0.25, the rest 0.375 (the last iteration takes it).
+    logits = torch.logit(torch.tensor([[0.5, 0.9], [0.25, 0.9], [0.7, 0.9]], dtype=torch.float64))  # (R=3, 2)
+    ce = torch.tensor([[2.0, 9.0], [1.0, 9.0], [0.5, 9.0]], dtype=torch.float64)
+    p = [0.5, 0.125, 0.375]
+    torch.testing.assert_close(exit_distribution(logits)[:, 0], torch.tensor(p, dtype=torch.float64).float())
+    expected = 0.5 * 2.0 + 0.125 * 1.0 + 0.375 * 0.5
+    entropy = -sum(q * math.log(q) for q in p)
+    valid = torch.tensor([True, False])  # the second element is not supervised: its huge loss must not count
+    for beta in (0.0, 0.1):
+        torch.testing.assert_close(stage1_loss(logits, ce, valid, beta), torch.tensor(expected - beta * entropy).float())
+
+
+def test_stage1_pretraining_trains_the_gate_with_the_model(corpus_dir, tmp_path):
+    """trainer.exit_loss_beta: an ordinary pretraining run gains an exit gate, trained jointly. With a large entropy
+    bonus the exit distribution spreads out from the untrained gate's "go to the end" (λ ≈ 0.018): the learned exit
+    moves earlier. (Without the key a run has no gate: the other tests' exports.)"""
+    run_dir = tmp_path / "stage1"
+    summary = run(compose_cfg(overrides(corpus_dir, run_dir, **{
+        "sampler": "fixed", "model.mean_recurrence": 4, "sampler.backprop_depth": 4, "trainer.exit_loss_beta": 5.0,
+        "trainer.max_steps": 12, "trainer.val_check_interval": "null", "optim.lr": 0.1, "optim.schedule": "constant"})))
+    assert summary.step == 12
+    gated = RecurrentDepthLM.from_pretrained(run_dir / "export")
+    assert gated.exit_gate is not None and gated.exit_gate.proj.bias.item() > INITIAL_BIAS + 0.1
+    untrained = RecurrentDepthLM.from_pretrained(run_dir / "export")
+    untrained.exit_gate = ExitGate(untrained.config.d_model)
+    ids = torch.randint(0, untrained.config.vocab_size, (2, 16), generator=torch.Generator().manual_seed(0))
+    spec = ExitSpec("learned", 0.3)  # the untrained gate's exit CDF after 4 iterations: 1 − 0.982^4 ≈ 0.07
+    before = untrained(ids, num_steps=4, exit_criterion=spec.build()).steps_used.float().mean()
+    after = gated(ids, num_steps=4, exit_criterion=spec.build()).steps_used.float().mean()
+    assert before == 4 and after < before - 0.5
 
 
 def test_exit_depth_is_the_first_iteration_whose_exit_cdf_reaches_the_threshold():

@@ -12,6 +12,7 @@ import torch
 from torch import Tensor
 
 from recurrent_lm.errors import DivergedError
+from recurrent_lm.exitgate.stage1 import add_gate, stage1_forward
 from recurrent_lm.loop import DepthSampler, SamplerConfig, token_correlation
 from recurrent_lm.model import ModelConfig, RecurrentDepthLM, train_flops_per_token
 from recurrent_lm.model.lm import next_token_loss
@@ -37,10 +38,11 @@ class RecurrentLMModule(L.LightningModule):
     def __init__(self, model: ModelConfig, sampler: SamplerConfig, optim: OptimConfig,
                  eval_depths: list[int], compile_blocks: bool = False, telemetry_every: int = 10,
                  seed: int = 0, max_nonfinite_steps: int = 0, lm: Optional[torch.nn.Module] = None,
-                 parallel: Optional[ParallelConfig] = None) -> None:
+                 parallel: Optional[ParallelConfig] = None, exit_loss_beta: Optional[float] = None) -> None:
         """``lm`` is a model built elsewhere (a Hugging Face causal LM for Coconut); default:
         ``RecurrentDepthLM(model)``. ``parallel`` is applied in :meth:`configure_model` (activation
-        checkpointing, FSDP2 sharding)."""
+        checkpointing, FSDP2 sharding). ``exit_loss_beta`` trains an exit gate with the model (stage I,
+        :mod:`recurrent_lm.exitgate.stage1`); None: the ordinary loss."""
         super().__init__()
         self.model_config, self.optim_config = model, optim
         self.sampler = DepthSampler(sampler)
@@ -55,6 +57,9 @@ class RecurrentLMModule(L.LightningModule):
         self._micro = (-1, 0)  # (global step, micro-batch index within it) under gradient accumulation
         self._step_log: dict[str, Any] = {}  # this step's logged values: see _log_step
         self.model = RecurrentDepthLM(model) if lm is None else lm
+        self.exit_loss_beta = exit_loss_beta
+        if exit_loss_beta is not None:
+            add_gate(self.model)
         self.flops_per_batch = 0  # read by ThroughputMonitor after every batch
         # Only primitives: the checkpoint stays loadable with torch.load(weights_only=True).
         self.save_hyperparameters({"model": model.to_dict(), "sampler": vars(sampler).copy(),
@@ -102,10 +107,15 @@ class RecurrentLMModule(L.LightningModule):
     def training_step(self, batch: dict[str, Tensor], batch_idx: int) -> Tensor:
         n_no_grad, n_grad = self.sampler(self.global_step)
         record = self.global_step % self.telemetry_every == 0
-        out = self.model(batch["input_ids"], num_steps=(n_no_grad, n_grad), labels=batch["labels"],
-                         position_ids=batch.get("position_ids"), record_stats=record,
-                         init_state=self.initial_state(batch["input_ids"], "train", self.global_step,
-                                                       self._micro_batch()))
+        args = {"position_ids": batch.get("position_ids"), "record_stats": record,
+                "init_state": self.initial_state(batch["input_ids"], "train", self.global_step, self._micro_batch())}
+        if self.exit_loss_beta is None:
+            out = self.model(batch["input_ids"], num_steps=(n_no_grad, n_grad), labels=batch["labels"], **args)
+            loss = out.loss
+        else:
+            loss, out = stage1_forward(self.model, batch["input_ids"], batch["labels"], (n_no_grad, n_grad),
+                                       self.exit_loss_beta, **args)
+            self._log_step({"train/exit_objective": loss})
         tokens = batch["input_ids"].numel()
         self.flops_per_batch = tokens * train_flops_per_token(self.model_config, n_no_grad + n_grad, n_grad,
                                                               context=batch["input_ids"].shape[1])
@@ -118,7 +128,7 @@ class RecurrentLMModule(L.LightningModule):
                 "telemetry/rel_change_first": rel[0],
                 "telemetry/token_corr": token_correlation(out.state),
             })
-        return out.loss
+        return loss
 
     def initial_state(self, input_ids: Tensor, *stream: int | str) -> Tensor:
         """This rank's s_0: drawn for the whole global batch from a generator keyed by ``stream`` alone, then

@@ -113,7 +113,7 @@ def language_module(cfg: TrainConfig, resume: Resume) -> RecurrentLMModule:
     return RecurrentLMModule(cfg.model, cfg.sampler, cfg.optim, cfg.trainer.eval_depths,
                              compile_blocks=cfg.trainer.compile, telemetry_every=cfg.trainer.log_every_n_steps,
                              seed=cfg.seed, max_nonfinite_steps=cfg.trainer.max_nonfinite_steps,
-                             lm=initial, parallel=cfg.parallel)
+                             lm=initial, parallel=cfg.parallel, exit_loss_beta=cfg.trainer.exit_loss_beta)
 
 
 def sample_text(cfg: TrainConfig, model: nn.Module, tokenizer: Any) -> tuple[Optional[str], str]:

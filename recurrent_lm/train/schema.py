@@ -86,6 +86,10 @@ class TrainerConfig:
     compile: bool = False
     """torch.compile each block (the depth loop itself stays eager)."""
     deterministic: bool = False
+    exit_loss_beta: Optional[float] = None
+    """Ouro's stage I (recurrent_lm/exitgate/stage1.py): train an exit gate with the model on the expected loss
+    under its exit distribution minus this weight times the distribution's entropy (Ouro: 0.05–0.1); null = the
+    ordinary loss at the sampled depth, no gate."""
     throughput_window: int = 20
     enable_progress_bar: bool = True
 
@@ -107,6 +111,9 @@ class TrainerConfig:
                              "(0 stops at the first non-finite step)")
         if self.gradient_clip_val is not None and self.gradient_clip_val <= 0:
             raise ConfigError(f"trainer.gradient_clip_val={self.gradient_clip_val}: must be > 0, or null for none")
+        if self.exit_loss_beta is not None and not self.exit_loss_beta >= 0:
+            raise ConfigError(f"trainer.exit_loss_beta={self.exit_loss_beta}: the entropy weight of stage I must be "
+                             ">= 0 (Ouro uses 0.05–0.1), or null to train without an exit gate")
         if self.precision not in PRECISIONS:
             raise ConfigError(f"trainer.precision={self.precision!r} is unknown; choose one of {list(PRECISIONS)}")
         count = self.devices.isdigit() and int(self.devices) >= 1
