@@ -14,7 +14,8 @@ Two kinds of model (``--task``; by default ``reasoning`` when the model director
 In batches of ``--batch-size`` rows, it measures
 
 * fixed depths (``--depths``): quality and time, measured in this run;
-* each exit criterion (cap ``--cap``): mean core iterations per scored token, quality, its cost against the best
+* each exit criterion (cap ``--cap``): mean core iterations per scored token, the loop's iterations per forward
+  (its deepest token's: a masked forward costs that many iterations for every token), quality, its cost against the best
   fixed depth, and its time with and without compaction, against the time of the *smallest fixed depth of equal
   quality*: at least as good as the exit, or within the goal's 1 % (points of exact match, % of loss) of the best
   fixed depth (its "equal-quality" baseline; none if no fixed depth is);
@@ -161,9 +162,10 @@ def run_batch(model: RecurrentDepthLM, ids: torch.Tensor, watch: torch.Tensor, n
 
 
 def measure(model, work: Workload, noise, depth, spec, mode, compact: float, repeats: int) -> dict:
-    """Quality, mean iterations per scored token and the median time over ``repeats`` passes of all batches."""
+    """Quality, mean iterations per scored token, the loop's iterations per forward (its deepest token's: what a
+    masked forward costs) and the median time over ``repeats`` passes of all batches."""
     model.compact_exits = compact
-    times, logits, steps = [], [], []
+    times, logits, steps, loop = [], [], [], []
     with torch.no_grad():
         for rep in range(repeats):
             start = time.perf_counter()
@@ -173,8 +175,12 @@ def measure(model, work: Workload, noise, depth, spec, mode, compact: float, rep
             if rep == 0:
                 logits = [lg for lg, _ in results]
                 steps = [used[b["labels"] != IGNORE_INDEX].float() for b, (_, used) in zip(work.batches, results)]
+                # prefill: one forward per batch; decode: one per position, over the batch's rows
+                loop = [used.max().float()[None] if mode == "prefill" else used.max(0).values.float()
+                        for _, used in results]
     model.compact_exits = COMPACT_FILL
     return {"quality": work.quality(logits), "iters": torch.cat(steps).mean().item(),
+            "loop_iters": torch.cat(loop).mean().item(),
             "seconds": statistics.median(times), "spread": max(times) - min(times)}
 
 
@@ -275,10 +281,10 @@ def print_mode(mode: str, work: Workload, fixed: dict[int, dict], rows: list[dic
     print(f"| fixed r | {work.metric} | s (spread) |\n|---|---|---|")
     for r, m in sorted(fixed.items()):
         print(f"| {r} | {fmt(m['quality'])} | {m['seconds']:.3f} ({m['spread']:.3f}) |")
-    print(f"\n| exit (cap {args.cap}) | iters/token | {work.metric} | {gap} (best {fmt(best)}) | masked s | "
+    print(f"\n| exit (cap {args.cap}) | iters/token | loop iters/forward | {work.metric} | {gap} (best {fmt(best)}) | masked s | "
           "compact s | compact / masked | equal-quality fixed r | its s | saving (fixed s / compact s) | "
           "goal (≤ 1% cost, ≥ 2×) |")
-    print("|---|---|---|---|---|---|---|---|---|---|---|")
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|")
     for row in rows:
         m, c, r = row["masked"], row["compact"], row["equal_depth"]
         base = fixed[r]["seconds"] if r is not None else None
@@ -289,7 +295,7 @@ def print_mode(mode: str, work: Workload, fixed: dict[int, dict], rows: list[dic
         name = row["exit"]
         if mode == "decode" and name.split("=")[0] in ("causal_convergence", "sequence_convergence"):
             name += " (= convergence: one token per forward)"
-        print(f"| {name} | {c['iters']:.2f} | {fmt(c['quality'])} | {work.cost(c['quality'], best):+.2f} | "
+        print(f"| {name} | {c['iters']:.2f} | {c['loop_iters']:.2f} | {fmt(c['quality'])} | {work.cost(c['quality'], best):+.2f} | "
               f"{m['seconds']:.3f} | {c['seconds']:.3f} | {c['seconds'] / m['seconds']:.2f} | "
               f"{r if r is not None else '—'} | {f'{base:.3f}' if base is not None else '—'} | {saving} | {goal} |")
 
