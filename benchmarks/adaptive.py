@@ -3,22 +3,23 @@
     python benchmarks/adaptive.py --model runs/reasoning_parity/export --difficulty 32 --batch-size 8
     python benchmarks/adaptive.py --model runs/demo/export --task text --seq-len 64 --depths 1 2 3 4 6 8 16 --cap 16
 
-Two kinds of model (``--task``; by default ``reasoning`` when the model directory has a ``task.json``, else ``text``):
+Two kinds of model (``--task``; by default ``reasoning`` when the model directory has a ``task.json``, else
+``text``):
 
-* **reasoning**: ``--num-examples`` test problems of one ``--difficulty`` of the model's task; quality = exact match
-  (every answer token right), higher is better;
-* **text**: ``--num-examples`` held-out windows of ``--seq-len`` + 1 tokens from the validation split of the corpus the
-  model was trained on (the ``data`` section of ``--run-config``, by default the run's ``config.yaml`` beside the
-  export); quality = mean next-token loss over every position, lower is better.
+* **reasoning**: ``--num-examples`` test problems of one ``--difficulty`` of the model's task; quality = exact
+  match (every answer token right), higher is better;
+* **text**: ``--num-examples`` held-out windows of ``--seq-len`` + 1 tokens from the validation split of the corpus
+  the model was trained on (the ``data`` section of ``--run-config``, by default the run's ``config.yaml`` beside
+  the export); quality = mean next-token loss over every position, lower is better.
 
 In batches of ``--batch-size`` rows, it measures
 
 * fixed depths (``--depths``): quality and time, measured in this run;
 * each exit criterion (cap ``--cap``): mean core iterations per scored token, the loop's iterations per forward
-  (its deepest token's: a masked forward costs that many iterations for every token), quality, its cost against the best
-  fixed depth, and its time with and without compaction, against the time of the *smallest fixed depth of equal
-  quality*: at least as good as the exit, or within the goal's 1 % (points of exact match, % of loss) of the best
-  fixed depth (its "equal-quality" baseline; none if no fixed depth is);
+  (its deepest token's: a masked forward costs that many iterations for every token), quality, its cost against
+  the best fixed depth, and its time with and without compaction, against the time of the *smallest fixed depth of
+  equal quality*: at least as good as the exit, or within the goal's 1 % (points of exact match, % of loss) of the
+  best fixed depth (its "equal-quality" baseline; none if no fixed depth is);
 
 in two modes: **prefill** (one batched forward over the whole sequence, as the reasoning evaluation and lm-eval
 run it) and **decode** (teacher-forced cached decoding, one token per row per forward, B rows at once: batched
@@ -277,12 +278,13 @@ def print_mode(mode: str, work: Workload, fixed: dict[int, dict], rows: list[dic
     text = work.task == "text"
     fmt = (lambda q: f"{q:.4f}") if text else (lambda q: f"{q:.1f}")
     gap = "cost: % of loss" if text else "cost: points"
-    print(f"\n### {mode}: {work.title}, {args.num_examples} examples, B = {args.batch_size}, median of {args.repeats}\n")
+    print(f"\n### {mode}: {work.title}, {args.num_examples} examples, B = {args.batch_size}, "
+          f"median of {args.repeats}\n")
     print(f"| fixed r | {work.metric} | s (spread) |\n|---|---|---|")
     for r, m in sorted(fixed.items()):
         print(f"| {r} | {fmt(m['quality'])} | {m['seconds']:.3f} ({m['spread']:.3f}) |")
-    print(f"\n| exit (cap {args.cap}) | iters/token | loop iters/forward | {work.metric} | {gap} (best {fmt(best)}) | masked s | "
-          "compact s | compact / masked | equal-quality fixed r | its s | saving (fixed s / compact s) | "
+    print(f"\n| exit (cap {args.cap}) | iters/token | loop iters/forward | {work.metric} | {gap} (best {fmt(best)}) | "
+          "masked s | compact s | compact / masked | equal-quality fixed r | its s | saving (fixed s / compact s) | "
           "goal (≤ 1% cost, ≥ 2×) |")
     print("|---|---|---|---|---|---|---|---|---|---|---|---|")
     for row in rows:
@@ -295,8 +297,9 @@ def print_mode(mode: str, work: Workload, fixed: dict[int, dict], rows: list[dic
         name = row["exit"]
         if mode == "decode" and name.split("=")[0] in ("causal_convergence", "sequence_convergence"):
             name += " (= convergence: one token per forward)"
-        print(f"| {name} | {c['iters']:.2f} | {c['loop_iters']:.2f} | {fmt(c['quality'])} | {work.cost(c['quality'], best):+.2f} | "
-              f"{m['seconds']:.3f} | {c['seconds']:.3f} | {c['seconds'] / m['seconds']:.2f} | "
+        print(f"| {name} | {c['iters']:.2f} | {c['loop_iters']:.2f} | {fmt(c['quality'])} | "
+              f"{work.cost(c['quality'], best):+.2f} | {m['seconds']:.3f} | {c['seconds']:.3f} | "
+              f"{c['seconds'] / m['seconds']:.2f} | "
               f"{r if r is not None else '—'} | {f'{base:.3f}' if base is not None else '—'} | {saving} | {goal} |")
 
 

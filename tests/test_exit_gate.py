@@ -49,7 +49,8 @@ def test_stage1_loss_on_a_hand_made_loss_curve_and_exit_distribution():
     entropy = -sum(q * math.log(q) for q in p)
     valid = torch.tensor([True, False])  # the second element is not supervised: its huge loss must not count
     for beta in (0.0, 0.1):
-        torch.testing.assert_close(stage1_loss(logits, ce, valid, beta), torch.tensor(expected - beta * entropy).float())
+        want = torch.tensor(expected - beta * entropy).float()
+        torch.testing.assert_close(stage1_loss(logits, ce, valid, beta), want)
 
 
 def test_stage1_pretraining_trains_the_gate_with_the_model(corpus_dir, tmp_path):
