@@ -24,8 +24,9 @@ In batches of ``--batch-size`` rows, it measures
 in two modes: **prefill** (one batched forward over the whole sequence, as the reasoning evaluation and lm-eval
 run it) and **decode** (teacher-forced cached decoding, one token per row per forward, B rows at once: batched
 decoding's cost structure with the same quality score). In decode the causal and sequence scopes see one token
-per forward, so they reduce to that token's own change (``convergence``). Times are medians of ``--repeats`` runs
-over all batches. Every setting sees the same sequences and the same per-position initial states.
+per forward, so they reduce to that token's own change (``convergence``). Times are medians of ``--repeats``
+passes over all batches, the settings taking turns within each pass. Every setting sees the same sequences and the
+same per-position initial states.
 """
 
 from __future__ import annotations
@@ -162,27 +163,38 @@ def run_batch(model: RecurrentDepthLM, ids: torch.Tensor, watch: torch.Tensor, n
     return torch.cat(logits, 1), torch.cat(steps, 1)
 
 
-def measure(model, work: Workload, noise, depth, spec, mode, compact: float, repeats: int) -> dict:
-    """Quality, mean iterations per scored token, the loop's iterations per forward (its deepest token's: what a
-    masked forward costs) and the median time over ``repeats`` passes of all batches."""
-    model.compact_exits = compact
-    times, logits, steps, loop = [], [], [], []
+Setting = tuple[int, Optional[ExitSpec], float]
+"""(depth or cap, exit or None, compact_exits) of one measured row."""
+
+
+def measure_all(model, work: Workload, noise, settings: list[Setting], mode: str, repeats: int) -> list[dict]:
+    """Per setting: quality, mean iterations per scored token, the loop's iterations per forward (its deepest
+    token's: what a masked forward costs) and the median time over ``repeats`` passes of all batches.
+
+    The settings take turns within each pass (pass 1 of every setting, then pass 2 ...), so a load that drifts on a
+    shared machine lands on all of them alike instead of on whichever happened to run while it lasted."""
+    times: list[list[float]] = [[] for _ in settings]
+    first: list[list[tuple[torch.Tensor, torch.Tensor]]] = []
     with torch.no_grad():
         for rep in range(repeats):
-            start = time.perf_counter()
-            results = [run_batch(model, b["input_ids"], b["labels"] != IGNORE_INDEX, noise, depth, spec, mode)
-                       for b in work.batches]
-            times.append(time.perf_counter() - start)
-            if rep == 0:
-                logits = [lg for lg, _ in results]
-                steps = [used[b["labels"] != IGNORE_INDEX].float() for b, (_, used) in zip(work.batches, results)]
-                # prefill: one forward per batch; decode: one per position, over the batch's rows
-                loop = [used.max().float()[None] if mode == "prefill" else used.max(0).values.float()
-                        for _, used in results]
+            for k, (depth, spec, compact) in enumerate(settings):
+                model.compact_exits = compact
+                start = time.perf_counter()
+                results = [run_batch(model, b["input_ids"], b["labels"] != IGNORE_INDEX, noise, depth, spec, mode)
+                           for b in work.batches]
+                times[k].append(time.perf_counter() - start)
+                if rep == 0:
+                    first.append(results)
     model.compact_exits = COMPACT_FILL
-    return {"quality": work.quality(logits), "iters": torch.cat(steps).mean().item(),
-            "loop_iters": torch.cat(loop).mean().item(),
-            "seconds": statistics.median(times), "spread": max(times) - min(times)}
+    rows = []
+    for results, t in zip(first, times):
+        steps = [used[b["labels"] != IGNORE_INDEX].float() for b, (_, used) in zip(work.batches, results)]
+        # prefill: one forward per batch; decode: one per position, over the batch's rows
+        loop = [used.max().float()[None] if mode == "prefill" else used.max(0).values.float() for _, used in results]
+        rows.append({"quality": work.quality([lg for lg, _ in results]), "iters": torch.cat(steps).mean().item(),
+                     "loop_iters": torch.cat(loop).mean().item(), "seconds": statistics.median(t),
+                     "spread": max(t) - min(t)})
+    return rows
 
 
 def core_loop_time(model: RecurrentDepthLM, ids: torch.Tensor, depth: int, active: float, repeats: int) -> dict:
@@ -257,13 +269,15 @@ def main(argv: Optional[list[str]] = None) -> int:
                     "batch_size": args.batch_size, "machine": platform.platform(), "threads": args.threads,
                     "modes": {}}
     for mode in args.modes:
-        fixed = {r: measure(model, work, noise, r, None, mode, 0.0, args.repeats) for r in args.depths}
+        settings: list[Setting] = [(r, None, 0.0) for r in args.depths]
+        settings += [(args.cap, spec, compact) for spec in specs for compact in (0.0, args.compact)]
+        measured = measure_all(model, work, noise, settings, mode, args.repeats)
+        fixed = dict(zip(args.depths, measured))
         best = max(m["quality"] for m in fixed.values()) if work.higher_is_better else \
             min(m["quality"] for m in fixed.values())
         rows = []
-        for spec in specs:
-            masked = measure(model, work, noise, args.cap, spec, mode, 0.0, args.repeats)
-            compact = measure(model, work, noise, args.cap, spec, mode, args.compact, args.repeats)
+        for k, spec in enumerate(specs):
+            masked, compact = measured[len(args.depths) + 2 * k: len(args.depths) + 2 * k + 2]
             rows.append({"exit": f"{spec.criterion}={spec.threshold:g}", "masked": masked, "compact": compact,
                          "equal_depth": equal_quality(work, fixed, compact["quality"], best)})
         report["modes"][mode] = {"fixed": fixed, "exits": rows, "best_fixed": best}
