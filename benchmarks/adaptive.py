@@ -45,7 +45,7 @@ import torch.nn.functional as F
 
 from recurrent_lm.loop import ExitSpec
 from recurrent_lm.model import RecurrentDepthLM
-from recurrent_lm.model.cache import RecurrentKVCache
+from recurrent_lm.model.cache import CACHE_STRATEGIES, DEFAULT_KV_WINDOW, RecurrentKVCache
 from recurrent_lm.model.lm import COMPACT_FILL, IGNORE_INDEX
 
 DEFAULT_CRITERIA = ["convergence=0.03", "causal_convergence=0.03", "sequence_convergence=0.03", "kl=5e-4",
@@ -70,6 +70,8 @@ def parse_args(argv: Optional[list[str]] = None) -> argparse.Namespace:
                    help="name=threshold; 'learned' is skipped for a model without an exit gate")
     p.add_argument("--modes", nargs="+", choices=MODES, default=list(MODES))
     p.add_argument("--repeats", type=int, default=3)
+    p.add_argument("--kv-cache", choices=CACHE_STRATEGIES, default="full",
+                   help="decode: the cache strategy (full: every iteration its own slot, as prefill attends)")
     p.add_argument("--compact", type=float, default=COMPACT_FILL,
                    help="the model's compact_exits for the compacted runs (largest sub-batch fraction compacted)")
     p.add_argument("--widths", type=int, nargs="*", default=[256, 512],
@@ -146,14 +148,15 @@ def load_workload(args: argparse.Namespace, model: RecurrentDepthLM) -> Workload
 
 
 def run_batch(model: RecurrentDepthLM, ids: torch.Tensor, watch: torch.Tensor, noise: Optional[torch.Tensor],
-              depth: int, spec: Optional[ExitSpec], mode: str) -> tuple[torch.Tensor, torch.Tensor]:
+              depth: int, spec: Optional[ExitSpec], mode: str, kv_cache: str = "full"
+              ) -> tuple[torch.Tensor, torch.Tensor]:
     """(logits (B, T, V), steps (B, T)) of one batch in ``mode``."""
     b, t = ids.shape
     if mode == "prefill":
         init = None if noise is None else noise[:t].expand(b, -1, -1)
         out = model(ids, num_steps=depth, exit_criterion=spec.build(watch=watch) if spec else None, init_state=init)
         return out.logits, out.steps_used
-    cache, logits, steps = RecurrentKVCache("full"), [], []
+    cache, logits, steps = RecurrentKVCache(kv_cache, kv_window=DEFAULT_KV_WINDOW), [], []
     for i in range(t):
         init = None if noise is None else noise[i:i + 1].expand(b, 1, -1)
         out = model(ids[:, i:i + 1], num_steps=depth, past_key_values=cache,
@@ -167,7 +170,8 @@ Setting = tuple[int, Optional[ExitSpec], float]
 """(depth or cap, exit or None, compact_exits) of one measured row."""
 
 
-def measure_all(model, work: Workload, noise, settings: list[Setting], mode: str, repeats: int) -> list[dict]:
+def measure_all(model, work: Workload, noise, settings: list[Setting], mode: str, repeats: int,
+                kv_cache: str = "full") -> list[dict]:
     """Per setting: quality, mean iterations per scored token, the loop's iterations per forward (its deepest
     token's: what a masked forward costs) and the median time over ``repeats`` passes of all batches.
 
@@ -180,8 +184,8 @@ def measure_all(model, work: Workload, noise, settings: list[Setting], mode: str
             for k, (depth, spec, compact) in enumerate(settings):
                 model.compact_exits = compact
                 start = time.perf_counter()
-                results = [run_batch(model, b["input_ids"], b["labels"] != IGNORE_INDEX, noise, depth, spec, mode)
-                           for b in work.batches]
+                results = [run_batch(model, b["input_ids"], b["labels"] != IGNORE_INDEX, noise, depth, spec, mode,
+                                     kv_cache) for b in work.batches]
                 times[k].append(time.perf_counter() - start)
                 if rep == 0:
                     first.append(results)
@@ -271,7 +275,7 @@ def main(argv: Optional[list[str]] = None) -> int:
     for mode in args.modes:
         settings: list[Setting] = [(r, None, 0.0) for r in args.depths]
         settings += [(args.cap, spec, compact) for spec in specs for compact in (0.0, args.compact)]
-        measured = measure_all(model, work, noise, settings, mode, args.repeats)
+        measured = measure_all(model, work, noise, settings, mode, args.repeats, args.kv_cache)
         fixed = dict(zip(args.depths, measured))
         best = max(m["quality"] for m in fixed.values()) if work.higher_is_better else \
             min(m["quality"] for m in fixed.values())
