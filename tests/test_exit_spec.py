@@ -85,9 +85,37 @@ def test_bad_settings_name_the_setting_and_the_fix(kwargs, message):
     assert str(parsed.value) == str(err.value)
 
 
-def test_hand_built_criteria_are_checked_by_the_spec():
-    with pytest.raises(ValueError, match=r"^min_steps=4 is greater than max_steps=2; lower min_steps"):
-        Convergence(0.1, min_steps=4, max_steps=2)
+def test_a_criterion_refuses_a_threshold_off_its_own_scale_through_the_spec():
+    with pytest.raises(ValueError, match=r"^threshold=1.5 is not a probability; exit=learned .*give a value in \(0, 1\]"):
+        ExitSpec("learned", 1.5)
+    with pytest.raises(ValueError, match=r"^threshold=0.0 is not a probability"):
+        ExitSpec.parse("learned", "0")
+    assert ExitSpec("convergence", 1.5).threshold == 1.5  # a relative change may exceed 1
+    assert Convergence.threshold_problem(1.5) is None
+
+
+@pytest.mark.parametrize("text, spec", [
+    ("learned=0.9", ExitSpec("learned", 0.9)),
+    ("kl=5e-4", ExitSpec("kl", 5e-4)),
+    ("convergence", ExitSpec("convergence")),  # the criterion's default threshold
+    (" argmax = 3 ", ExitSpec("argmax", 3)),
+    ("none", ExitSpec()),
+])
+def test_from_text_reads_the_compact_spelling(text, spec):
+    assert ExitSpec.from_text(text) == spec
+    assert ExitSpec.from_text(text, min_steps=2, max_steps=9) == dataclasses.replace(spec, min_steps=2, max_steps=9)
+
+
+@pytest.mark.parametrize("text, message", [
+    ("learned=", "exit='learned=' gives no threshold after '='; write NAME=THRESHOLD (e.g. learned=0.9)"),
+    ("wobble=0.1", "exit='wobble' is not an exit criterion"),
+    ("kl=abc", "threshold='abc' is not a number"),
+    ("learned=2", "threshold=2.0 is not a probability"),
+])
+def test_from_text_refuses_bad_text_by_setting(text, message):
+    with pytest.raises(ValueError) as err:
+        ExitSpec.from_text(text)
+    assert str(err.value).startswith(message)
 
 
 # ------------------------------------------------------------------------------ resolve_depth
