@@ -115,6 +115,7 @@ def generate(args: argparse.Namespace) -> None:
 
     from recurrent_lm.infer import GenerationConfig
     from recurrent_lm.infer import generate as run
+    from recurrent_lm.loop import ExitSpec
     from recurrent_lm.model import RecurrentDepthLM
 
     cuda = args.device == "cuda"
@@ -125,7 +126,7 @@ def generate(args: argparse.Namespace) -> None:
         model = RecurrentDepthLM(cfg).to(torch.bfloat16 if cuda else torch.float32)
     prompts = torch.randint(6, cfg.vocab_size, (batch, prompt)).tolist()
     for exit in (None, "convergence"):
-        config = GenerationConfig(max_new_tokens=new, num_steps=steps, exit=exit)
+        config = GenerationConfig(max_new_tokens=new, num_steps=steps, exit=ExitSpec(exit))
         run(model, prompts, config)  # warm-up: kernels, allocator
         result = run(model, prompts, config)
         emit(f"generate {'exit=' + exit if exit else 'fixed r'}", "ok",

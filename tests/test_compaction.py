@@ -89,7 +89,7 @@ def test_compaction_equals_masking_in_padded_prefill_and_batched_decoding(model,
 @pytest.mark.parametrize("name,threshold", [("convergence", 0.05), ("kl", 1e-3)])
 def test_compaction_equals_masking_over_a_whole_left_padded_generation(model, name, threshold, strategy):
     prompts = [[5, 9, 33, 7, 101, 2, 8], [17, 4], [250, 251, 252, 9]]
-    config = GenerationConfig(max_new_tokens=6, num_steps=CAP, exit=name, threshold=threshold, kv_cache=strategy,
+    config = GenerationConfig(max_new_tokens=6, num_steps=CAP, exit=ExitSpec(name, threshold), kv_cache=strategy,
                               kv_window=2)
     masked, compact = run_both(model, lambda: generate(model, prompts, config, return_logits=True))
     assert compact.tokens == masked.tokens and compact.steps == masked.steps

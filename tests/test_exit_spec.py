@@ -1,6 +1,6 @@
 """ExitSpec and resolve_depth: the one owner of the exit and depth settings, and the same message for a
-bad value from every entry point (GenerationConfig, the lm-eval model args, the reasoning TaskConfig and
-both CLIs)."""
+bad value from every entry point (the spec GenerationConfig and Coconut's Depth hold, the reasoning TaskConfig's
+exits, the lm-eval model args and both CLIs)."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ import pytest
 import torch
 from eval_support import make_model_dir
 
-from recurrent_lm.infer import GenerationConfig, generate
+from recurrent_lm.infer import generate
 from recurrent_lm.infer.cli import main as generate_main
 from recurrent_lm.loop import (CRITERIA, ArgmaxStable, CausalConvergence, Convergence, ExitSpec, KLDivergence,
                                resolve_depth)
@@ -171,9 +171,10 @@ BAD = {  # settings (as a user would type them) -> the start of the one message
 }
 
 
-def from_generation_config(settings: dict) -> str:
+def from_python(settings: dict) -> str:
+    """What GenerationConfig(exit=...), Depth(exit=...) and TaskConfig(exits=[...]) hold: a spec."""
     with pytest.raises(ValueError) as err:
-        GenerationConfig(**settings)
+        ExitSpec.parse(settings.pop("exit"), **settings)
     return str(err.value)
 
 
@@ -192,14 +193,23 @@ def from_lm_eval_model_args(settings: dict, tmp_path) -> str:
 
 
 def from_task_config(settings: dict) -> str:
-    fields = {"exit_criteria": [settings.pop("exit")], **settings}
+    """task.json and the hydra group: each entry of ``exits`` is a mapping (its message names the entry)."""
     with pytest.raises(ValueError) as err:
-        TaskConfig(**fields)
-    return str(err.value)
+        TaskConfig.from_dict({"exits": [{"criterion": settings.pop("exit"), **settings}]})
+    prefix = "task.exits[0]: "
+    assert str(err.value).startswith(prefix)
+    return str(err.value).removeprefix(prefix)
 
 
 def flags(settings: dict) -> list[str]:
     return [a for k, v in settings.items() for a in (f"--{k.replace('_', '-')}", str(v))]
+
+
+def reasoning_flags(settings: dict) -> list[str]:
+    """The reasoning CLI's spelling: ``--exit NAME[=THRESHOLD]``, bounds as flags."""
+    threshold = settings.pop("threshold", None)
+    exit_ = settings.pop("exit") + ("" if threshold is None else f"={threshold}")
+    return ["--exit", exit_, *flags(settings)]
 
 
 def from_cli(main, argv: list[str], prefix: str, capsys) -> str:
@@ -213,17 +223,17 @@ def from_cli(main, argv: list[str], prefix: str, capsys) -> str:
 def test_a_bad_value_gets_the_same_message_from_every_entry_point(case, tmp_path, capsys):
     settings, expected = BAD[case]
     messages = {
-        "GenerationConfig": from_generation_config(dict(settings)),
+        "ExitSpec": from_python(dict(settings)),
         "lm-eval model args": from_lm_eval_model_args(dict(settings), tmp_path),
         "TaskConfig": from_task_config(dict(settings)),
         "recurrent-lm-generate": from_cli(generate_main, [str(tmp_path / "never_loaded"), "hi", *flags(settings)],
                                           "recurrent-lm-generate: error: ", capsys),
         "recurrent-lm-reasoning-eval": from_cli(reasoning_main, ["--model", str(tmp_path / "never_loaded"),
-                                                                 "--task", "parity", *flags(settings)],
+                                                                 "--task", "parity", *reasoning_flags(dict(settings))],
                                                 "recurrent-lm-reasoning-eval: error: ", capsys),
     }
-    assert messages["GenerationConfig"].startswith(expected)
-    assert all(m == messages["GenerationConfig"] for m in messages.values()), messages
+    assert messages["ExitSpec"].startswith(expected)
+    assert all(m == messages["ExitSpec"] for m in messages.values()), messages
 
 
 @pytest.fixture(scope="module")
@@ -236,7 +246,7 @@ def test_min_steps_above_the_cap_gets_the_same_message_from_every_entry_point(mo
     expected = "min_steps=6 is greater than the step cap 4 (max_steps, else num_steps); lower min_steps or raise the cap"
     model = RecurrentDepthLM.from_pretrained(model_dir)
     with pytest.raises(ValueError) as err:
-        generate(model, [[7]], num_steps=4, exit="kl", min_steps=6)
+        generate(model, [[7]], num_steps=4, exit=ExitSpec("kl", min_steps=6))
     messages = [str(err.value)]
     pytest.importorskip("lm_eval")
     from recurrent_lm.evaluation.errors import EvalError
@@ -248,7 +258,7 @@ def test_min_steps_above_the_cap_gets_the_same_message_from_every_entry_point(mo
     messages.append(from_cli(generate_main, [str(model_dir), "hi", "--num-steps", "4", "--exit", "kl",
                                              "--min-steps", "6"], "recurrent-lm-generate: error: ", capsys))
     task = TaskConfig(train_max=4, eval_difficulties=[4], eval_depths=[2, 4], num_eval=2,
-                      exit_criteria=["convergence"], min_steps=6)  # the cap: the largest depth
+                      exits=[ExitSpec("convergence", min_steps=6)])  # the cap: the largest depth
     reasoning_model = RecurrentDepthLM(ModelConfig(vocab_size=vocab_size(task), block_size=16, d_model=32,
                                                    n_heads=2, mlp_hidden=64, mean_recurrence=2,
                                                    mean_backprop_depth=1))

@@ -276,12 +276,17 @@ def _hydra_main(cfg: DictConfig) -> None:
 
 def check_overrides(overrides: Sequence[str], conf: Path) -> None:
     """Refuse, before hydra composes (so the refusal is one line with exit status 2 like every other bad
-    setting), a key that moved (``model.activation_checkpointing``: its new name is given) and a
+    setting), a key that moved (``model.activation_checkpointing``, an app config's ``moved_fields`` such as
+    ``task.threshold``: its new name is given) and a
     ``group=name`` that names no file of the group (``experiment=dmeo``)."""
     for override in overrides:
         key, sep, value = override.partition("=")
         moved = MOVED_FIELDS.get(key.lstrip("+~").removeprefix("model."))
         if key.lstrip("+~").startswith("model.") and moved:
+            raise ConfigError(f"{key} is now {moved}; set that instead")
+        app_key, _, name = key.lstrip("+~").partition(".")
+        moved = getattr(APPS[app_key].config_class, "moved_fields", {}).get(name) if app_key in APPS else None
+        if moved:  # an app config's renamed key (task.threshold -> task.exits)
             raise ConfigError(f"{key} is now {moved}; set that instead")
         group = conf / key
         if not sep or not key.isidentifier() or not group.is_dir() or value in ("null", ""):
