@@ -86,7 +86,8 @@ def test_bad_settings_name_the_setting_and_the_fix(kwargs, message):
 
 
 def test_a_criterion_refuses_a_threshold_off_its_own_scale_through_the_spec():
-    with pytest.raises(ValueError, match=r"^threshold=1.5 is not a probability; exit=learned .*give a value in \(0, 1\]"):
+    with pytest.raises(ValueError, match=r"^threshold=1.5 is not a probability; exit=learned .*give a value in "
+                                         r"\(0, 1\]"):
         ExitSpec("learned", 1.5)
     with pytest.raises(ValueError, match=r"^threshold=0.0 is not a probability"):
         ExitSpec.parse("learned", "0")

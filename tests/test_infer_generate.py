@@ -210,8 +210,8 @@ def test_exit_with_threshold_zero_equals_fixed_depth(model, criterion):
 def test_exit_with_min_steps_equal_max_steps_equals_fixed_depth(model, criterion):
     r = 5
     fixed = generate(model, PROMPTS, max_new_tokens=5, num_steps=r, return_logits=True)
-    pinned = generate(model, PROMPTS, max_new_tokens=5, num_steps=32, exit=ExitSpec(criterion, 1e9, min_steps=r, max_steps=r),
-                      return_logits=True)
+    pinned = generate(model, PROMPTS, max_new_tokens=5, num_steps=32,
+                      exit=ExitSpec(criterion, 1e9, min_steps=r, max_steps=r), return_logits=True)
     assert pinned.tokens == fixed.tokens
     assert pinned.num_steps == r and all(s == r for row in pinned.steps for s in row)
     for a, b in zip(pinned.logits, fixed.logits):
@@ -303,7 +303,7 @@ def test_eos_max_new_tokens_and_streaming_callback(model):
 # ------------------------------------------------------------------ bad input
 
 @pytest.mark.parametrize("kwargs, message", [
-    (dict(exit="kl"), "GenerationConfig.exit='kl' is not an ExitSpec; pass exit=ExitSpec"),  # its checks: test_exit_spec
+    (dict(exit="kl"), "GenerationConfig.exit='kl' is not an ExitSpec; pass exit=ExitSpec"),  # checks: test_exit_spec
     (dict(kv_cache="tiny"), "kv_cache='tiny' is unknown"),
     (dict(top_p=0.0), "top_p"),
     (dict(temperature=-1.0), "temperature"),

@@ -136,7 +136,8 @@ def test_cli_exit_flags_override_the_tasks_exit_settings(tmp_path, capsys):
 
     def exits(*flags: str) -> list[tuple]:
         assert main(["--model", str(tmp_path / "model"), *flags, "--out", str(out)]) == 0
-        return [(e["name"], e["threshold"], e["max_steps"]) for e in json.loads(out.with_suffix(".json").read_text())["exits"]]
+        report = json.loads(out.with_suffix(".json").read_text())
+        return [(e["name"], e["threshold"], e["max_steps"]) for e in report["exits"]]
 
     assert exits() == [("convergence", 0.5, 4), ("kl", 1e-3, 2)]  # the task's own: its cap, else the largest depth
     assert exits("--max-steps", "3") == [("convergence", 0.5, 3), ("kl", 1e-3, 3)]  # bounds for every exit

@@ -178,7 +178,8 @@ def _run(args: argparse.Namespace) -> int:
             readouts = sum(result.readouts[row])
             console.print(f"depth  {sparkline(steps, cap)}")
             console.print(f"{len(steps)} tokens ({result.finish_reasons[row]}) | {steps_summary(steps, cap)} | "
-                          f"exit {config.exit.criterion or 'none'} | readouts (coda+head by the criterion) {readouts} | "
+                          f"exit {config.exit.criterion or 'none'} | "
+                          f"readouts (coda+head by the criterion) {readouts} | "
                           f"kv-cache {config.kv_cache} {_human(result.cache_bytes)} "
                           f"({result.cache_slots} core slots/layer) | "
                           f"decode {result.decode_tokens_per_second:.1f} tok/s")

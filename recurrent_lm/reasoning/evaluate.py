@@ -151,8 +151,8 @@ def evaluate(
     """Exact match per (difficulty, depth) on the task's test split, plus the depth and accuracy of each exit criterion.
 
     Defaults come from ``task`` (eval_difficulties, eval_depths, num_eval); the exits it reports are the
-    task's too (``task.exits``, each capped at its max_steps, else the largest depth). ``seed`` seeds the model's random initial
-    state so that repeated evaluations agree.
+    task's too (``task.exits``, each capped at its max_steps, else the largest depth). ``seed`` seeds the model's
+    random initial state so that repeated evaluations agree.
     """
     # Overrides go through TaskConfig's own checks: --difficulties 0 fails like task.eval_difficulties=[0].
     task = replace(task, eval_difficulties=list(difficulties or task.eval_difficulties),
