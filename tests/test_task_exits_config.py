@@ -8,7 +8,7 @@ from omegaconf import OmegaConf
 from train_support import launch
 
 from recurrent_lm.loop import ExitSpec
-from recurrent_lm.train.cli import check_overrides, compose_config, conf_dir
+from recurrent_lm.train.cli import check_group_file, check_overrides, compose_config, conf_dir
 
 
 def task_of(overrides: list[str]):
@@ -51,3 +51,22 @@ def test_the_train_cli_refuses_an_old_key_in_one_line(tmp_path):
                                      "task.exits=[{criterion:convergence,threshold:0.03,max_steps:48}]; set that "
                                      "instead")
     assert not (tmp_path / "run").exists()
+
+
+def test_an_old_key_in_a_chosen_group_file_is_refused_with_the_new_spelling(tmp_path):
+    """A user's experiment (or task) file written before the change: named before hydra reads it."""
+    (tmp_path / "experiment").mkdir()
+    (tmp_path / "task").mkdir()
+    old = tmp_path / "experiment" / "old.yaml"
+    old.write_text("# @package _global_\ntask:\n  train_max: 8\n  exit_criteria: [kl]\n")
+    (tmp_path / "task" / "mine.yaml").write_text("name: parity\nthreshold: 0.1\n")
+    new = "task.exits, a list with a threshold and bounds per exit"
+    with pytest.raises(ValueError, match=rf"^{old}: task.exit_criteria is now {new}"):
+        check_overrides(["experiment=old"], tmp_path)
+    with pytest.raises(ValueError, match=rf"^{tmp_path / 'task' / 'mine.yaml'}: task.threshold is now {new}"):
+        check_overrides(["task=mine"], tmp_path)
+
+
+def test_no_shipped_group_file_uses_a_moved_key():
+    for path in sorted(conf_dir().glob("*/*.yaml")):
+        check_group_file(path, path.parent.name)
