@@ -276,13 +276,12 @@ def _hydra_main(cfg: DictConfig) -> None:
 
 def check_overrides(overrides: Sequence[str], conf: Path) -> None:
     """Refuse, before hydra composes (so the refusal is one line with exit status 2 like every other bad
-    setting), a key that moved (``model.activation_checkpointing``: its new name is given) and a
-    ``group=name`` that names no file of the group (``experiment=dmeo``)."""
+    setting), a key that moved out of the model config (``model.mean_backprop_depth``: its new name is given),
+    on the command line or in the experiment or model file it selects, and a ``group=name`` that names no file
+    of the group (``experiment=dmeo``)."""
     for override in overrides:
         key, sep, value = override.partition("=")
-        moved = MOVED_FIELDS.get(key.lstrip("+~").removeprefix("model."))
-        if key.lstrip("+~").startswith("model.") and moved:
-            raise ConfigError(f"{key} is now {moved}; set that instead")
+        refuse_moved(key.lstrip("+~"), key)
         group = conf / key
         if not sep or not key.isidentifier() or not group.is_dir() or value in ("null", ""):
             continue
@@ -290,6 +289,23 @@ def check_overrides(overrides: Sequence[str], conf: Path) -> None:
         unknown = [v for v in value.split(",") if v not in known]  # a multirun sweep lists several
         if unknown:
             raise ConfigError(f"{key}={','.join(unknown)}: no such {key} (conf/{key}/); choose one of {known}")
+        if key in MOVED_IN_GROUP:
+            for name in value.split(","):
+                keys = OmegaConf.load(group / f"{name}.yaml")
+                section = keys.get("model") if key == "experiment" else keys  # an experiment is @package _global_
+                for field_name in section or {}:
+                    refuse_moved(f"model.{field_name}", f"{group / name}.yaml: model.{field_name}")
+
+
+MOVED_IN_GROUP = ("experiment", "model")
+"""Groups whose files may still set a key that moved out of the model config (a user's own experiment file)."""
+
+
+def refuse_moved(key: str, where: str) -> None:
+    """Refuse ``model.<a key of MOVED_FIELDS>``, naming ``where`` it was set and the key that replaced it."""
+    moved = MOVED_FIELDS.get(key.removeprefix("model.")) if key.startswith("model.") else None
+    if moved:
+        raise ConfigError(f"{where} is now {moved}; set that instead")
 
 
 def main() -> None:

@@ -35,7 +35,7 @@ class RecurrentLMModule(L.LightningModule):
     """
 
     def __init__(self, model: ModelConfig, sampler: SamplerConfig, optim: OptimConfig,
-                 eval_depths: list[int], compile_blocks: bool = False, telemetry_every: int = 10,
+                 eval_depths: list[int], attn_backend: str = "sdpa", compile_blocks: bool = False, telemetry_every: int = 10,
                  seed: int = 0, max_nonfinite_steps: int = 0, lm: Optional[torch.nn.Module] = None,
                  parallel: Optional[ParallelConfig] = None) -> None:
         """``lm`` is a model built elsewhere (a Hugging Face causal LM for Coconut); default:
@@ -54,7 +54,8 @@ class RecurrentLMModule(L.LightningModule):
         self.nonfinite_steps = 0  # checkpointed: the budget survives a resume
         self._micro = (-1, 0)  # (global step, micro-batch index within it) under gradient accumulation
         self._step_log: dict[str, Any] = {}  # this step's logged values: see _log_step
-        self.model = RecurrentDepthLM(model) if lm is None else lm
+        self.attn_backend = attn_backend
+        self.model = RecurrentDepthLM(model, attn_backend) if lm is None else lm
         self.flops_per_batch = 0  # read by ThroughputMonitor after every batch
         # Only primitives: the checkpoint stays loadable with torch.load(weights_only=True).
         self.save_hyperparameters({"model": model.to_dict(), "sampler": vars(sampler).copy(),
@@ -93,7 +94,7 @@ class RecurrentLMModule(L.LightningModule):
         if self.global_rank != 0:
             return None
         # A Hugging Face model (Coconut's coconut.hf_model) is rebuilt from its own config.
-        model = RecurrentDepthLM(self.model_config) if isinstance(self.model, RecurrentDepthLM) \
+        model = RecurrentDepthLM(self.model_config, self.attn_backend) if isinstance(self.model, RecurrentDepthLM) \
             else type(self.model)(self.model.config)
         model.load_state_dict(state)
         return model
