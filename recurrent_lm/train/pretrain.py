@@ -51,7 +51,7 @@ class SampleReport:
                 "--exit convergence   # sample, adaptive depth per token",
                 f"recurrent-lm-eval sweep --model_args pretrained={self.export} --num_steps 1,2,4,8,16 "
                 "--tasks rlm_offline --output_dir out/sweep   # lm-eval by depth",
-                "recurrent-lm-train -m experiment=demo model.mean_recurrence=2,4,8   # a depth sweep "
+                "recurrent-lm-train -m experiment=demo sampler.mean=2,4,8   # a training-depth sweep "
                 "(recurrent-lm-sweep reports it)"]
 
 
