@@ -8,16 +8,20 @@ import re
 
 import pytest
 import torch
-from train_support import launch, overrides
+from omegaconf import OmegaConf
+from train_support import compose_cfg, launch, overrides
 
 from recurrent_lm import RecurrentDepthLM
 from recurrent_lm.errors import ConfigError
 from recurrent_lm.interop.huginn_io import load_huginn, save_huginn
+from recurrent_lm.loop import DepthSampler, SamplerConfig
 from recurrent_lm.model import ModelConfig
 from recurrent_lm.train.cli import check_overrides
 from recurrent_lm.train.export import model_from_checkpoint
 from recurrent_lm.train.init_from import model_config_from
+from recurrent_lm.train.module import RecurrentLMModule
 from recurrent_lm.train.parallel import ParallelConfig
+from recurrent_lm.train.schema import OptimConfig, TrainerConfig
 
 OLD_KEYS = {"attn_backend": "sdpa", "mean_backprop_depth": 2, "activation_checkpointing": False}
 """What an export written before the moves held besides today's fields (the values tiny.yaml gave them)."""
@@ -111,3 +115,27 @@ def test_an_experiment_file_that_sets_a_moved_key_is_refused_by_name(tmp_path):
         check_overrides(["model=old"], conf)
     (conf / "experiment" / "mine.yaml").write_text("# @package _global_\nsampler:\n  backprop_depth: 2\n")
     check_overrides(["experiment=mine", "model.mean_recurrence=4"], conf)  # the new spelling passes
+
+
+@pytest.mark.parametrize("experiment,depth", [("coconut_prosqa", (1, 3, 3)), ("demo", (4.0, None, 4)),
+                                              ("reasoning_parity", (1, 10, 10)), ("retrofit", (8.0, None, 4))])
+def test_an_experiment_sets_the_training_depth_once_in_its_sampler(experiment, depth):
+    """The sampler is the one owner of training depth: what the experiment file's sampler section says is what
+    the run's sampler draws, and the model config has no say in k."""
+    cfg = compose_cfg([f"experiment={experiment}"])
+    sampler = SamplerConfig(**OmegaConf.to_container(cfg.sampler, resolve=True))
+    low_or_mean, high, k = depth
+    assert (sampler.low if high else sampler.mean, sampler.backprop_depth) == (low_or_mean, k)
+    if high:
+        assert sampler.high == high
+    assert "mean_backprop_depth" not in cfg.model and "attn_backend" not in cfg.model
+    draws = [DepthSampler(sampler)(step) for step in range(200)]
+    assert max(n_grad for _, n_grad in draws) == k  # k is the sampler's, whatever model.mean_recurrence says
+
+
+def test_the_attention_backend_is_a_trainer_setting_the_module_builds_the_model_with(tiny_config):
+    with pytest.raises(ValueError, match=r"trainer.attn_backend='xformers' is unknown; choose one of"):
+        TrainerConfig(attn_backend="xformers")
+    module = RecurrentLMModule(tiny_config(), SamplerConfig(), OptimConfig(), [1], attn_backend="eager")
+    assert {m.backend for m in module.model.modules() if hasattr(m, "backend")} == {"eager"}
+    assert "attn_backend" not in module.hparams["model"]

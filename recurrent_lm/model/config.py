@@ -144,7 +144,7 @@ class ModelConfig:
         moved = sorted(set(data) & set(MOVED_FIELDS))
         if moved:
             raise ConfigError(f"ModelConfig: {', '.join(f'{k} is now {MOVED_FIELDS[k]}' for k in moved)}; "
-                              "it is a runtime setting, not part of the architecture")
+                              "it is not part of the architecture")
         return from_dict(cls, data)
 
     @classmethod
