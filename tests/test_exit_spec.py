@@ -261,8 +261,7 @@ def test_min_steps_above_the_cap_gets_the_same_message_from_every_entry_point(mo
     task = TaskConfig(train_max=4, eval_difficulties=[4], eval_depths=[2, 4], num_eval=2,
                       exits=[ExitSpec("convergence", min_steps=6)])  # the cap: the largest depth
     reasoning_model = RecurrentDepthLM(ModelConfig(vocab_size=vocab_size(task), block_size=16, d_model=32,
-                                                   n_heads=2, mlp_hidden=64, mean_recurrence=2,
-                                                   mean_backprop_depth=1))
+                                                   n_heads=2, mlp_hidden=64, mean_recurrence=2))
     with pytest.raises(ValueError) as err:
         evaluate(reasoning_model, task)
     messages.append(str(err.value))

@@ -17,7 +17,7 @@ from recurrent_lm.reasoning.tasks import ONE, ZERO, collate, fixed_examples, voc
 def tiny(task: TaskConfig, **kw) -> RecurrentDepthLM:
     torch.manual_seed(0)
     cfg = dict(vocab_size=vocab_size(task), block_size=160, d_model=32, n_heads=2, mlp_hidden=64,
-               mean_recurrence=4, mean_backprop_depth=2)
+               mean_recurrence=4)
     return RecurrentDepthLM(ModelConfig(**{**cfg, **kw})).eval()
 
 

@@ -16,6 +16,7 @@ from lightning.fabric.connector import _PRECISION_INPUT_STR, _PRECISION_INPUT_ST
 
 from recurrent_lm.errors import ConfigError
 from recurrent_lm.loop.samplers import SamplerConfig
+from recurrent_lm.model.attention import backend_problem
 from recurrent_lm.model.config import ModelConfig
 from recurrent_lm.train.parallel import ParallelConfig
 
@@ -85,6 +86,10 @@ class TrainerConfig:
     error; 0 stops at the first. A skipped step leaves weights and optimizer state untouched."""
     compile: bool = False
     """torch.compile each block (the depth loop itself stays eager)."""
+    attn_backend: str = "sdpa"
+    """How attention is computed: sdpa (torch, any device), flash (flash-attn: CUDA, fp16/bf16, no attn_window),
+    eager (the plain reference). A runtime choice like compile: the model takes it when built, and an exported
+    config.json does not record it."""
     deterministic: bool = False
     throughput_window: int = 20
     enable_progress_bar: bool = True
@@ -107,6 +112,8 @@ class TrainerConfig:
                              "(0 stops at the first non-finite step)")
         if self.gradient_clip_val is not None and self.gradient_clip_val <= 0:
             raise ConfigError(f"trainer.gradient_clip_val={self.gradient_clip_val}: must be > 0, or null for none")
+        if backend_problem(self.attn_backend):
+            raise ConfigError(f"trainer.{backend_problem(self.attn_backend)}")
         if self.precision not in PRECISIONS:
             raise ConfigError(f"trainer.precision={self.precision!r} is unknown; choose one of {list(PRECISIONS)}")
         count = self.devices.isdigit() and int(self.devices) >= 1
