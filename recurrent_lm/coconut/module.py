@@ -31,14 +31,13 @@ from recurrent_lm.coconut.thoughts import ContinuousThoughtLM
 from recurrent_lm.loop import DepthSampler, SamplerConfig
 from recurrent_lm.model import ModelConfig, RecurrentDepthLM
 from recurrent_lm.train.module import plain
-from recurrent_lm.train.optim import build_optimizer
 from recurrent_lm.train.parallel import ParallelConfig, StepUnit, shard_step
 from recurrent_lm.train.schema import OptimConfig
-from recurrent_lm.train.step_support import (NonFiniteGuard, StepLog, StepStreams, checkpoint_state,
+from recurrent_lm.train.step_support import (NonFiniteGuard, StepHooks, StepLog, StepStreams,
                                              configure_parallel, full_model, step_seed)
 
 
-class CoconutModule(L.LightningModule):
+class CoconutModule(StepHooks, L.LightningModule):
     def __init__(self, model: ModelConfig, sampler: SamplerConfig, optim: OptimConfig, coconut: CoconutConfig,
                  eval_depths: list[int], ids: SpecialIds, batches_per_epoch: int, lm: Optional[nn.Module] = None,
                  seed: int = 0, max_nonfinite_steps: int = 0, parallel: Optional[ParallelConfig] = None,
@@ -123,20 +122,9 @@ class CoconutModule(L.LightningModule):
             self.log("val/loss" if r is None else f"val/loss_r{r}", out.loss, sync_dist=True, batch_size=len(records))
         self.log("val/stage", float(stage), sync_dist=True, batch_size=len(records))
 
-    # ------------------------------------------------------------------ optim, guard, checkpoints
-    def configure_optimizers(self) -> dict[str, Any]:
-        return build_optimizer(self.model, self.optim_config, self.trainer.max_steps)
-
-    def configure_gradient_clipping(self, optimizer: torch.optim.Optimizer, gradient_clip_val: Optional[float] = None,
-                                    gradient_clip_algorithm: Optional[str] = None) -> None:
-        self.guard.clip(self, self.step_log, gradient_clip_val)
-
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        checkpoint.update(checkpoint_state(self, self.guard, self.step_log, self.parallel))
+        super().on_save_checkpoint(checkpoint)
         checkpoint["coconut_stage"] = self.stage_at(self.global_step)
-
-    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        self.guard.skipped = int(checkpoint.get("nonfinite_steps", 0))
 
 
 class OptimizerResetOnStage(L.Callback):

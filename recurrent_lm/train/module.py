@@ -11,14 +11,13 @@ from torch import Tensor
 from recurrent_lm.loop import DepthSampler, SamplerConfig, token_correlation
 from recurrent_lm.model import ModelConfig, RecurrentDepthLM, train_flops_per_token
 from recurrent_lm.model.lm import next_token_loss
-from recurrent_lm.train.optim import build_optimizer
 from recurrent_lm.train.parallel import ParallelConfig, shard_model
 from recurrent_lm.train.schema import OptimConfig
-from recurrent_lm.train.step_support import (NonFiniteGuard, StepLog, StepStreams, checkpoint_state,
+from recurrent_lm.train.step_support import (NonFiniteGuard, StepHooks, StepLog, StepStreams,
                                              configure_parallel, full_model)
 
 
-class RecurrentLMModule(L.LightningModule):
+class RecurrentLMModule(StepHooks, L.LightningModule):
     """Owns the model, the depth sampler, the optimizer recipe and the depth telemetry.
 
     Every random draw of a step is a pure function of (seed, step): the depth is ``sampler(global_step)``
@@ -112,19 +111,6 @@ class RecurrentLMModule(L.LightningModule):
         self.log(f"{prefix}/rel_change_last", rel[-1], sync_dist=True, add_dataloader_idx=False)
         self.log(f"{prefix}/token_corr", token_correlation(out.state), sync_dist=True, add_dataloader_idx=False)
 
-    # ------------------------------------------------------------------ optim, guard, checkpoints
-    def configure_optimizers(self) -> dict[str, Any]:
-        return build_optimizer(self.model, self.optim_config, self.trainer.max_steps)
-
-    def configure_gradient_clipping(self, optimizer: torch.optim.Optimizer, gradient_clip_val: Optional[float] = None,
-                                    gradient_clip_algorithm: Optional[str] = None) -> None:
-        self.guard.clip(self, self.step_log, gradient_clip_val)
-
-    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        checkpoint.update(checkpoint_state(self, self.guard, self.step_log, self.parallel))
-
-    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        self.guard.skipped = int(checkpoint.get("nonfinite_steps", 0))
 
 
 def plain(d: dict[str, Any]) -> dict[str, Any]:

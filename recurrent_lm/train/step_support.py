@@ -12,6 +12,10 @@ picks up the other's forward, validation or optimizer rules by accident.
 * :class:`NonFiniteGuard`: clip by global norm, skip a step whose norm is not finite, stop after a budget.
 * :func:`configure_parallel`, :func:`full_model`: the parallel-side changes to a built model, and the model
   back unsharded for export.
+* :class:`StepHooks`: the four Lightning hooks that only hand over to these parts (optimizer, clipping, checkpoint
+  save and load). A mixin of delegations, not a base module: it carries no forward, loss or validation, and
+  the optimizer's parameter groups come from :func:`recurrent_lm.train.optim.build_optimizer`, which recognises
+  any model's embeddings and norms.
 """
 
 from __future__ import annotations
@@ -26,6 +30,7 @@ import torch
 from torch import Tensor, nn
 
 from recurrent_lm.errors import DivergedError
+from recurrent_lm.train.optim import build_optimizer
 from recurrent_lm.train.parallel import ParallelConfig, apply_activation_checkpointing
 from recurrent_lm.train.sharded import full_state_dict
 
@@ -161,3 +166,22 @@ def full_model(module: L.LightningModule, model: nn.Module, parallel: ParallelCo
     unsharded = rebuild()
     unsharded.load_state_dict(state)
     return unsharded
+
+
+class StepHooks:
+    """Lightning's optimizer, clipping and checkpoint hooks for a module that holds ``model``, ``optim_config``
+    (:class:`~recurrent_lm.train.schema.OptimConfig`), ``guard``, ``step_log`` and ``parallel``. A module
+    that stores more in its checkpoints extends :meth:`on_save_checkpoint` and calls this one first."""
+
+    def configure_optimizers(self) -> dict[str, Any]:
+        return build_optimizer(self.model, self.optim_config, self.trainer.max_steps)
+
+    def configure_gradient_clipping(self, optimizer: torch.optim.Optimizer, gradient_clip_val: Optional[float] = None,
+                                    gradient_clip_algorithm: Optional[str] = None) -> None:
+        self.guard.clip(self, self.step_log, gradient_clip_val)
+
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        checkpoint.update(checkpoint_state(self, self.guard, self.step_log, self.parallel))
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        self.guard.skipped = int(checkpoint.get("nonfinite_steps", 0))
