@@ -264,11 +264,11 @@ def main(argv: Optional[list[str]] = None) -> int:
     noise = model.initial_state_table(0)
     specs = []
     for item in args.criteria:
-        name, _, threshold = item.partition("=")
-        if name == "learned" and model.exit_gate is None:
+        spec = ExitSpec.from_text(item, max_steps=args.cap)
+        if spec.criterion == "learned" and model.exit_gate is None:
             print(f"(skipping {item}: {args.model} has no exit gate)")
             continue
-        specs.append(ExitSpec.parse(name, threshold or None, max_steps=args.cap))
+        specs.append(spec)
     report: dict = {"model": args.model, "task": work.task, "workload": work.title, "examples": args.num_examples,
                     "batch_size": args.batch_size, "machine": platform.platform(), "threads": args.threads,
                     "modes": {}}

@@ -53,7 +53,7 @@ class Shapes:
 def ours() -> tuple[ContinuousThoughtLM, Depth]:
     torch.manual_seed(0)
     model = RecurrentDepthLM(ModelConfig(vocab_size=VOCAB, block_size=512, d_model=256, n_heads=4, n_prelude=1,
-                                         n_core=2, n_coda=1, mean_recurrence=2, mean_backprop_depth=2))
+                                         n_core=2, n_coda=1, mean_recurrence=2))
     return ContinuousThoughtLM(RecurrentBackend(model, s0_seed=0)), Depth(num_steps=2)
 
 

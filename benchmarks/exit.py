@@ -196,7 +196,7 @@ def main(argv: Optional[list[str]] = None) -> dict:
             row = {"setting": f"{name}={spec.threshold:g}" if spec.adaptive else name, "criterion": name,
                    "threshold": spec.threshold}
             row.update(evaluate(model, batches, r_max, spec.build()))
-            config = GenerationConfig(max_new_tokens=n_new, num_steps=r_max, **spec.settings())
+            config = GenerationConfig(max_new_tokens=n_new, num_steps=r_max, exit=spec)
             row.update(decode(model, prompts, config, args.repeats))
             row["cost_per_token"] = row["decode_iters_per_token"] + row["decode_readouts_per_token"] * ratio
             rows.append(row)

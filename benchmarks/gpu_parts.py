@@ -53,20 +53,20 @@ def model_config(shape: str, device: str):
 
     preset, fields, batch, seq, r, k = (SHAPES_CUDA if device == "cuda" else SHAPES_CPU)[shape]
     base = OmegaConf.to_container(OmegaConf.load(CONF / f"{preset}.yaml"))
-    cfg = ModelConfig(**{**base, **fields, "block_size": seq, "mean_recurrence": r, "mean_backprop_depth": k})
+    cfg = ModelConfig(**{**base, **fields, "block_size": seq, "mean_recurrence": r})
     return cfg, batch, seq, r, k
 
 
-def attention(kind: str, device: str) -> tuple[dict[str, str], Any, str]:
-    """(model fields, context for the steps, label) of an attention row. ``flash`` is the flash-attn package
+def attention(kind: str, device: str) -> tuple[str, Any, str]:
+    """(the model's attn_backend, context for the steps, label) of an attention row. ``flash`` is the flash-attn package
     where installed, else torch SDPA restricted to its own flash kernel (it raises if that kernel cannot run)."""
     if kind == "sdpa":
-        return {}, nullcontext(), "SDPA (torch's choice of kernel)"
+        return "sdpa", nullcontext(), "SDPA (torch's choice of kernel)"
     if importlib.util.find_spec("flash_attn") is not None and device == "cuda":
-        return {"attn_backend": "flash"}, nullcontext(), "flash-attn"
+        return "flash", nullcontext(), "flash-attn"
     from torch.nn.attention import SDPBackend, sdpa_kernel
 
-    return {}, sdpa_kernel(SDPBackend.FLASH_ATTENTION), "SDPA flash kernel (flash-attn absent)"
+    return "sdpa", sdpa_kernel(SDPBackend.FLASH_ATTENTION), "SDPA flash kernel (flash-attn absent)"
 
 
 def peak(args: argparse.Namespace) -> None:
@@ -82,8 +82,6 @@ def peak(args: argparse.Namespace) -> None:
 
 def train(args: argparse.Namespace) -> None:
     """One training-step configuration (forward + backward + AdamW, bf16 autocast): tokens/s and MFU."""
-    import dataclasses
-
     import torch
     from train_step import measure
 
@@ -91,12 +89,11 @@ def train(args: argparse.Namespace) -> None:
 
     check = f"train {args.shape} {'compiled' if args.compile else 'eager'} {args.attn}"
     cfg, batch, seq, r, k = model_config(args.shape, args.device)
-    fields, context, label = attention(args.attn, args.device)
-    cfg = dataclasses.replace(cfg, **fields)
+    backend, context, label = attention(args.attn, args.device)
     device = torch.device(args.device)
     torch.manual_seed(0)
     with device:  # initialised where it trains: 1.6B parameters at Huginn's width take a while on a CPU
-        model = RecurrentDepthLM(cfg).train()
+        model = RecurrentDepthLM(cfg, backend).train()
     ids = torch.randint(0, cfg.vocab_size, (batch, seq), device=device)  # (B, T)
     with context:
         t = measure(model, lambda: model(ids, num_steps=(r - k, k), labels=ids).loss, device, torch.bfloat16,
@@ -115,6 +112,7 @@ def generate(args: argparse.Namespace) -> None:
 
     from recurrent_lm.infer import GenerationConfig
     from recurrent_lm.infer import generate as run
+    from recurrent_lm.loop import ExitSpec
     from recurrent_lm.model import RecurrentDepthLM
 
     cuda = args.device == "cuda"
@@ -125,7 +123,7 @@ def generate(args: argparse.Namespace) -> None:
         model = RecurrentDepthLM(cfg).to(torch.bfloat16 if cuda else torch.float32)
     prompts = torch.randint(6, cfg.vocab_size, (batch, prompt)).tolist()
     for exit in (None, "convergence"):
-        config = GenerationConfig(max_new_tokens=new, num_steps=steps, exit=exit)
+        config = GenerationConfig(max_new_tokens=new, num_steps=steps, exit=ExitSpec(exit))
         run(model, prompts, config)  # warm-up: kernels, allocator
         result = run(model, prompts, config)
         emit(f"generate {'exit=' + exit if exit else 'fixed r'}", "ok",

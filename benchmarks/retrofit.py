@@ -49,7 +49,7 @@ def source_overrides(args: argparse.Namespace) -> dict[str, object]:
             "model.block_size": args.block, "model.vocab_size": args.vocab, "model.norm_style": "pre",
             "model.qk_bias": False, "model.scale_embeddings": False, "model.norm_before_coda": False,
             "model.injection": "add", "model.init_scale": 0.0, "model.mean_recurrence": 1,
-            "model.mean_backprop_depth": 1, "sampler": "fixed", "data.vocab_size": args.vocab}
+            "sampler.backprop_depth": 1, "sampler": "fixed", "data.vocab_size": args.vocab}
 
 
 def common(args: argparse.Namespace, run_dir: Path, steps: int) -> dict[str, object]:
@@ -148,8 +148,8 @@ def bench(args: argparse.Namespace) -> None:
     retro_sampler = SamplerConfig(name="ramp", mean=args.mean_depth, ramp_start=1, ramp_steps=max(1, args.steps // 2),
                                   backprop_depth=args.backprop_depth, seed=args.seed)
     seconds["retrofit"] = train(continued(args, work / "retrofit", args.steps, retro_dir, **{
-        "experiment": "retrofit", "model.mean_recurrence": args.mean_depth,
-        "model.mean_backprop_depth": args.backprop_depth, "model.block_size": args.block,
+        "experiment": "retrofit", "model.mean_recurrence": args.mean_depth, "sampler.mean": args.mean_depth,
+        "sampler.backprop_depth": args.backprop_depth, "model.block_size": args.block,
         "sampler.ramp_steps": retro_sampler.ramp_steps}))
 
     source_cfg = RecurrentDepthLM.from_pretrained(source_run / "export").config
@@ -159,7 +159,7 @@ def bench(args: argparse.Namespace) -> None:
     plain = SamplerConfig(name="fixed", mean=1, backprop_depth=1)
     per_step = training_flops(source_cfg, plain, 1, tokens)
     equal_flops_steps = round(retro_flops / per_step)
-    baseline = {"model": "pretrained", "model.mean_recurrence": 1, "model.mean_backprop_depth": 1,
+    baseline = {"model": "pretrained", "model.mean_recurrence": 1, "sampler.backprop_depth": 1,
                 "model.block_size": args.block, "sampler": "fixed"}
     seconds["baseline_steps"] = train(continued(args, work / "baseline_steps", args.steps, source_run / "export",
                                               **baseline))

@@ -179,7 +179,7 @@ def main() -> None:
     device = torch.device(args.device)
     cfg = ModelConfig(**{**OmegaConf.to_container(OmegaConf.load(CONF / f"{args.preset}.yaml")),
                          "block_size": max(args.seq, 1),
-                         "mean_recurrence": max(args.r, args.k), "mean_backprop_depth": args.k})
+                         "mean_recurrence": max(args.r, args.k)})
     r, k = args.r, min(args.k, args.r)
     tokens = args.batch * args.seq
     layers = cfg.n_prelude + r * cfg.n_core + cfg.n_coda

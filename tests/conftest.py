@@ -53,10 +53,11 @@ def tiny_config() -> Callable[..., ModelConfig]:
 
 @pytest.fixture
 def tiny_model(tiny_config) -> Callable[..., RecurrentDepthLM]:
-    """Factory: a seeded fp32 tiny model in eval mode, e.g. ``tiny_model(init_scale=0.0)``."""
+    """Factory: a seeded fp32 tiny model in eval mode, e.g. ``tiny_model(init_scale=0.0)``; ``attn_backend`` is the
+    model's runtime backend, every other keyword a config field."""
 
-    def make(seed: int = 0, **overrides: Any) -> RecurrentDepthLM:
+    def make(seed: int = 0, attn_backend: str = "sdpa", **overrides: Any) -> RecurrentDepthLM:
         torch.manual_seed(seed)
-        return RecurrentDepthLM(tiny_config(**overrides)).eval()
+        return RecurrentDepthLM(tiny_config(**overrides), attn_backend).eval()
 
     return make

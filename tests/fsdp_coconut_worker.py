@@ -25,7 +25,7 @@ mesh = init_device_mesh("cpu", (2,))
 
 def recurrent() -> torch.nn.Module:
     return RecurrentDepthLM(ModelConfig(vocab_size=64, block_size=64, d_model=32, n_heads=4, init_scale=0.0,
-                                        mean_recurrence=2, mean_backprop_depth=2))
+                                        mean_recurrence=2))
 
 
 def gpt2() -> torch.nn.Module:

@@ -27,8 +27,7 @@ def recurrent_lm() -> tuple[ContinuousThoughtLM, Depth]:
     """Random initial states (init_scale 1) drawn from the seeded per-position table: batch-invariant."""
     torch.manual_seed(0)
     model = RecurrentDepthLM(ModelConfig(vocab_size=VOCAB, block_size=64, d_model=32, n_heads=4, n_prelude=1,
-                                         n_core=1, n_coda=1, init_scale=1.0, mean_recurrence=DEPTH,
-                                         mean_backprop_depth=DEPTH))
+                                         n_core=1, n_coda=1, init_scale=1.0, mean_recurrence=DEPTH))
     return ContinuousThoughtLM(RecurrentBackend(model, s0_seed=0)), Depth(num_steps=DEPTH)
 
 
@@ -182,8 +181,7 @@ def exports(tmp_path_factory) -> dict[str, Path]:
     ours = ThoughtTokenizer(bpe(["<|bos|>", "<|eos|>", "<|pad|>", "<bot>", "<eot>", "<latent>"]))
     torch.manual_seed(0)
     recurrent = RecurrentDepthLM(ModelConfig(vocab_size=ours.vocab_size, block_size=128, d_model=32, n_heads=4,
-                                             n_prelude=1, n_core=1, n_coda=1, init_scale=1.0, mean_recurrence=2,
-                                             mean_backprop_depth=2))
+                                             n_prelude=1, n_core=1, n_coda=1, init_scale=1.0, mean_recurrence=2))
     save_coconut_model(recurrent, ours, coconut_config("coconut"), root / "coconut")
     hf_tokens = bpe(["<|endoftext|>"])
     gpt2 = gpt2_model()

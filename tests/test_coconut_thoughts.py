@@ -21,8 +21,7 @@ DEPTH = 3
 def recurrent_model() -> RecurrentDepthLM:
     torch.manual_seed(0)
     return RecurrentDepthLM(ModelConfig(vocab_size=VOCAB, block_size=64, d_model=32, n_heads=4, n_prelude=1,
-                                        n_core=1, n_coda=1, init_scale=0.0, mean_recurrence=DEPTH,
-                                        mean_backprop_depth=DEPTH)).float()
+                                        n_core=1, n_coda=1, init_scale=0.0, mean_recurrence=DEPTH)).float()
 
 
 def gpt2_model():
@@ -173,7 +172,7 @@ def test_hf_backend_refuses_a_depth():
 def test_recurrent_backend_s0_table_makes_thoughts_batch_invariant():
     torch.manual_seed(0)
     model = RecurrentDepthLM(ModelConfig(vocab_size=VOCAB, block_size=64, d_model=32, n_heads=4, init_scale=1.0,
-                                         mean_recurrence=DEPTH, mean_backprop_depth=DEPTH)).eval()
+                                         mean_recurrence=DEPTH)).eval()
     coconut = ContinuousThoughtLM(RecurrentBackend(model, s0_seed=0))
     examples = [example(9, 2, 5, seed=11), example(3, 2, 5, seed=12)]
     with torch.no_grad():

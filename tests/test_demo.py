@@ -55,7 +55,8 @@ def test_demo_runs_both_parts_and_names_its_pictures(corpus_dir, tmp_path):
         "model.block_size": 64, "model.vocab_size": 400})] + [
         f"reasoning.run_dir={reasoning_dir}", "reasoning.trainer.max_steps=4", "reasoning.task.num_val=8",
         "reasoning.task.num_eval=8", "reasoning.task.eval_difficulties=[4,8]", "reasoning.task.eval_depths=[1,2,4]",
-        "reasoning.task.max_steps=4", "reasoning.trainer.eval_depths=[2]", "reasoning.trainer.val_check_interval=4",
+        "reasoning.task.exits=[{criterion:convergence,max_steps:4},{criterion:causal_convergence,max_steps:4}]",
+        "reasoning.trainer.eval_depths=[2]", "reasoning.trainer.val_check_interval=4",
         "reasoning.trainer.enable_progress_bar=false", "reasoning.logger.tensorboard=false"]
     env = {**os.environ, "PYTHONUNBUFFERED": "1", "COLUMNS": "200"}
     done = subprocess.run([sys.executable, "-m", "recurrent_lm.demo", *args], env=env, text=True,
@@ -124,7 +125,8 @@ def test_reasoning_run_writes_its_picture(tmp_path):
     """A task run alone (recurrent-lm-train experiment=demo_reasoning) also draws its picture."""
     cfg = compose_cfg(["experiment=demo_reasoning", f"run_dir={tmp_path}", "trainer.max_steps=2",
                        "trainer.enable_progress_bar=false", "trainer.val_check_interval=null", "logger.tensorboard=false",
-                       "task.num_eval=8", "task.eval_difficulties=[4,8]", "task.eval_depths=[1,2]", "task.max_steps=2",
+                       "task.num_eval=8", "task.eval_difficulties=[4,8]", "task.eval_depths=[1,2]",
+                       "task.exits=[{criterion:causal_convergence,max_steps:2}]",
                        "export=false"])
     summary = run(cfg)
     assert summary.figures == [tmp_path / REASONING_FIGURE]

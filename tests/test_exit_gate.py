@@ -93,7 +93,7 @@ def test_learned_exit_in_the_loop_follows_the_gate(tiny_model):
 def test_exit_learned_without_a_gate_is_refused_by_name(tiny_model):
     model = tiny_model()
     with pytest.raises(ValueError, match="exit=learned needs a learned exit gate, and this model has none"):
-        generate(model, [[1, 2, 3]], GenerationConfig(max_new_tokens=2, exit="learned"))
+        generate(model, [[1, 2, 3]], GenerationConfig(max_new_tokens=2, exit=ExitSpec("learned")))
 
 
 def test_a_gate_trained_on_a_model_whose_depth_does_not_pay_exits_earlier(corpus_dir, source_export, tmp_path):
@@ -147,8 +147,8 @@ def test_exit_learned_in_lm_eval_and_the_reasoning_evaluation(tmp_path):
     lm.loglikelihood([Instance(request_type="loglikelihood", doc={}, arguments=("Tom is", " a wumpus"), idx=0)],
                      disable_tqdm=True)
     assert lm.steps_summary()["mean_steps_used"] == 4
-    task = TaskConfig(name="parity", eval_difficulties=[8], eval_depths=[2, 8], num_eval=4, exit_criteria=["learned"],
-                      threshold=0.9)
+    task = TaskConfig(name="parity", eval_difficulties=[8], eval_depths=[2, 8], num_eval=4,
+                      exits=[ExitSpec("learned", 0.9)])
     report = evaluate(RecurrentDepthLM.from_pretrained(directory), task)
     assert report.exits[0].name == "learned" and report.exits[0].mean_steps[8] == 4
     (directory / GATE_FILE).unlink()

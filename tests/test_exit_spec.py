@@ -1,6 +1,6 @@
 """ExitSpec and resolve_depth: the one owner of the exit and depth settings, and the same message for a
-bad value from every entry point (GenerationConfig, the lm-eval model args, the reasoning TaskConfig and
-both CLIs)."""
+bad value from every entry point (the spec GenerationConfig and Coconut's Depth hold, the reasoning TaskConfig's
+exits, the lm-eval model args and both CLIs)."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ import pytest
 import torch
 from eval_support import make_model_dir
 
-from recurrent_lm.infer import GenerationConfig, generate
+from recurrent_lm.infer import generate
 from recurrent_lm.infer.cli import main as generate_main
 from recurrent_lm.loop import (CRITERIA, ArgmaxStable, CausalConvergence, Convergence, ExitSpec, KLDivergence,
                                resolve_depth)
@@ -85,9 +85,38 @@ def test_bad_settings_name_the_setting_and_the_fix(kwargs, message):
     assert str(parsed.value) == str(err.value)
 
 
-def test_hand_built_criteria_are_checked_by_the_spec():
-    with pytest.raises(ValueError, match=r"^min_steps=4 is greater than max_steps=2; lower min_steps"):
-        Convergence(0.1, min_steps=4, max_steps=2)
+def test_a_criterion_refuses_a_threshold_off_its_own_scale_through_the_spec():
+    with pytest.raises(ValueError, match=r"^threshold=1.5 is not a probability; exit=learned .*give a value in "
+                                         r"\(0, 1\]"):
+        ExitSpec("learned", 1.5)
+    with pytest.raises(ValueError, match=r"^threshold=0.0 is not a probability"):
+        ExitSpec.parse("learned", "0")
+    assert ExitSpec("convergence", 1.5).threshold == 1.5  # a relative change may exceed 1
+    assert Convergence.threshold_problem(1.5) is None
+
+
+@pytest.mark.parametrize("text, spec", [
+    ("learned=0.9", ExitSpec("learned", 0.9)),
+    ("kl=5e-4", ExitSpec("kl", 5e-4)),
+    ("convergence", ExitSpec("convergence")),  # the criterion's default threshold
+    (" argmax = 3 ", ExitSpec("argmax", 3)),
+    ("none", ExitSpec()),
+])
+def test_from_text_reads_the_compact_spelling(text, spec):
+    assert ExitSpec.from_text(text) == spec
+    assert ExitSpec.from_text(text, min_steps=2, max_steps=9) == dataclasses.replace(spec, min_steps=2, max_steps=9)
+
+
+@pytest.mark.parametrize("text, message", [
+    ("learned=", "exit='learned=' gives no threshold after '='; write NAME=THRESHOLD (e.g. learned=0.9)"),
+    ("wobble=0.1", "exit='wobble' is not an exit criterion"),
+    ("kl=abc", "threshold='abc' is not a number"),
+    ("learned=2", "threshold=2.0 is not a probability"),
+])
+def test_from_text_refuses_bad_text_by_setting(text, message):
+    with pytest.raises(ValueError) as err:
+        ExitSpec.from_text(text)
+    assert str(err.value).startswith(message)
 
 
 # ------------------------------------------------------------------------------ resolve_depth
@@ -143,9 +172,10 @@ BAD = {  # settings (as a user would type them) -> the start of the one message
 }
 
 
-def from_generation_config(settings: dict) -> str:
+def from_python(settings: dict) -> str:
+    """What GenerationConfig(exit=...), Depth(exit=...) and TaskConfig(exits=[...]) hold: a spec."""
     with pytest.raises(ValueError) as err:
-        GenerationConfig(**settings)
+        ExitSpec.parse(settings.pop("exit"), **settings)
     return str(err.value)
 
 
@@ -164,14 +194,23 @@ def from_lm_eval_model_args(settings: dict, tmp_path) -> str:
 
 
 def from_task_config(settings: dict) -> str:
-    fields = {"exit_criteria": [settings.pop("exit")], **settings}
+    """task.json and the hydra group: each entry of ``exits`` is a mapping (its message names the entry)."""
     with pytest.raises(ValueError) as err:
-        TaskConfig(**fields)
-    return str(err.value)
+        TaskConfig.from_dict({"exits": [{"criterion": settings.pop("exit"), **settings}]})
+    prefix = "task.exits[0]: "
+    assert str(err.value).startswith(prefix)
+    return str(err.value).removeprefix(prefix)
 
 
 def flags(settings: dict) -> list[str]:
     return [a for k, v in settings.items() for a in (f"--{k.replace('_', '-')}", str(v))]
+
+
+def reasoning_flags(settings: dict) -> list[str]:
+    """The reasoning CLI's spelling: ``--exit NAME[=THRESHOLD]``, bounds as flags."""
+    threshold = settings.pop("threshold", None)
+    exit_ = settings.pop("exit") + ("" if threshold is None else f"={threshold}")
+    return ["--exit", exit_, *flags(settings)]
 
 
 def from_cli(main, argv: list[str], prefix: str, capsys) -> str:
@@ -185,17 +224,17 @@ def from_cli(main, argv: list[str], prefix: str, capsys) -> str:
 def test_a_bad_value_gets_the_same_message_from_every_entry_point(case, tmp_path, capsys):
     settings, expected = BAD[case]
     messages = {
-        "GenerationConfig": from_generation_config(dict(settings)),
+        "ExitSpec": from_python(dict(settings)),
         "lm-eval model args": from_lm_eval_model_args(dict(settings), tmp_path),
         "TaskConfig": from_task_config(dict(settings)),
         "recurrent-lm-generate": from_cli(generate_main, [str(tmp_path / "never_loaded"), "hi", *flags(settings)],
                                           "recurrent-lm-generate: error: ", capsys),
         "recurrent-lm-reasoning-eval": from_cli(reasoning_main, ["--model", str(tmp_path / "never_loaded"),
-                                                                 "--task", "parity", *flags(settings)],
+                                                                 "--task", "parity", *reasoning_flags(dict(settings))],
                                                 "recurrent-lm-reasoning-eval: error: ", capsys),
     }
-    assert messages["GenerationConfig"].startswith(expected)
-    assert all(m == messages["GenerationConfig"] for m in messages.values()), messages
+    assert messages["ExitSpec"].startswith(expected)
+    assert all(m == messages["ExitSpec"] for m in messages.values()), messages
 
 
 @pytest.fixture(scope="module")
@@ -208,7 +247,7 @@ def test_min_steps_above_the_cap_gets_the_same_message_from_every_entry_point(mo
     expected = "min_steps=6 is greater than the step cap 4 (max_steps, else num_steps); lower min_steps or raise the cap"
     model = RecurrentDepthLM.from_pretrained(model_dir)
     with pytest.raises(ValueError) as err:
-        generate(model, [[7]], num_steps=4, exit="kl", min_steps=6)
+        generate(model, [[7]], num_steps=4, exit=ExitSpec("kl", min_steps=6))
     messages = [str(err.value)]
     pytest.importorskip("lm_eval")
     from recurrent_lm.evaluation.errors import EvalError
@@ -220,10 +259,9 @@ def test_min_steps_above_the_cap_gets_the_same_message_from_every_entry_point(mo
     messages.append(from_cli(generate_main, [str(model_dir), "hi", "--num-steps", "4", "--exit", "kl",
                                              "--min-steps", "6"], "recurrent-lm-generate: error: ", capsys))
     task = TaskConfig(train_max=4, eval_difficulties=[4], eval_depths=[2, 4], num_eval=2,
-                      exit_criteria=["convergence"], min_steps=6)  # the cap: the largest depth
+                      exits=[ExitSpec("convergence", min_steps=6)])  # the cap: the largest depth
     reasoning_model = RecurrentDepthLM(ModelConfig(vocab_size=vocab_size(task), block_size=16, d_model=32,
-                                                   n_heads=2, mlp_hidden=64, mean_recurrence=2,
-                                                   mean_backprop_depth=1))
+                                                   n_heads=2, mlp_hidden=64, mean_recurrence=2))
     with pytest.raises(ValueError) as err:
         evaluate(reasoning_model, task)
     messages.append(str(err.value))

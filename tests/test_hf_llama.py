@@ -236,7 +236,7 @@ def test_a_llama_shaped_model_of_ours_exports(tmp_path):
     config = ModelConfig(vocab_size=VOCAB, block_size=CONTEXT, d_model=H, n_heads=HEADS, n_kv_heads=2, mlp_hidden=FFN,
                          n_prelude=0, n_core=4, n_coda=0, norm_style="pre", injection="add", init_scale=0.0,
                          qk_bias=False, scale_embeddings=False, norm_before_coda=False, mean_recurrence=1,
-                         mean_backprop_depth=1, tie_embeddings=False, rope_theta=10_000.0,
+                         tie_embeddings=False, rope_theta=10_000.0,
                          rope_scaling={"rope_type": "linear", "factor": 2.0})
     torch.manual_seed(0)
     ours = RecurrentDepthLM(config).eval()
@@ -272,7 +272,7 @@ def test_export_refuses_what_llama_cannot_run(plain_source, tmp_path):
         save_hf_llama(trained, tmp_path / "c")
     add = RecurrentDepthLM(ModelConfig(vocab_size=VOCAB, block_size=CONTEXT, d_model=H, n_heads=HEADS,
                                        norm_style="pre", qk_bias=False, scale_embeddings=False, norm_before_coda=False,
-                                       injection="add", mean_recurrence=1, mean_backprop_depth=1))
+                                       injection="add", mean_recurrence=1))
     with pytest.raises(FormatError, match=r"init_scale=1.0 \(with injection 'add'"):
         save_hf_llama(add, tmp_path / "d")
     assert not any((tmp_path / name).exists() for name in "abcd")  # refused before anything was written

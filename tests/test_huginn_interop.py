@@ -208,7 +208,7 @@ def test_export_import_is_bit_identical(tmp_path, shape):
     prelude, core, coda, tie, qk_bias = SHAPES[shape]
     config = ModelConfig(vocab_size=VOCAB, block_size=BLOCK, d_model=H, n_heads=HEADS, mlp_hidden=FFN,
                          n_prelude=prelude, n_core=core, n_coda=coda, tie_embeddings=tie, qk_bias=qk_bias,
-                         mean_recurrence=8, mean_backprop_depth=4, init_std=0.05, extra={"note": "kept"})
+                         mean_recurrence=8, init_std=0.05, extra={"note": "kept"})
     torch.manual_seed(0)
     model = RecurrentDepthLM(config)
     with torch.no_grad():

@@ -13,6 +13,7 @@ from recurrent_lm.data.tokenizer import TextTokenizer
 from recurrent_lm.infer import GenerationConfig, generate_text
 from recurrent_lm.infer.cli import main
 from recurrent_lm.infer.display import BARS
+from recurrent_lm.loop import ExitSpec
 from recurrent_lm.model import RecurrentDepthLM
 from test_infer_generate import tiny_model
 
@@ -57,7 +58,7 @@ def test_streams_text_then_shows_depth_per_token(model_dir, capsys, tmp_path):
     tokenizer = TextTokenizer.from_file(model_dir / "tokenizer.json")
     model = RecurrentDepthLM.from_pretrained(model_dir)
     api = generate_text(model, tokenizer, ["hello world"], GenerationConfig(
-        max_new_tokens=7, num_steps=10, exit="convergence", threshold=0.1), prefix_ids=[tokenizer.eos_id])
+        max_new_tokens=7, num_steps=10, exit=ExitSpec("convergence", 0.1)), prefix_ids=[tokenizer.eos_id])
     assert record["tokens"] == api.tokens[0] and record["steps"] == api.steps[0]
     assert min(record["steps"]) < 10  # the exit really ran
 

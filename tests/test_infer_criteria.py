@@ -83,16 +83,16 @@ def rule(name: str, threshold: float, states, logprobs, min_steps: int):
 def test_generation_exits_where_the_rule_says(trajectory, name, threshold, min_steps):
     model, states, logprobs = trajectory
     want = first_exit(rule(name, threshold, states, logprobs, min_steps), min_steps)
-    result = generate(model, [[t] for t in TOKENS], max_new_tokens=1, num_steps=R, exit=name,
-                      threshold=threshold, min_steps=min_steps)
+    result = generate(model, [[t] for t in TOKENS], max_new_tokens=1, num_steps=R,
+                      exit=ExitSpec(name, threshold, min_steps))
     got = [row[0] for row in result.steps]
     assert got == want
     assert [row[0] for row in result.prompt_steps] == want
     assert len(set(want)) > 1, "thresholds should give different depths across prompts"
     # Alone, each prompt's forward checks once per step from min_steps on, decoding the previous
     # state too at the first check; the latent criterion never decodes.
-    alone = generate(model, [[TOKENS[0]]], max_new_tokens=1, num_steps=R, exit=name, threshold=threshold,
-                     min_steps=min_steps)
+    alone = generate(model, [[TOKENS[0]]], max_new_tokens=1, num_steps=R,
+                     exit=ExitSpec(name, threshold, min_steps))
     expected_readouts = 0 if name == "convergence" else want[0] - min_steps + 2
     assert alone.readouts[0] == [expected_readouts]
 
@@ -100,8 +100,8 @@ def test_generation_exits_where_the_rule_says(trajectory, name, threshold, min_s
 def test_exited_token_state_is_frozen_at_its_exit_step(trajectory):
     """The state a token leaves with (what warm start passes on) is s_exit, not s_R."""
     model, states, _ = trajectory
-    result = generate(model, [[t] for t in TOKENS], max_new_tokens=1, num_steps=R, exit="convergence",
-                      threshold=0.05)
+    result = generate(model, [[t] for t in TOKENS], max_new_tokens=1, num_steps=R,
+                      exit=ExitSpec("convergence", 0.05))
     with torch.no_grad():
         out = model(torch.tensor(TOKENS)[:, None], num_steps=R,
                     exit_criterion=ExitSpec("convergence", 0.05, 1, R).build())

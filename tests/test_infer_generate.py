@@ -81,7 +81,7 @@ def test_cached_decoding_with_exit_equals_full_forward_with_exit(model):
     prompt = PROMPTS[2]
     criterion = ExitSpec("convergence", 0.05, 1, 16).build()
     tokens, logits, steps = full_recompute(model, prompt, 10, num_steps=16, criterion=criterion)
-    result = generate(model, [prompt], max_new_tokens=10, num_steps=16, exit="convergence", threshold=0.05,
+    result = generate(model, [prompt], max_new_tokens=10, num_steps=16, exit=ExitSpec("convergence", 0.05),
                       return_logits=True)
     assert len(set(steps)) > 2, "the exit should give varied depths here"
     assert result.tokens[0] == tokens
@@ -91,7 +91,7 @@ def test_cached_decoding_with_exit_equals_full_forward_with_exit(model):
 
 @pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
-@pytest.mark.parametrize("exit_kw", [{}, {"exit": "convergence", "threshold": 0.05}])
+@pytest.mark.parametrize("exit_kw", [{}, {"exit": ExitSpec("convergence", 0.05)}])
 def test_cached_batched_decoding_on_cuda_equals_cpu(exit_kw):
     """The KV-cached, left-padded batch on CUDA picks the CPU's tokens and depths (float64 on both, so no argmax
     tie can flip); the CPU's are checked against full recomputation above."""
@@ -102,7 +102,7 @@ def test_cached_batched_decoding_on_cuda_equals_cpu(exit_kw):
         torch.testing.assert_close(y.cpu(), x, rtol=1e-8, atol=1e-8)
 
 
-@pytest.mark.parametrize("exit_kw", [{}, {"exit": "convergence", "threshold": 0.05}])
+@pytest.mark.parametrize("exit_kw", [{}, {"exit": ExitSpec("convergence", 0.05)}])
 def test_compressed_cache_with_window_at_least_r_equals_full(model, exit_kw):
     r = 8
     config = GenerationConfig(max_new_tokens=8, num_steps=r, **exit_kw)
@@ -136,15 +136,15 @@ def test_cache_bytes_per_strategy_match_the_formula(model):
 
 BATCH_CASES = {
     "fixed": dict(num_steps=6),
-    "convergence": dict(num_steps=12, exit="convergence", threshold=0.08),
-    "kl": dict(num_steps=12, exit="kl", threshold=1e-3, min_steps=2),
-    "entropy": dict(num_steps=12, exit="entropy", threshold=1e-2),
-    "argmax": dict(num_steps=12, exit="argmax", threshold=2),
-    "causal_convergence": dict(num_steps=12, exit="causal_convergence", threshold=0.08),
-    "sequence_convergence": dict(num_steps=12, exit="sequence_convergence", threshold=0.08),
-    "warm_start_exit": dict(num_steps=12, exit="convergence", threshold=0.08, warm_start=True),
-    "compressed_exit": dict(num_steps=12, exit="convergence", threshold=0.08, kv_cache="compressed", kv_window=3),
-    "latest_exit": dict(num_steps=12, exit="convergence", threshold=0.08, kv_cache="latest"),
+    "convergence": dict(num_steps=12, exit=ExitSpec("convergence", 0.08)),
+    "kl": dict(num_steps=12, exit=ExitSpec("kl", 1e-3, min_steps=2)),
+    "entropy": dict(num_steps=12, exit=ExitSpec("entropy", 1e-2)),
+    "argmax": dict(num_steps=12, exit=ExitSpec("argmax", 2)),
+    "causal_convergence": dict(num_steps=12, exit=ExitSpec("causal_convergence", 0.08)),
+    "sequence_convergence": dict(num_steps=12, exit=ExitSpec("sequence_convergence", 0.08)),
+    "warm_start_exit": dict(num_steps=12, exit=ExitSpec("convergence", 0.08), warm_start=True),
+    "compressed_exit": dict(num_steps=12, exit=ExitSpec("convergence", 0.08), kv_cache="compressed", kv_window=3),
+    "latest_exit": dict(num_steps=12, exit=ExitSpec("convergence", 0.08), kv_cache="latest"),
     "sampling": dict(num_steps=6, temperature=0.9, top_k=50, top_p=0.9, seed=11),
 }
 
@@ -154,14 +154,14 @@ def test_batched_left_padded_equals_one_by_one(model, case):
     config = GenerationConfig(max_new_tokens=6, **BATCH_CASES[case])
     batched = generate(model, PROMPTS, config, return_logits=True)
     assert_same_rows(batched, one_by_one(model, PROMPTS, config))
-    if config.exit:
+    if config.exit.adaptive:
         depths = {s for row in batched.steps for s in row}
         assert len(depths) > 1, f"{case}: rows should exit at different depths for this test to mean anything"
 
 
 def test_batched_equals_one_by_one_when_rows_finish_early(model):
     """Rows that hit EOS leave the batch (and the cache) while the others go on."""
-    config = GenerationConfig(max_new_tokens=8, num_steps=12, exit="convergence", threshold=0.08)
+    config = GenerationConfig(max_new_tokens=8, num_steps=12, exit=ExitSpec("convergence", 0.08))
     free = generate(model, PROMPTS, config)
     eos = free.tokens[1][2]  # row 1 will stop at its third token
     batched = generate(model, PROMPTS, config, eos_id=eos, return_logits=True)
@@ -197,7 +197,7 @@ def test_random_initial_state_is_seeded_and_batch_invariant():
 def test_exit_with_threshold_zero_equals_fixed_depth(model, criterion):
     r = 6
     fixed = generate(model, PROMPTS, max_new_tokens=6, num_steps=r, return_logits=True)
-    exit_ = generate(model, PROMPTS, max_new_tokens=6, num_steps=r, exit=criterion, threshold=0.0,
+    exit_ = generate(model, PROMPTS, max_new_tokens=6, num_steps=r, exit=ExitSpec(criterion, 0.0),
                      return_logits=True)
     assert exit_.tokens == fixed.tokens
     assert all(s == r for row in exit_.steps for s in row)
@@ -210,8 +210,8 @@ def test_exit_with_threshold_zero_equals_fixed_depth(model, criterion):
 def test_exit_with_min_steps_equal_max_steps_equals_fixed_depth(model, criterion):
     r = 5
     fixed = generate(model, PROMPTS, max_new_tokens=5, num_steps=r, return_logits=True)
-    pinned = generate(model, PROMPTS, max_new_tokens=5, num_steps=32, exit=criterion, threshold=1e9,
-                      min_steps=r, max_steps=r, return_logits=True)
+    pinned = generate(model, PROMPTS, max_new_tokens=5, num_steps=32,
+                      exit=ExitSpec(criterion, 1e9, min_steps=r, max_steps=r), return_logits=True)
     assert pinned.tokens == fixed.tokens
     assert pinned.num_steps == r and all(s == r for row in pinned.steps for s in row)
     for a, b in zip(pinned.logits, fixed.logits):
@@ -219,12 +219,12 @@ def test_exit_with_min_steps_equal_max_steps_equals_fixed_depth(model, criterion
 
 
 def test_exit_respects_min_and_max_steps_and_lowers_depth(model):
-    result = generate(model, PROMPTS, max_new_tokens=8, num_steps=16, exit="convergence", threshold=0.05,
-                      min_steps=7, max_steps=12)
+    result = generate(model, PROMPTS, max_new_tokens=8, num_steps=16,
+                      exit=ExitSpec("convergence", 0.05, min_steps=7, max_steps=12))
     flat = [s for row in result.steps + result.prompt_steps for s in row]
     assert min(flat) >= 7 and max(flat) <= 12
     assert result.num_steps == 12
-    loose = generate(model, PROMPTS, max_new_tokens=8, num_steps=16, exit="convergence", threshold=0.2)
+    loose = generate(model, PROMPTS, max_new_tokens=8, num_steps=16, exit=ExitSpec("convergence", 0.2))
     assert loose.mean_steps < 12
 
 
@@ -232,11 +232,11 @@ def test_output_based_criteria_count_their_readouts(model):
     """Batch 1: a decode forward checks after each of its iterations from min_steps on, and the
     first check also decodes the previous state: readouts = steps - min_steps + 2."""
     for criterion, threshold, min_steps in (("kl", 1e-3, 1), ("entropy", 1e-2, 3), ("argmax", 2, 2)):
-        result = generate(model, [PROMPTS[0]], max_new_tokens=6, num_steps=12, exit=criterion,
-                          threshold=threshold, min_steps=min_steps)
+        result = generate(model, [PROMPTS[0]], max_new_tokens=6, num_steps=12,
+                          exit=ExitSpec(criterion, threshold, min_steps=min_steps))
         steps, readouts = result.steps[0], result.readouts[0]
         assert readouts[1:] == [s - min_steps + 2 for s in steps[1:]], criterion
-    latent = generate(model, [PROMPTS[0]], max_new_tokens=6, num_steps=12, exit="convergence", threshold=0.05)
+    latent = generate(model, [PROMPTS[0]], max_new_tokens=6, num_steps=12, exit=ExitSpec("convergence", 0.05))
     assert latent.total_readouts == 0
 
 
@@ -282,9 +282,9 @@ def test_stop_strings_cut_the_text_and_end_the_row(model):
 
 
 def test_step_budget_ends_a_row_once_spent(model):
-    free = generate(model, [PROMPTS[0]], max_new_tokens=12, num_steps=16, exit="convergence", threshold=0.05)
+    free = generate(model, [PROMPTS[0]], max_new_tokens=12, num_steps=16, exit=ExitSpec("convergence", 0.05))
     budget = sum(free.steps[0][:5]) - 1
-    result = generate(model, [PROMPTS[0]], max_new_tokens=12, num_steps=16, exit="convergence", threshold=0.05,
+    result = generate(model, [PROMPTS[0]], max_new_tokens=12, num_steps=16, exit=ExitSpec("convergence", 0.05),
                       step_budget=budget)
     assert result.finish_reasons[0] == "step_budget"
     assert result.tokens[0] == free.tokens[0][:5]
@@ -303,8 +303,7 @@ def test_eos_max_new_tokens_and_streaming_callback(model):
 # ------------------------------------------------------------------ bad input
 
 @pytest.mark.parametrize("kwargs, message", [
-    (dict(exit="banana"), "exit='banana' is not an exit criterion"),
-    (dict(exit="kl", min_steps=5, max_steps=3), "min_steps=5 is greater than max_steps=3"),
+    (dict(exit="kl"), "GenerationConfig.exit='kl' is not an ExitSpec; pass exit=ExitSpec"),  # checks: test_exit_spec
     (dict(kv_cache="tiny"), "kv_cache='tiny' is unknown"),
     (dict(top_p=0.0), "top_p"),
     (dict(temperature=-1.0), "temperature"),
@@ -318,7 +317,7 @@ def test_bad_generate_input_is_rejected(model):
     with pytest.raises(ValueError, match="longer than the model context block_size=64"):
         generate(model, [list(range(6, 71))], max_new_tokens=2)
     with pytest.raises(ValueError, match="is greater than the step cap 4"):
-        generate(model, [[7]], num_steps=4, exit="convergence", min_steps=6)
+        generate(model, [[7]], num_steps=4, exit=ExitSpec("convergence", min_steps=6))
     with pytest.raises(ValueError, match="stop strings need decode"):
         generate(model, [[7]], stop=["x"])
     with pytest.raises(ValueError, match="outside the vocabulary"):

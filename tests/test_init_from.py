@@ -12,7 +12,7 @@ from train_support import compose_cfg, launch, overrides
 
 from recurrent_lm.train.cli import run
 
-RECIPE = {"model": "pretrained", "model.mean_recurrence": 3, "model.mean_backprop_depth": 2,
+RECIPE = {"model": "pretrained", "model.mean_recurrence": 3, "sampler.backprop_depth": 2,
           "model.block_size": 64}
 
 
@@ -36,7 +36,7 @@ def test_a_run_starts_from_the_weights_architecture_and_tokenizer_of_init_from(c
         torch.testing.assert_close(after[name], before[name], atol=1e-9, rtol=0, msg=name)
     assert (run_dir / "tokenizer.json").read_bytes() == (source_export / "tokenizer.json").read_bytes()
     source, continued = (json.loads((d / "config.json").read_text()) for d in (source_export, run_dir / "export"))
-    recipe = {key.removeprefix("model."): value for key, value in RECIPE.items() if key != "model"}
+    recipe = {key.removeprefix("model."): value for key, value in RECIPE.items() if key.startswith("model.")}
     assert continued == {**source, **recipe}  # the architecture is the source's, the recipe the run's
 
 

@@ -209,9 +209,10 @@ def test_initial_state_gets_gradient_without_no_grad_prefix(tiny_model):
     assert init.grad is not None and init.grad.abs().sum() > 0
 
 
-def test_default_num_steps_truncates_in_training_only(tiny_model):
-    model = tiny_model(mean_recurrence=5, mean_backprop_depth=2)
-    assert model.train().resolve_steps(None) == (3, 2)
+def test_truncated_backprop_is_the_callers_pair_never_a_model_default(tiny_model):
+    """k belongs to the depth sampler: without a pair, training runs r̄ with every step carrying gradient."""
+    model = tiny_model(mean_recurrence=5)
+    assert model.train().resolve_steps(None) == (0, 5)
     assert model.eval().resolve_steps(None) == (0, 5)
     assert model.resolve_steps(4) == (0, 4)
     assert model.resolve_steps((2, 3)) == (2, 3)
@@ -271,7 +272,7 @@ def test_flash_backend_refused_clearly_without_cuda_or_package(tiny_config):
     if usable:
         pytest.skip("flash-attn is usable here; see test_flash_matches_sdpa_on_gpu")
     with pytest.raises(ValueError, match=r"attn_backend='flash'.*(flash-attn|CUDA)"):
-        RecurrentDepthLM(tiny_config(attn_backend="flash"))
+        RecurrentDepthLM(tiny_config(), attn_backend="flash")
 
 
 def test_flash_kernel_refuses_cpu_tensors_and_masks():
@@ -358,10 +359,8 @@ def test_huginn_preset_matches_the_published_shape():
     ({"n_heads": 5}, "n_heads"),
     ({"n_heads": 6, "d_model": 66}, "n_heads"),  # divides, but odd head_dim for RoPE
     ({"n_kv_heads": 3}, "n_kv_heads"),
-    ({"mean_recurrence": 4, "mean_backprop_depth": 8}, "mean_backprop_depth"),
     ({"injection": "gated"}, "injection"),
     ({"norm_style": "post"}, "norm_style"),
-    ({"attn_backend": "xformers"}, "attn_backend"),
     ({"vocab_size": 0}, "vocab_size"),
     ({"d_model": -64}, "d_model"),
     ({"n_core": 0}, "n_core"),
@@ -370,13 +369,21 @@ def test_huginn_preset_matches_the_published_shape():
     ({"n_prelude": -1}, "n_prelude"),
     ({"init_scale": -1.0}, "init_scale"),
     ({"attn_window": -1}, "attn_window"),
-    ({"attn_window": 8, "attn_backend": "flash"}, "attn_window"),
     ({"rope_scaling": {"rope_type": "dynamic", "factor": 2.0}}, "rope_scaling"),
     ({"rope_scaling": {"rope_type": "linear"}}, "rope_scaling"),
 ])
 def test_invalid_config_names_the_field(tiny_config, overrides, field):
     with pytest.raises(ValueError, match=rf"ModelConfig\.{field}="):
         tiny_config(**overrides)
+
+
+@pytest.mark.parametrize("backend,config,match", [
+    ("xformers", {}, r"attn_backend='xformers' is unknown; choose one of \('sdpa', 'flash', 'eager'\)"),
+    ("flash", {"attn_window": 8}, r"attn_backend='flash' cannot run ModelConfig\.attn_window=8.*attn_backend='sdpa'"),
+])
+def test_the_attention_backend_is_checked_when_the_model_is_built(tiny_config, backend, config, match):
+    with pytest.raises(ValueError, match=match):
+        RecurrentDepthLM(tiny_config(**config), attn_backend=backend)
 
 
 def test_unknown_config_key_is_refused_by_name():
@@ -422,7 +429,8 @@ def test_save_and_load_round_trip(tiny_model, tmp_path: Path):
     with torch.no_grad():
         assert torch.equal(model(x, num_steps=3).logits, loaded(x, num_steps=3).logits)
     eager = RecurrentDepthLM.from_pretrained(tmp_path / "m", attn_backend="eager")
-    assert eager.config.attn_backend == "eager"
+    assert eager.attn_backend == "eager" and {m.backend for m in eager.modules() if hasattr(m, "backend")} == {"eager"}
+    assert "attn_backend" not in json.loads((tmp_path / "m" / "config.json").read_text())  # a runtime choice
 
 
 def test_config_json_from_before_the_later_fields_loads_with_their_defaults(tiny_model, tmp_path: Path):

@@ -40,7 +40,7 @@ def test_train_batches_are_padded_and_masked(name):
 def test_padding_does_not_change_real_positions():
     torch.manual_seed(0)
     model = RecurrentDepthLM(ModelConfig(vocab_size=6, block_size=64, d_model=32, n_heads=2, init_scale=0.0,
-                                         mean_recurrence=3, mean_backprop_depth=1)).eval()
+                                         mean_recurrence=3)).eval()
     task = TaskConfig()
     import numpy as np
 

@@ -9,7 +9,7 @@ import torch
 
 from recurrent_lm.model import ModelConfig, RecurrentDepthLM
 from recurrent_lm.reasoning.config import TaskConfig
-from recurrent_lm.loop import SequenceConvergence
+from recurrent_lm.loop import ExitSpec, SequenceConvergence
 from recurrent_lm.reasoning.evaluate import depth_sweep, evaluate, load_task, main, save_task
 from recurrent_lm.reasoning.tasks import ONE, ZERO, collate, fixed_examples, vocab_size
 
@@ -17,19 +17,19 @@ from recurrent_lm.reasoning.tasks import ONE, ZERO, collate, fixed_examples, voc
 def tiny(task: TaskConfig, **kw) -> RecurrentDepthLM:
     torch.manual_seed(0)
     cfg = dict(vocab_size=vocab_size(task), block_size=160, d_model=32, n_heads=2, mlp_hidden=64,
-               mean_recurrence=4, mean_backprop_depth=2)
+               mean_recurrence=4)
     return RecurrentDepthLM(ModelConfig(**{**cfg, **kw})).eval()
 
 
 @pytest.mark.parametrize("name", ["parity", "reachability"])
 def test_report_has_one_cell_per_difficulty_and_depth(name):
     diffs = (2, 4, 8) if name == "parity" else (1, 2, 4)
+    names = ["convergence", "causal_convergence", "sequence_convergence"]
     task = TaskConfig(name=name, train_max=4, eval_difficulties=list(diffs), eval_depths=[1, 3, 6], num_eval=12,
-                      max_steps=8)
+                      exits=[ExitSpec(n, 0.03, max_steps=8) for n in names])
     report = evaluate(tiny(task), task, batch_size=8)
     assert set(report.accuracy) == {(d, r) for d in diffs for r in (1, 3, 6)}
     assert all(0.0 <= v <= 1.0 for v in [*report.accuracy.values(), *report.token_accuracy.values()])
-    names = ["convergence", "causal_convergence", "sequence_convergence"]
     assert [e.name for e in report.exits] == names
     for e in report.exits:
         assert set(e.mean_steps) == set(e.deepest_steps) == set(e.accuracy) == set(diffs)
@@ -72,7 +72,7 @@ def test_sequence_exit_stops_each_example_at_its_own_depth():
 
 
 def test_exact_match_counts_the_whole_answer():
-    task = TaskConfig(train_max=4, eval_difficulties=[4], eval_depths=[1], num_eval=16, exit_criteria=[])
+    task = TaskConfig(train_max=4, eval_difficulties=[4], eval_depths=[1], num_eval=16, exits=[])
 
     class Oracle(torch.nn.Module):
         """Answers every prefix parity right except, optionally, the last bit's."""
@@ -127,21 +127,36 @@ def test_cli_bad_input_is_one_line_and_status_2(tmp_path, capsys):
     assert "exit='causal' is not an exit criterion; choose one of" in capsys.readouterr().err
 
 
-def test_cli_exit_flags_override_the_tasks_exit_settings(tmp_path):
-    task = TaskConfig(train_max=4, eval_difficulties=[4], eval_depths=[2, 4], num_eval=4, threshold=0.5)
+def test_cli_exit_flags_override_the_tasks_exit_settings(tmp_path, capsys):
+    task = TaskConfig(train_max=4, eval_difficulties=[4], eval_depths=[2, 4], num_eval=4,
+                      exits=[ExitSpec("convergence", 0.5), ExitSpec("kl", 1e-3, max_steps=2)])
     tiny(task).save_pretrained(tmp_path / "model")
     save_task(task, tmp_path / "model")
     out = tmp_path / "exit.md"
-    assert main(["--model", str(tmp_path / "model"), "--exit", "kl", "--threshold", "none", "--min-steps", "2",
-                 "--max-steps", "3", "--out", str(out)]) == 0
-    [kl] = json.loads(out.with_suffix(".json").read_text())["exits"]
-    assert (kl["name"], kl["threshold"], kl["max_steps"]) == ("kl", 5e-4, 3)  # 'none': the criterion's default
+
+    def exits(*flags: str) -> list[tuple]:
+        assert main(["--model", str(tmp_path / "model"), *flags, "--out", str(out)]) == 0
+        report = json.loads(out.with_suffix(".json").read_text())
+        return [(e["name"], e["threshold"], e["max_steps"]) for e in report["exits"]]
+
+    assert exits() == [("convergence", 0.5, 4), ("kl", 1e-3, 2)]  # the task's own: its cap, else the largest depth
+    assert exits("--max-steps", "3") == [("convergence", 0.5, 3), ("kl", 1e-3, 3)]  # bounds for every exit
+    # --exit replaces the list, each with its own threshold (a bare name: the criterion's default)
+    assert exits("--exit", "kl", "convergence=0.2", "--min-steps", "2", "--max-steps", "3") == [
+        ("kl", 5e-4, 3), ("convergence", 0.2, 3)]
+    [kl, _] = json.loads(out.with_suffix(".json").read_text())["exits"]
     assert 2 <= kl["mean_steps"]["4"] <= 3
+    assert exits("--exit") == []
+    capsys.readouterr()
+    assert main(["--model", str(tmp_path / "model"), "--exit", "kl", "--threshold", "0.1"]) == 2
+    assert capsys.readouterr().err.strip() == (
+        "recurrent-lm-reasoning-eval: error: --threshold is gone: each exit has its own threshold; write it after "
+        "the criterion, e.g. --exit convergence=0.03 learned=0.9")
 
 
 def test_task_json_from_before_the_exit_settings_were_renamed_still_loads(tmp_path):
-    old = {**TaskConfig().to_dict(), "exit_threshold": 0.1, "exit_max_steps": 0}
-    del old["threshold"], old["max_steps"]
+    old = {k: v for k, v in TaskConfig().to_dict().items() if k != "exits"}
+    old.update(exit_criteria=["convergence", "kl"], exit_threshold=0.1, exit_max_steps=0, min_steps=1)
     (tmp_path / "task.json").write_text(json.dumps(old))
     task = load_task(tmp_path)
-    assert (task.threshold, task.max_steps) == (0.1, None)
+    assert task.exits == [ExitSpec("convergence", 0.1), ExitSpec("kl", 0.1)]  # exit_max_steps 0: no cap

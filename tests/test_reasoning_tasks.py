@@ -7,6 +7,7 @@ import itertools
 import numpy as np
 import pytest
 
+from recurrent_lm.loop import ExitSpec
 from recurrent_lm.reasoning.config import TaskConfig, sequence_length
 from recurrent_lm.reasoning.tasks import (BOS, IGNORE_INDEX, ONE, ROW_END, SEP, START, TEST_SPLIT, TRAIN_SPLIT,
                                           VAL_SPLIT, WALL, ZERO, fixed_examples, make_example, train_examples,
@@ -108,8 +109,37 @@ def test_reachability_config_errors(overrides, message):
 
 
 def test_unknown_exit_criterion_is_refused_by_name():
-    with pytest.raises(ValueError, match=r"exit='causal' is not an exit criterion; choose one of"):
-        TaskConfig(exit_criteria=["convergence", "causal"])
+    with pytest.raises(ValueError, match=r"^task.exits\[1\]: exit='causal' is not an exit criterion; choose one of"):
+        TaskConfig.from_dict({"exits": [{"criterion": "convergence"}, {"criterion": "causal"}]})
+    with pytest.raises(ValueError, match=r"^task.exits\[0\]: ExitSpec: unknown field\(s\) \['treshold'\]"):
+        TaskConfig.from_dict({"exits": [{"criterion": "kl", "treshold": 0.1}]})
+    with pytest.raises(ValueError, match=r"^exit='causal' is not an exit criterion"):
+        TaskConfig(exits=[ExitSpec("causal")])
+
+
+def test_each_exit_keeps_its_own_threshold_and_bounds():
+    task = TaskConfig.from_dict({"exits": [{"criterion": "learned", "threshold": 0.9},
+                                           {"criterion": "convergence", "threshold": 0.03, "max_steps": 48},
+                                           {"criterion": "kl"}]})
+    assert task.exits == [ExitSpec("learned", 0.9), ExitSpec("convergence", 0.03, max_steps=48), ExitSpec("kl", 5e-4)]
+    assert TaskConfig.from_dict(task.to_dict()) == task  # task.json round trip
+
+
+@pytest.mark.parametrize("exits, message", [
+    ([ExitSpec()], r"task.exits\[0\]=ExitSpec\(criterion=None.* is not an exit criterion; give ExitSpec"),
+    (["kl"], r"task.exits\[0\]='kl' is not an exit criterion"),
+    ([ExitSpec("kl"), ExitSpec("kl", 1e-3)], r"task.exits lists a criterion twice \(\['kl', 'kl'\]\)"),
+])
+def test_exits_that_report_nothing_or_twice_are_refused(exits, message):
+    with pytest.raises(ValueError, match=message):
+        TaskConfig(exits=exits)
+
+
+def test_task_json_with_one_shared_threshold_still_loads_as_one_spec_per_criterion():
+    old = {k: v for k, v in TaskConfig().to_dict().items() if k != "exits"}
+    old.update(exit_criteria=["convergence", "kl"], threshold=None, min_steps=2, max_steps=9)
+    task = TaskConfig.from_dict(old)
+    assert task.exits == [ExitSpec("convergence", None, 2, 9), ExitSpec("kl", None, 2, 9)]
 
 
 # ------------------------------------------------------------------------------ determinism

@@ -55,7 +55,7 @@ def retrofitted(tmp_path_factory) -> Path:
 
 def retrofit_args(corpus: Path, run_dir: Path, init_from: Path) -> list[str]:
     return overrides(corpus, run_dir, experiment="retrofit", model="pretrained", init_from=str(init_from), **{
-        "model.mean_recurrence": 3, "model.mean_backprop_depth": 2, "model.block_size": 64,
+        "model.mean_recurrence": 3, "sampler.backprop_depth": 2, "model.block_size": 64,
         "sampler.ramp_steps": 4, "trainer.max_steps": 8, "trainer.val_check_interval": 4,
         "trainer.checkpoint_every_n_steps": 4, "trainer.eval_depths": "[1,2,3]"})
 

@@ -222,10 +222,10 @@ def test_reasoning_accuracy_reaches_the_table(sweep_dir, tmp_path):
     run_dir = tmp_path / "task_run"
     shutil.copytree(next(p for p in sweep_dir.iterdir() if (p / "config.yaml").is_file()), run_dir)
     task = TaskConfig(name="parity", train_max=4, eval_difficulties=[2, 10], eval_depths=[1, 2], num_eval=8,
-                      exit_criteria=[])
+                      exits=[])
     torch.manual_seed(0)
     model = RecurrentDepthLM(ModelConfig(vocab_size=vocab_size(task), block_size=32, d_model=32, n_heads=2,
-                                         mlp_hidden=64, mean_recurrence=2, mean_backprop_depth=1)).eval()
+                                         mlp_hidden=64, mean_recurrence=2)).eval()
     report = evaluate(model, task, batch_size=8)
     save_report(report, run_dir / "reasoning_eval.md")
     (run,) = collect([run_dir])

@@ -132,7 +132,7 @@ def test_reasoning_experiment_trains_evaluates_and_exports_its_task(experiment, 
     cfg = compose_cfg([f"experiment={experiment}", f"run_dir={tmp_path}", "trainer.max_steps=3",
                        "trainer.enable_progress_bar=false", "trainer.eval_depths=[2]", "logger.tensorboard=false",
                        "task.num_val=8", "task.num_eval=8", f"task.eval_difficulties={small}",
-                       "task.eval_depths=[1,3]", "task.max_steps=4"])
+                       "task.eval_depths=[1,3]"])
     summary = run(cfg)
     report = summary.app.reasoning
     assert report.task == cfg.task.name and sorted(report.accuracy) == sorted(

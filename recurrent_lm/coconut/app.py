@@ -217,7 +217,8 @@ class CoconutApp:
                                        world_size=planned_world_size(t.devices, t.accelerator, t.num_nodes))
         module = CoconutModule(cfg.model, cfg.sampler, cfg.optim, coconut, t.eval_depths, tokenizer.ids,
                                datamodule.batches_per_epoch, lm=lm, seed=cfg.seed,
-                               max_nonfinite_steps=t.max_nonfinite_steps, parallel=cfg.parallel)
+                               max_nonfinite_steps=t.max_nonfinite_steps, parallel=cfg.parallel,
+                               attn_backend=t.attn_backend)
         if not (run_dir / TOKENIZER_FILE).is_file():  # whole or absent: other ranks wait on it
             atomic_write(run_dir / TOKENIZER_FILE, tokenizer.save)
         return Built(datamodule, module, tokenizer)

@@ -1,8 +1,9 @@
-"""The LightningModule of Coconut training: pretraining's module with the thought forward and the curriculum.
+"""The LightningModule of Coconut training: the thought forward and the curriculum, on the shared step helpers.
 
-It inherits everything that makes a run safe from :class:`RecurrentLMModule`: seeded per-step
-generators (exact resume), the non-finite gradient guard, the step log carried in checkpoints, the
-optimizer recipe. What it adds:
+It is its own module, not pretraining's with a few methods replaced: what makes a run safe it takes from the
+helpers every app calls (train/step_support.py: seeded per-step generators for exact resume, the non-finite
+gradient guard, the step log carried in checkpoints; train/optim.py: AdamW whose no-decay rule recognises any
+model's embeddings and norms). What it adds:
 
 * the training forward is :class:`ContinuousThoughtLM` (prefix, thoughts through the shared loop, suffix);
   a recurrent model runs every forward at the depth the sampler drew for the step (thoughts × depth);
@@ -27,24 +28,56 @@ from recurrent_lm.coconut.config import CoconutConfig
 from recurrent_lm.coconut.curriculum import scheduled_stage
 from recurrent_lm.coconut.sequences import EncodedRecord, SpecialIds, build_example, collate
 from recurrent_lm.coconut.thoughts import ContinuousThoughtLM
-from recurrent_lm.loop import SamplerConfig
+from recurrent_lm.loop import DepthSampler, SamplerConfig
 from recurrent_lm.model import ModelConfig, RecurrentDepthLM
-from recurrent_lm.train.module import RecurrentLMModule, step_seed
+from recurrent_lm.train.module import plain
 from recurrent_lm.train.parallel import ParallelConfig, StepUnit, shard_step
 from recurrent_lm.train.schema import OptimConfig
+from recurrent_lm.train.step_support import (NonFiniteGuard, StepHooks, StepLog, StepStreams,
+                                             configure_parallel, full_model, step_seed)
 
 
-class CoconutModule(RecurrentLMModule):
+class CoconutModule(StepHooks, L.LightningModule):
     def __init__(self, model: ModelConfig, sampler: SamplerConfig, optim: OptimConfig, coconut: CoconutConfig,
                  eval_depths: list[int], ids: SpecialIds, batches_per_epoch: int, lm: Optional[nn.Module] = None,
-                 seed: int = 0, max_nonfinite_steps: int = 0, parallel: Optional[ParallelConfig] = None) -> None:
-        super().__init__(model, sampler, optim, eval_depths, seed=seed, max_nonfinite_steps=max_nonfinite_steps, lm=lm,
-                         parallel=parallel)
+                 seed: int = 0, max_nonfinite_steps: int = 0, parallel: Optional[ParallelConfig] = None,
+                 attn_backend: str = "sdpa") -> None:
+        """``lm`` is a Hugging Face causal LM (coconut.hf_model or init_from's); default: ``RecurrentDepthLM(model)``
+        with the runtime ``attn_backend``."""
+        super().__init__()
+        self.model_config, self.optim_config = model, optim
+        self.sampler = DepthSampler(sampler)
+        self.eval_depths = list(eval_depths)
+        self.parallel = parallel or ParallelConfig()
+        self.streams, self.step_log, self.guard = StepStreams(seed), StepLog(), NonFiniteGuard(max_nonfinite_steps)
+        self._configured = False
+        self.attn_backend = attn_backend
+        self.model = RecurrentDepthLM(model, attn_backend) if lm is None else lm
+        self.flops_per_batch = 0  # per-position cost differs between prefix, thoughts and suffix; not modelled
+        # The keys pretraining's checkpoints have (resume and export read them), and the Coconut recipe.
+        self.save_hyperparameters({"model": model.to_dict(), "sampler": vars(sampler).copy(),
+                                   "optim": plain(vars(optim)), "eval_depths": self.eval_depths,
+                                   "coconut": coconut.to_dict()})
         self.coconut, self.ids, self.batches_per_epoch = coconut, ids, batches_per_epoch
         self.recurrent = isinstance(self.model, RecurrentDepthLM)
         self.thinker: ContinuousThoughtLM | StepUnit = ContinuousThoughtLM(backend_for(self.model))
-        self.hparams["coconut"] = coconut.to_dict()
         self._reset_at = -1  # the step whose optimizer reset already happened (several micro-batches per step)
+
+    def configure_model(self) -> None:
+        """The parallel-side changes (:func:`configure_parallel`), once; FSDP2 through :meth:`shard`."""
+        if self._configured:
+            return
+        self._configured = True
+        configure_parallel(self.model, self.parallel, shard=lambda: self.shard(self.device_mesh["data_parallel"]))
+
+    def full_model(self) -> Optional[nn.Module]:
+        """The trained model, unsharded, on rank 0 (:func:`full_model`); a Hugging Face model is rebuilt from its
+        own config."""
+        def rebuild() -> nn.Module:
+            return RecurrentDepthLM(self.model_config, self.attn_backend) if self.recurrent \
+                else type(self.model)(self.model.config)
+
+        return full_model(self, self.model, self.parallel, rebuild)
 
     def shard(self, mesh: Any) -> None:
         """FSDP2 with the whole thought forward as one call of one unit (see :func:`shard_step` for why).
@@ -64,20 +97,19 @@ class CoconutModule(RecurrentLMModule):
 
     def _forward(self, batch: dict[str, Tensor], num_steps, *stream: int | str, rank: bool = True):
         """One Coconut forward whose randomness (s₀ noise, dropout) is a pure function of ``stream``."""
-        generator = self.generator(*stream, rank=rank)
+        generator = self.streams.generator(self, *stream, rank=rank)
         with torch.random.fork_rng(devices=[self.device] if self.device.type == "cuda" else []):
-            torch.manual_seed(step_seed(self.seed, "dropout", *stream))
+            torch.manual_seed(step_seed(self.streams.seed, "dropout", *stream))
             return self.thinker(batch, depth=self._depth(num_steps), no_grad_thoughts=self.coconut.no_grad_thoughts,
                                 generator=generator if self.recurrent else None)
 
     def training_step(self, batch: dict[str, Tensor], batch_idx: int) -> Tensor:
         num_steps = self.sampler(self.global_step) if self.recurrent else None
-        out = self._forward(batch, num_steps, "train", self.global_step, self._micro_batch())
-        self.flops_per_batch = 0  # per-position cost differs between prefix, thoughts and suffix; not modelled
-        self._log_step({"train/loss": out.loss, "train/stage": float(self.stage_at(self.global_step)),
+        out = self._forward(batch, num_steps, "train", self.global_step, self.streams.micro_batch(self.global_step))
+        self.step_log.log(self, {"train/loss": out.loss, "train/stage": float(self.stage_at(self.global_step)),
                         "train/thoughts": out.thoughts.used.float().mean()}, prog_bar=True)
         if num_steps is not None:
-            self._log_step({"train/depth": float(sum(num_steps))})
+            self.step_log.log(self, {"train/depth": float(sum(num_steps))})
         return out.loss
 
     def validation_step(self, records: list[EncodedRecord], batch_idx: int) -> None:

@@ -89,8 +89,7 @@ class ContinuousThoughtLM:
         loop = unroll(step, last_hidden, frozen, bound - frozen, criterion=criterion, sequence_axis=None,
                       budget=counts, carry=(cache, attention_mask, None))
         _, mask, core = loop.carry
-        used = mask[:, attention_mask.shape[1]:].sum(-1)
-        return Thoughts(loop.state, mask, used, core)
+        return Thoughts(loop.state, mask, loop.steps_used, core)  # steps_used (B,): the thoughts each row took
 
     def __call__(self, batch: dict[str, Tensor], *, depth: Depth = FIXED, no_grad_thoughts: int = 0,
                 thought_exit: Optional[ExitSpec] = None, generator: Optional[torch.Generator] = None) -> CoconutOutput:

@@ -343,7 +343,7 @@ class RecurrentLMEval(TemplateLM):
             log.warning("recurrent_lm ignores the generation kwargs %s", list(ignored))
         try:
             config = GenerationConfig(
-                max_new_tokens=budget, num_steps=self.num_steps, **self.exit_spec.settings(), kv_cache=self.kv_cache,
+                max_new_tokens=budget, num_steps=self.num_steps, exit=self.exit_spec, kv_cache=self.kv_cache,
                 kv_window=self.kv_window, temperature=temperature, top_k=int(top_k) if top_k else None,
                 top_p=float(top_p) if top_p is not None else None, stop=tuple(s for s in until if s),
                 seed=self.seed)

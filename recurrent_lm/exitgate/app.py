@@ -63,7 +63,7 @@ class ExitGateApp:
 
             datamodule = text_datamodule(cfg, run_dir, resume)
         # A resume takes the gate (and the frozen LM, unchanged) from the checkpoint; the architecture is init_from's.
-        lm = load_initial_model(cfg.init_from, cfg.model)
+        lm = load_initial_model(cfg.init_from, cfg.model, cfg.trainer.attn_backend)
         return Built(datamodule, ExitGateModule(lm, getattr(cfg, self.key), cfg.optim.lr),
                      getattr(datamodule, "tokenizer", None))
 

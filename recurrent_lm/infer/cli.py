@@ -27,8 +27,8 @@ from recurrent_lm.model.io import model_dir_problem
 from recurrent_lm.model.precision import DTYPE_CHOICES, resolve_dtype
 
 
-GENERATION_FLAGS = tuple(f.name for f in fields(GenerationConfig))
-"""Flags that are GenerationConfig fields: --json records their applied values."""
+GENERATION_FLAGS = tuple(f.name for f in fields(GenerationConfig)) + tuple(ExitSpec().settings())
+"""Flags that are GenerationConfig fields, or its exit spec's settings: --json records their applied values."""
 
 
 class InputError(ConfigError):
@@ -114,7 +114,7 @@ def _run(args: argparse.Namespace) -> int:
 
     spec = ExitSpec.parse(args.exit, args.threshold, args.min_steps, args.max_steps)
     config = GenerationConfig(
-        max_new_tokens=args.max_new_tokens, num_steps=args.num_steps, **spec.settings(), kv_cache=args.kv_cache,
+        max_new_tokens=args.max_new_tokens, num_steps=args.num_steps, exit=spec, kv_cache=args.kv_cache,
         kv_window=args.kv_window, warm_start=args.warm_start, temperature=args.temperature, top_k=args.top_k,
         top_p=args.top_p, stop=tuple(args.stop), step_budget=args.step_budget, seed=args.seed)
     if args.batch_size < 1:
@@ -178,7 +178,8 @@ def _run(args: argparse.Namespace) -> int:
             readouts = sum(result.readouts[row])
             console.print(f"depth  {sparkline(steps, cap)}")
             console.print(f"{len(steps)} tokens ({result.finish_reasons[row]}) | {steps_summary(steps, cap)} | "
-                          f"exit {config.exit or 'none'} | readouts (coda+head by the criterion) {readouts} | "
+                          f"exit {config.exit.criterion or 'none'} | "
+                          f"readouts (coda+head by the criterion) {readouts} | "
                           f"kv-cache {config.kv_cache} {_human(result.cache_bytes)} "
                           f"({result.cache_slots} core slots/layer) | "
                           f"decode {result.decode_tokens_per_second:.1f} tok/s")
@@ -195,7 +196,7 @@ def applied_settings(args: argparse.Namespace, config: GenerationConfig, cap: in
     """The command line as it was applied: typed values, defaults resolved (the depth cap the run used,
     the criterion's own threshold when none was given), ``requested`` = the flags as typed."""
     applied = {k: v for k, v in vars(args).items() if k not in GENERATION_FLAGS}
-    settings = {**asdict(config), "num_steps": cap, "stop": list(config.stop)}
+    settings = {**asdict(config), **config.exit.settings(), "num_steps": cap, "stop": list(config.stop)}
     return {**applied, **settings, "requested": {k: getattr(args, k) for k in GENERATION_FLAGS if hasattr(args, k)}}
 
 

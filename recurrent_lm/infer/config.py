@@ -4,11 +4,11 @@ Depth controls, in one place:
 
 * ``num_steps`` (r): the depth every token gets with ``exit=None``; with an exit criterion it is the
   default cap. ``None`` means the model's ``mean_recurrence`` (its eval default).
-* ``exit`` / ``threshold`` / ``min_steps`` / ``max_steps``: per-token adaptive exit, checked and
-  defaulted by :class:`recurrent_lm.loop.ExitSpec` (:attr:`GenerationConfig.exit_spec`). ``max_steps`` is
-  the **per-token step budget**: no token ever gets more core iterations than ``max_steps`` (default
-  ``num_steps``); ``min_steps`` is the floor before a criterion may fire. The cap is resolved once per
-  run by :func:`recurrent_lm.loop.resolve_depth`, when the model (and so its default depth) is known.
+* ``exit``: per-token adaptive exit, one :class:`recurrent_lm.loop.ExitSpec` (criterion, threshold, min_steps,
+  max_steps; checked and defaulted when the spec is built). Its ``max_steps`` is the **per-token step
+  budget**: no token ever gets more core iterations than ``max_steps`` (default ``num_steps``); ``min_steps``
+  is the floor before a criterion may fire. The cap is resolved once per run by
+  :func:`recurrent_lm.loop.resolve_depth`, when the model (and so its default depth) is known.
 * ``step_budget``: a **total** budget per sequence: the sum of core iterations spent on a row's
   generated tokens. A row stops (finish reason ``"step_budget"``) as soon as the sum reaches the
   budget; the token that reaches it is kept, so a row overshoots by less than one token's steps.
@@ -32,16 +32,11 @@ class GenerationConfig:
     """Most tokens generated per prompt (fewer on EOS, a stop string, the step budget or the context end)."""
     num_steps: DepthRequest = None
     """Core iterations r per token (fixed depth), or the cap with an exit criterion; None = model's mean_recurrence."""
-    exit: Optional[str] = None
-    """Exit criterion: none | convergence | causal_convergence | sequence_convergence | kl | entropy | argmax
+    exit: ExitSpec = ExitSpec()
+    """Per-token exit: ExitSpec(criterion, threshold, min_steps, max_steps); the default is fixed depth. Criteria:
+    convergence | causal_convergence | sequence_convergence | kl | entropy | argmax | learned
     (recurrent_lm.loop.CRITERIA). The causal and sequence scopes only differ from ``convergence`` in the
     prompt's forward: generated tokens are decoded one at a time."""
-    threshold: Optional[float] = None
-    """Criterion threshold; None = the criterion's default (convergence* 0.03, kl 5e-4, entropy 1e-3, argmax 4)."""
-    min_steps: int = 1
-    """Iterations every token runs before the criterion may stop it."""
-    max_steps: Optional[int] = None
-    """Per-token step budget: the most core iterations any token may use; None = num_steps."""
     kv_cache: str = "full"
     """KV cache over the recurrence: full | compressed (last kv_window iterations) | latest (one slot)."""
     kv_window: int = DEFAULT_KV_WINDOW
@@ -65,9 +60,8 @@ class GenerationConfig:
         if isinstance(self.stop, str):
             self.stop = (self.stop,)
         self.stop = tuple(self.stop)
-        spec = self.exit_spec  # the one check of the exit settings; store them normalised
-        self.exit, self.threshold, self.min_steps, self.max_steps = (spec.criterion, spec.threshold, spec.min_steps,
-                                                                     spec.max_steps)
+        _require(isinstance(self.exit, ExitSpec), "exit", self.exit,
+                 "is not an ExitSpec; pass exit=ExitSpec('convergence', 0.03) (ExitSpec.parse reads flag text)")
         _require(self.max_new_tokens >= 1, "max_new_tokens", self.max_new_tokens, "must be >= 1")
         _require(self.kv_cache in CACHE_STRATEGIES, "kv_cache", self.kv_cache,
                  f"is unknown; choose one of {list(CACHE_STRATEGIES)}")
@@ -84,11 +78,6 @@ class GenerationConfig:
     @property
     def greedy(self) -> bool:
         return self.temperature == 0
-
-    @property
-    def exit_spec(self) -> ExitSpec:
-        """The exit settings as the spec that checks them and builds the criterion."""
-        return ExitSpec(self.exit, self.threshold, self.min_steps, self.max_steps)
 
 
 def _require(ok: bool, name: str, value: object, why: str) -> None:

@@ -160,7 +160,7 @@ def _generate(model, prompts, config: GenerationConfig, eos_id, pad_id, decode, 
     device = next(model.parameters()).device
     batch = len(prompts)
     longest = max(len(p) for p in prompts)
-    spec = config.exit_spec
+    spec = config.exit
     cap = resolve_depth(config.num_steps, mc.mean_recurrence, spec)
     criterion = spec.build()
     cache = RecurrentKVCache(config.kv_cache, config.kv_window if config.kv_cache == "compressed" else None)

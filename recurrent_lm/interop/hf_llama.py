@@ -212,7 +212,7 @@ def config_from_llama(raw: Mapping[str, Any], slices: LayerSlices, source: str, 
         n_kv_heads=None if kv in (None, heads) else kv, mlp_hidden=cfg["intermediate_size"], n_prelude=n_prelude,
         n_core=n_core, n_coda=n_coda, norm_style="pre", injection="linear", qk_bias=False, rope_theta=theta,
         rope_scaling=scaling, norm_eps=float(cfg["rms_norm_eps"]), tie_embeddings=bool(cfg["tie_word_embeddings"]),
-        scale_embeddings=False, norm_before_coda=False, mean_recurrence=1, mean_backprop_depth=1,
+        scale_embeddings=False, norm_before_coda=False, mean_recurrence=1,
         extra={"retrofit": {"source": source, "architecture": ARCHITECTURE, "prelude": list(slices.prelude),
                             "core": list(slices.core), "coda": list(slices.coda),
                             "source_layers": source_layers(raw)}})

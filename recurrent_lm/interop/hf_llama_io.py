@@ -23,7 +23,8 @@ from recurrent_lm.interop.errors import FormatError
 from recurrent_lm.interop.hf_llama import (IGNORED, LayerSlices, LlamaAdapter, check_llama, config_from_llama,
                                            config_to_llama, llama_shapes, retrofit_adapter, source_layers)
 from recurrent_lm.interop.stream import checkpoint_tensors
-from recurrent_lm.data.tokenizer_dir import TOKENIZER_FILES, copy_tokenizer_files
+from recurrent_lm.interop.write import write_converted
+from recurrent_lm.data.tokenizer_dir import TOKENIZER_FILES
 from recurrent_lm.model import RecurrentDepthLM
 from recurrent_lm.model.io import (CONFIG_FILE, WEIGHTS_INDEX_FILE, atomic_write, make_writable_dir,
                                    model_dir_problem, model_from_state, save_model_dir, write_weights)
@@ -85,9 +86,7 @@ def import_hf_llama(source: Source, target: Path, prelude: Optional[str] = None,
     """LlamaForCausalLM directory or Hub name -> recurrent_lm model directory (weights, config.json, tokenizer)."""
     directory = resolve_source(source)
     model = _retrofit(directory, str(source), prelude, core, coda, dtype, block_size)
-    save_model_dir(model, target, max_shard_size)
-    copy_tokenizer_files(directory, target, model.config.block_size)
-    return target
+    return write_converted(model, save_model_dir, target, directory, max_shard_size)
 
 
 def _retrofit(directory: Path, source: str, prelude: Optional[str], core: Optional[str], coda: Optional[str],
@@ -151,7 +150,4 @@ def save_hf_llama(model: RecurrentDepthLM, directory: Path, max_shard_size: int 
 
 def export_hf_llama(source: Path, target: Path, max_shard_size: int | str = "5GB") -> Path:
     """recurrent_lm model directory -> LlamaForCausalLM directory (weights, config.json, tokenizer files)."""
-    model = RecurrentDepthLM.from_pretrained(source)
-    save_hf_llama(model, target, max_shard_size)
-    copy_tokenizer_files(source, target, model.config.block_size)
-    return target
+    return write_converted(RecurrentDepthLM.from_pretrained(source), save_hf_llama, target, source, max_shard_size)

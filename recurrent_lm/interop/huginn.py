@@ -20,7 +20,7 @@ import torch
 from torch import Tensor
 
 from recurrent_lm.interop.errors import FormatError
-from recurrent_lm.model.config import ModelConfig
+from recurrent_lm.model.config import MOVED_FIELDS, ModelConfig
 
 MODEL_TYPE = "huginn_raven"
 ARCHITECTURES = ["RavenForCausalLM"]
@@ -38,7 +38,7 @@ DEFAULTS: dict[str, Any] = {
     "n_embd": 5280, "n_heads": 55, "block_size": 4096, "vocab_size": 65536, "tie_embeddings": True,
     "intermediate_size": 17920, "norm_eps": 1e-6, "state_init": "like-init", "injection_type": "linear",
     "n_layers_in_prelude": 2, "n_layers_in_recurrent_block": 4, "n_layers_in_coda": 2, "mean_recurrence": 32,
-    "mean_backprop_depth": 8, "qk_bias": True, "rope_base": 50_000.0, "bias": False,
+    "qk_bias": True, "rope_base": 50_000.0, "bias": False,
     "block_class_name": "SandwichBlock", "norm_class_name": "RMSNorm_llama", "mlp_class_name": "GatedMLP",
     "nonlin_name": "SiLU", "test_time_noise": 0.0,
 }
@@ -56,12 +56,13 @@ from other distributions that ModelConfig cannot express, so they are refused.""
 
 TRAINING_ONLY = {"init_strategy": "takase", "init_orthogonal": False, "sampling_scheme": "poisson-lognormal-filling",
                  "activation_checkpoint_impl": "per-iteration", "padding_multiple": 4096,
-                 "architecture_class_name": "RecurrentGPT", "torch_dtype": "bfloat16"}
-"""Keys that do not change the forward pass: written on export (values of the released model), ignored on import."""
+                 "architecture_class_name": "RecurrentGPT", "torch_dtype": "bfloat16", "mean_backprop_depth": 8}
+"""Keys that do not change the forward pass: written on export (values of the released model), ignored on import.
+``mean_backprop_depth`` is training depth, which our sampler owns (sampler.backprop_depth), not the model."""
 
 OUR_EXTRA_KEY = "recurrent_lm"
 """config.json key holding the ModelConfig fields the format has no key for (its own code ignores it)."""
-UNEXPRESSED = ("attn_backend", "init_std", "extra")
+UNEXPRESSED = ("init_std", "extra")
 
 STACKS = {"prelude": "prelude", "core": "core_block", "coda": "coda"}
 """Our ModuleList name -> the format's."""
@@ -102,15 +103,16 @@ def config_from_huginn(raw: Mapping[str, Any], origin: str = "config.json") -> M
     _refuse(raw.get("n_layers", sum(layers)) == sum(layers), origin, "n_layers", raw.get("n_layers"),
             f"must be prelude + recurrent + coda = {sum(layers)}")
     block = raw.get(OUR_EXTRA_KEY) or {}
-    _refuse(isinstance(block, dict) and set(block) <= set(UNEXPRESSED), origin, OUR_EXTRA_KEY, block,
+    _refuse(isinstance(block, dict) and set(block) <= {*UNEXPRESSED, *MOVED_FIELDS}, origin, OUR_EXTRA_KEY, block,
             f"may only hold {list(UNEXPRESSED)}")
+    block = {k: v for k, v in block.items() if k not in MOVED_FIELDS}  # an export from before they moved
     fields = {**dict(
         vocab_size=cfg["vocab_size"], block_size=cfg["block_size"], d_model=cfg["n_embd"], n_heads=heads,
         mlp_hidden=cfg["intermediate_size"], n_prelude=layers[0], n_core=layers[1], n_coda=layers[2],
         norm_style="sandwich", injection="linear", qk_bias=bool(cfg["qk_bias"]), rope_theta=float(cfg["rope_base"]),
         norm_eps=float(cfg["norm_eps"]), tie_embeddings=bool(cfg["tie_embeddings"]),
         init_scale=STATE_INIT[cfg["state_init"]], mean_recurrence=cfg["mean_recurrence"],
-        mean_backprop_depth=cfg["mean_backprop_depth"], extra={"converted_from": MODEL_TYPE}), **block}
+        extra={"converted_from": MODEL_TYPE}), **block}
     try:
         return ModelConfig(**fields)
     except (TypeError, ValueError) as err:
@@ -145,8 +147,7 @@ def config_to_huginn(config: ModelConfig) -> dict[str, Any]:
         "intermediate_size": config.ffn_hidden, "norm_eps": config.norm_eps, "state_init": state_init,
         "injection_type": "linear", "n_layers_in_prelude": config.n_prelude,
         "n_layers_in_recurrent_block": config.n_core, "n_layers_in_coda": config.n_coda,
-        "mean_recurrence": config.mean_recurrence, "mean_backprop_depth": config.mean_backprop_depth,
-        "qk_bias": config.qk_bias, "rope_base": config.rope_theta,
+        "mean_recurrence": config.mean_recurrence, "qk_bias": config.qk_bias, "rope_base": config.rope_theta,
         OUR_EXTRA_KEY: {k: ours[k] for k in UNEXPRESSED},
     }
 

@@ -20,7 +20,7 @@ from recurrent_lm.interop.errors import FormatError
 from recurrent_lm.interop.huginn import (ROPE_TABLE, HuginnAdapter, config_from_huginn, config_to_huginn, huginn_shapes,
                                          rope_table, rope_table_problem)
 from recurrent_lm.interop.stream import checkpoint_tensors
-from recurrent_lm.data.tokenizer_dir import copy_tokenizer_files
+from recurrent_lm.interop.write import write_converted
 from recurrent_lm.model import ModelConfig, RecurrentDepthLM
 from recurrent_lm.model.io import (CONFIG_FILE, atomic_write, make_writable_dir, model_from_state, save_model_dir,
                                    write_weights)
@@ -111,15 +111,9 @@ def save_huginn(model: RecurrentDepthLM, directory: Path, max_shard_size: int | 
 def import_huginn(source: Path, target: Path, dtype: Optional[torch.dtype] = None,
                   max_shard_size: int | str = "5GB") -> Path:
     """Huginn checkpoint directory -> recurrent_lm model directory (weights, config.json, tokenizer files)."""
-    model = load_huginn(source, dtype)
-    save_model_dir(model, target, max_shard_size)
-    copy_tokenizer_files(source, target, model.config.block_size)
-    return target
+    return write_converted(load_huginn(source, dtype), save_model_dir, target, source, max_shard_size)
 
 
 def export_huginn(source: Path, target: Path, max_shard_size: int | str = "5GB") -> Path:
     """recurrent_lm model directory -> Huginn checkpoint directory (weights, config.json, tokenizer files)."""
-    model = RecurrentDepthLM.from_pretrained(source)
-    save_huginn(model, target, max_shard_size)
-    copy_tokenizer_files(source, target, model.config.block_size)
-    return target
+    return write_converted(RecurrentDepthLM.from_pretrained(source), save_huginn, target, source, max_shard_size)

@@ -4,6 +4,10 @@ A criterion looks at the state before and after a step and says, per element, "t
 thought enough". The latent criterion is nearly free (one norm); the output-based ones (KL,
 entropy, argmax) must decode the state to logits at every check, which is why they take a
 ``readout`` and report how often they called it.
+
+A criterion is built from settings already checked: :meth:`recurrent_lm.loop.ExitSpec.build` is the way in
+(the spec checks every value once, asking a criterion about its own scale through
+:meth:`ExitCriterion.threshold_problem`), so this module depends on nothing of the spec's.
 """
 
 from __future__ import annotations
@@ -16,7 +20,6 @@ from torch import Tensor
 
 from recurrent_lm.errors import ConfigError
 from recurrent_lm.loop.compaction import Subset
-from recurrent_lm.loop.exit_settings import checked_bounds
 
 Readout = Callable[..., Tensor]
 """``readout(state)`` maps a state (*elements, H) to next-token logits (*elements, V); under compaction
@@ -34,10 +37,16 @@ class ExitCriterion(ABC):
     computing it every step: the learned and output-based criteria look at other things)."""
 
     def __init__(self, threshold: float, min_steps: int = 1, max_steps: Optional[int] = None) -> None:
-        # The same checks (and messages) as ExitSpec's, from the module both use.
-        self.threshold, self.min_steps, self.max_steps = checked_bounds(threshold, min_steps, max_steps)
+        """Settings as :class:`~recurrent_lm.loop.ExitSpec` checked them (build criteria with ``spec.build()``)."""
+        self.threshold, self.min_steps, self.max_steps = threshold, min_steps, max_steps
         self.sequence_axis: Optional[int] = None
         self.reset()
+
+    @classmethod
+    def threshold_problem(cls, threshold: float) -> Optional[tuple[str, str]]:
+        """(what is wrong, the fix) when a threshold >= 0 means nothing for this criterion, else None: the
+        criterion knows its own scale, the spec does the checking."""
+        return None
 
     def reset(self) -> None:
         """Forget memory from a previous unroll."""
@@ -196,10 +205,14 @@ class LearnedExit(ExitCriterion):
 
     def __init__(self, threshold: float, min_steps: int = 1, max_steps: Optional[int] = None) -> None:
         super().__init__(threshold, min_steps=min_steps, max_steps=max_steps)
-        if not 0 < self.threshold <= 1:
-            raise ConfigError(f"threshold={self.threshold!r} is not a probability; exit=learned stops a token once "
-                             "its exit probability so far reaches the threshold: give a value in (0, 1], e.g. 0.9")
         self._logit: Optional[Callable[[Tensor], Tensor]] = None
+
+    @classmethod
+    def threshold_problem(cls, threshold: float) -> Optional[tuple[str, str]]:
+        if 0 < threshold <= 1:
+            return None
+        return ("is not a probability; exit=learned stops a token once its exit probability so far reaches the "
+                "threshold", "give a value in (0, 1], e.g. 0.9")
 
     def attach(self, model: Any) -> None:
         model.require_exit_gate()  # refuses a model without one, by name

@@ -1,6 +1,6 @@
 """The checks of every exit and depth setting (threshold, min_steps, max_steps, num_steps): one message format
-(which setting, what is wrong, the fix), used by :class:`~recurrent_lm.loop.ExitSpec` and by the criteria
-themselves, which import it from here rather than from the spec that builds them (no import circle)."""
+(which setting, what is wrong, the fix), used by :class:`~recurrent_lm.loop.ExitSpec` and
+:func:`~recurrent_lm.loop.resolve_depth`. The criteria never check again: they are built from a checked spec."""
 
 from __future__ import annotations
 

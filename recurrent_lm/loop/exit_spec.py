@@ -5,6 +5,13 @@ benchmarks) holds or parses an :class:`ExitSpec`, and turns its depth request in
 iterations with :func:`resolve_depth`. Parsing, defaults and checks live here only, so a bad value gets
 the same message (``<setting>=<value> <problem>; <fix>``) whichever way it came in, and the settings have
 the same names everywhere: ``exit``, ``threshold``, ``min_steps``, ``max_steps``, ``num_steps``.
+
+A config that has an exit holds one field of this type (``GenerationConfig.exit``, Coconut's ``Depth.exit``) or a
+list of them (the reasoning ``TaskConfig.exits``: each criterion with its own threshold, since a probability and a
+relative change have different scales). Flat flags and model args are parsed into one by :meth:`ExitSpec.parse`,
+and the compact text ``NAME[=THRESHOLD]`` (``learned=0.9``) by :meth:`ExitSpec.from_text`.
+
+Imports go one way: exit_spec -> exit_settings (the checks) and -> criteria (which trust the checked values).
 """
 
 from __future__ import annotations
@@ -50,6 +57,9 @@ class ExitSpec:
         if threshold is None and criterion is not None:
             threshold = DEFAULT_THRESHOLDS[criterion]
         threshold, min_steps, max_steps = checked_bounds(threshold, self.min_steps, self.max_steps)
+        problem = CRITERIA[criterion].threshold_problem(threshold) if criterion is not None else None
+        if problem is not None:
+            raise invalid("threshold", threshold, *problem)
         for name, value in (("criterion", criterion), ("threshold", threshold), ("min_steps", min_steps),
                             ("max_steps", max_steps)):
             object.__setattr__(self, name, value)
@@ -66,6 +76,16 @@ class ExitSpec:
                    threshold=None if is_unset(threshold) else threshold,
                    min_steps=1 if is_unset(min_steps) else min_steps,
                    max_steps=None if is_unset(max_steps) else max_steps)
+
+    @classmethod
+    def from_text(cls, text: str, **bounds: Any) -> "ExitSpec":
+        """A spec from its compact spelling ``NAME[=THRESHOLD]`` (``learned=0.9``, ``kl=5e-4``, ``convergence``:
+        its default threshold), the form CLIs take for a list of exits; ``bounds`` are ``min_steps``/``max_steps``."""
+        name, sep, threshold = str(text).partition("=")
+        if sep and not threshold.strip():
+            raise invalid("exit", text, "gives no threshold after '='", "write NAME=THRESHOLD (e.g. learned=0.9), "
+                          "or NAME alone for the criterion's default")
+        return cls.parse(name, threshold if sep else None, **bounds)
 
     @property
     def adaptive(self) -> bool:

@@ -48,10 +48,8 @@ class LoopResult:
     state: Tensor
     """Final state, same shape as the initial one; exited elements hold their frozen state."""
     steps_used: Tensor
-    """Iterations each element received, shape = state.shape[:-1] (long)."""
-
-    steps_run: int
-    """Iterations actually executed (< n when every element exited early)."""
+    """Iterations each element received, shape = state.shape[:-1] (long); its max is the number of iterations
+    run (fewer than asked once every element has exited)."""
     readouts: int
     """Calls of the readout (coda + head) made by output-based exit criteria: their extra cost."""
     stats: Optional[LoopStats]
@@ -143,7 +141,6 @@ def unroll(
     per_element = criterion is not None or budget is not None
     stats = LoopStats() if record_stats else None
     readouts = 0
-    steps_run = 0
     computed = 0
 
     for i in range(total):
@@ -160,7 +157,6 @@ def unroll(
                 new, carry = step(*args, carry)
             else:
                 new = step(*args)
-        steps_run += 1
         if subset is not None:
             new = subset.scatter(state, new)  # exited elements keep their state (delta 0)
         elif active is not None:
@@ -187,5 +183,5 @@ def unroll(
             done = exited.all()
             if bool(exit_sync(done) if exit_sync is not None else done):
                 break
-    return LoopResult(state=state, steps_used=steps_used, steps_run=steps_run, readouts=readouts, stats=stats,
+    return LoopResult(state=state, steps_used=steps_used, readouts=readouts, stats=stats,
                       carry=carry, computed=computed)

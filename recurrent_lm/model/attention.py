@@ -1,5 +1,9 @@
 """Multi-head attention with GQA, optional q/k bias, RoPE, and three backends behind one setting.
 
+The backend is a runtime choice, not architecture: every backend computes the same function of the same
+weights, so it is an argument of the model's constructor (``trainer.attn_backend`` in training), never a key
+of config.json.
+
 * ``sdpa``: torch's scaled_dot_product_attention on any device (it picks flash/mem-efficient/math).
 * ``flash``: the flash-attn package on CUDA in fp16/bf16, imported lazily; causal masks only.
 * ``eager``: the textbook softmax(QKᵀ/√d + mask)V, the reference the others are tested against.
@@ -19,6 +23,8 @@ from torch import Tensor, nn
 from recurrent_lm.errors import ConfigError
 from recurrent_lm.model.config import ModelConfig
 from recurrent_lm.model.rope import apply_rope
+
+ATTN_BACKENDS = ("sdpa", "flash", "eager")
 
 if TYPE_CHECKING:
     from recurrent_lm.loop.compaction import Subset
@@ -56,22 +62,34 @@ class AttnContext:
                            cache=self.cache.cache.view(active=subset, read_only=self.cache.read_only))
 
 
-def check_backend(name: str) -> None:
-    """Fail at construction, not mid-run, when a backend cannot be used here."""
-    if name == "flash":
-        if importlib.util.find_spec("flash_attn") is None:
-            raise ConfigError("ModelConfig.attn_backend='flash' needs the flash-attn package: "
-                             "`pip install recurrent_lm[gpu]` on a CUDA machine, or use attn_backend='sdpa'")
-        if not torch.cuda.is_available():
-            raise ConfigError("ModelConfig.attn_backend='flash' runs on CUDA only and no GPU is visible; "
-                             "use attn_backend='sdpa' on this machine")
+def backend_problem(name: str) -> str | None:
+    """Why backend ``name`` is not a valid choice at all (None if it is); checked when a config is composed."""
+    return None if name in ATTN_BACKENDS else f"attn_backend={name!r} is unknown; choose one of {ATTN_BACKENDS}"
+
+
+def check_backend(name: str, config: ModelConfig) -> None:
+    """Fail at construction, not mid-run, when a backend cannot be used here or with this model."""
+    problem = backend_problem(name)
+    if problem:
+        raise ConfigError(problem)
+    if name != "flash":
+        return
+    if config.attn_window:
+        raise ConfigError(f"attn_backend='flash' cannot run ModelConfig.attn_window={config.attn_window} (the flash "
+                         "path is plain causal only); use attn_backend='sdpa' or 'eager'")
+    if importlib.util.find_spec("flash_attn") is None:
+        raise ConfigError("attn_backend='flash' needs the flash-attn package: "
+                         "`pip install recurrent_lm[gpu]` on a CUDA machine, or use attn_backend='sdpa'")
+    if not torch.cuda.is_available():
+        raise ConfigError("attn_backend='flash' runs on CUDA only and no GPU is visible; "
+                         "use attn_backend='sdpa' on this machine")
 
 
 class Attention(nn.Module):
-    def __init__(self, config: ModelConfig) -> None:
+    def __init__(self, config: ModelConfig, backend: str = "sdpa") -> None:
         super().__init__()
         self.n_heads, self.n_kv, self.head_dim = config.n_heads, config.kv_heads, config.head_dim
-        self.backend = config.attn_backend
+        self.backend = backend
         self.qkv = nn.Linear(config.d_model, (self.n_heads + 2 * self.n_kv) * self.head_dim, bias=False)
         self.out = nn.Linear(self.n_heads * self.head_dim, config.d_model, bias=False)
         self.q_bias = nn.Parameter(torch.zeros(self.n_heads, 1, self.head_dim)) if config.qk_bias else None

@@ -15,11 +15,11 @@ from recurrent_lm.model.norm import RMSNorm
 
 
 class Block(nn.Module):
-    def __init__(self, config: ModelConfig) -> None:
+    def __init__(self, config: ModelConfig, attn_backend: str = "sdpa") -> None:
         super().__init__()
         self.sandwich = config.norm_style == "sandwich"
         h, eps = config.d_model, config.norm_eps
-        self.attn = Attention(config)
+        self.attn = Attention(config, attn_backend)
         self.mlp = SwiGLU(h, config.ffn_hidden)
         self.norm_attn_in = RMSNorm(h, eps)
         self.norm_mlp_in = RMSNorm(h, eps)

@@ -17,13 +17,15 @@ from recurrent_lm.errors import ConfigError
 
 NORM_STYLES = ("sandwich", "pre")
 INJECTIONS = ("linear", "add")
-ATTN_BACKENDS = ("sdpa", "flash", "eager")
 ROPE_SCALINGS = {"linear": ("factor",),
                  "llama3": ("factor", "low_freq_factor", "high_freq_factor", "original_max_position_embeddings")}
 """rope_scaling["rope_type"] -> the keys it needs: Hugging Face's names, so a Llama config.json maps 1:1."""
-MOVED_FIELDS = {"activation_checkpointing": "parallel.activation_checkpointing (none | block | iteration)"}
-"""Keys that left ModelConfig for a runtime setting -> where they live now. A config.json written before the
-move still loads (model/io.py drops them); anywhere else they are refused with the new name."""
+MOVED_FIELDS = {"activation_checkpointing": "parallel.activation_checkpointing (none | block | iteration)",
+                "attn_backend": ("trainer.attn_backend (sdpa | flash | eager) in training; "
+                                 "elsewhere the model takes it when built: RecurrentDepthLM(config, attn_backend=...)"),
+                "mean_backprop_depth": "sampler.backprop_depth (k: the sampler owns the training depth)"}
+"""Keys that left ModelConfig -> where they live now. A config.json or checkpoint written before the move still
+loads (:meth:`ModelConfig.from_stored` drops them); anywhere else they are refused with the new name."""
 
 
 @dataclass
@@ -71,22 +73,18 @@ class ModelConfig:
     norm_before_coda: bool = True
     """Apply the final norm to the last state before the coda too, y = norm(coda(norm(s))) (Huginn: the
     state's scale is whatever r iterations left); False gives norm(coda(s)), a plain layer stack (Llama)."""
-    attn_backend: str = "sdpa"
-    """'sdpa' (torch, any device), 'flash' (flash-attn, CUDA only), 'eager' (plain reference)."""
     init_scale: float = 1.0
     """Multiplier on the random initial state; 0 gives a deterministic zero state."""
     mean_recurrence: int = 32
-    """Expected training depth r̄: the eval default and the depth used by the init scaling."""
-    mean_backprop_depth: int = 8
-    """k: iterations that carry gradient when num_steps is None in training."""
+    """r̄: the default test-time depth (a forward without num_steps) and the depth the init scaling assumes.
+    Training depth is not here: the depth sampler (``sampler.mean``, ``sampler.backprop_depth``) owns it."""
     init_std: Optional[float] = None
     """Base init std; None gives Spike-No-More's sqrt(2 / (5h))."""
     extra: dict[str, Any] = field(default_factory=dict)
     """Free-form metadata carried into config.json (e.g. provenance); never read by the model."""
 
     def __post_init__(self) -> None:
-        positive = ("vocab_size", "block_size", "d_model", "n_heads", "n_core", "mean_recurrence",
-                    "mean_backprop_depth")
+        positive = ("vocab_size", "block_size", "d_model", "n_heads", "n_core", "mean_recurrence")
         for name in positive:
             _require(getattr(self, name) > 0, name, getattr(self, name), "must be a positive integer")
         for name in ("n_prelude", "n_coda"):
@@ -103,14 +101,8 @@ class ModelConfig:
             _require(self.mlp_hidden > 0, "mlp_hidden", self.mlp_hidden, "must be positive (or null for 8/3·h)")
         _require(self.norm_style in NORM_STYLES, "norm_style", self.norm_style, f"must be one of {NORM_STYLES}")
         _require(self.injection in INJECTIONS, "injection", self.injection, f"must be one of {INJECTIONS}")
-        _require(self.attn_backend in ATTN_BACKENDS, "attn_backend", self.attn_backend,
-                 f"must be one of {ATTN_BACKENDS}")
-        _require(self.mean_backprop_depth <= self.mean_recurrence, "mean_backprop_depth",
-                 self.mean_backprop_depth, f"(k) must be <= mean_recurrence={self.mean_recurrence} (r̄)")
         _require(self.init_scale >= 0, "init_scale", self.init_scale, "must be >= 0 (0 = zero initial state)")
         _require(self.attn_window >= 0, "attn_window", self.attn_window, "must be >= 0 (0 = no window)")
-        _require(not (self.attn_window and self.attn_backend == "flash"), "attn_window", self.attn_window,
-                 "needs attn_backend='sdpa' or 'eager' (the flash path is plain causal only)")
         _require(self.rope_theta > 0 and self.norm_eps > 0, "rope_theta/norm_eps",
                  (self.rope_theta, self.norm_eps), "must be positive")
         if self.rope_scaling is not None:
@@ -152,8 +144,15 @@ class ModelConfig:
         moved = sorted(set(data) & set(MOVED_FIELDS))
         if moved:
             raise ConfigError(f"ModelConfig: {', '.join(f'{k} is now {MOVED_FIELDS[k]}' for k in moved)}; "
-                              "it is a runtime setting, not part of the architecture")
+                              "it is not part of the architecture")
         return from_dict(cls, data)
+
+    @classmethod
+    def from_stored(cls, data: dict[str, Any]) -> "ModelConfig":
+        """Build from what an earlier version wrote (an exported config.json, a checkpoint's hyper-parameters):
+        the keys that have since moved out of the model config (:data:`MOVED_FIELDS`) are dropped, since
+        they never changed a weight; anything else is checked as in :meth:`from_dict`."""
+        return cls.from_dict({k: v for k, v in data.items() if k not in MOVED_FIELDS})
 
 
 def _rope_scaling_problem(scaling: dict[str, Any]) -> tuple[bool, str, Any, str]:

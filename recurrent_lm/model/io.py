@@ -169,7 +169,8 @@ def read_config(directory: Path) -> dict[str, Any]:
         raise ConfigError(f"{directory / CONFIG_FILE} is not valid JSON ({err}); re-export the model") from err
 
 
-def load_model_dir(cls: type, directory: Path, map_location: str, overrides: dict[str, Any]) -> "RecurrentDepthLM":
+def load_model_dir(cls: type, directory: Path, map_location: str, overrides: dict[str, Any],
+                   attn_backend: str = "sdpa") -> "RecurrentDepthLM":
     stored = read_config(directory)
     fields = {f.name for f in dataclasses.fields(ModelConfig)} - set(LATER_FIELDS)
     missing = sorted(fields - set(stored) - set(overrides))
@@ -185,7 +186,7 @@ def load_model_dir(cls: type, directory: Path, map_location: str, overrides: dic
         except (SafetensorError, OSError) as err:
             raise ConfigError(f"{path} is corrupt or not a safetensors file ({err}); "
                              "re-export the model from its run directory") from err
-    model = model_from_state(cls, config, state, map_location, f"the weights in {directory}")
+    model = model_from_state(cls, config, state, map_location, f"the weights in {directory}", attn_backend)
     from recurrent_lm.model.exit_gate import has_gate, load_gate
 
     if has_gate(directory):
@@ -194,7 +195,7 @@ def load_model_dir(cls: type, directory: Path, map_location: str, overrides: dic
 
 
 def model_from_state(cls: type, config: ModelConfig, state: dict[str, torch.Tensor], map_location: str,
-                     origin: str) -> "RecurrentDepthLM":
+                     origin: str, attn_backend: str = "sdpa") -> "RecurrentDepthLM":
     """A model of ``config`` that takes ownership of the tensors in ``state`` (no copy: built on the meta
     device, then ``assign``), with a tied head re-tied and the RoPE tables computed on ``map_location``."""
     if config.tie_embeddings:  # stored once; exports before sharding may have kept either name
@@ -202,7 +203,7 @@ def model_from_state(cls: type, config: ModelConfig, state: dict[str, torch.Tens
         if tied is not None:
             state["embed.weight"] = state["lm_head.weight"] = tied
     with torch.device("meta"):
-        model = cls(config)
+        model = cls(config, attn_backend)
     try:
         model.load_state_dict(state, strict=True, assign=True)
     except RuntimeError as err:  # a missing/unexpected tensor, or a shape other than config.json builds

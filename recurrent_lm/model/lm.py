@@ -71,19 +71,22 @@ def next_token_loss(logits: Tensor, labels: Tensor) -> Tensor:
     return F.cross_entropy(logits.flatten(0, 1).float(), labels.flatten(), ignore_index=IGNORE_INDEX)
 
 class RecurrentDepthLM(nn.Module):
-    def __init__(self, config: ModelConfig) -> None:
+    def __init__(self, config: ModelConfig, attn_backend: str = "sdpa") -> None:
+        """``attn_backend`` ('sdpa', 'flash', 'eager': :mod:`recurrent_lm.model.attention`) is how attention is
+        computed, a runtime choice: it is not part of ``config`` and never written to config.json."""
         super().__init__()
-        check_backend(config.attn_backend)
+        check_backend(attn_backend, config)
         self.config = config
+        self.attn_backend = attn_backend
         self.checkpoint_iterations = False
         """Recompute each gradient-carrying core iteration in backward: a runtime choice, set by
         ``parallel.activation_checkpointing=iteration`` (train/parallel.py), not part of the architecture."""
         h = config.d_model
         self.embed = nn.Embedding(config.vocab_size, h)
-        self.prelude = nn.ModuleList(Block(config) for _ in range(config.n_prelude))
+        self.prelude = nn.ModuleList(Block(config, attn_backend) for _ in range(config.n_prelude))
         self.adapter = nn.Linear(2 * h, h, bias=False) if config.injection == "linear" else None
-        self.core = nn.ModuleList(Block(config) for _ in range(config.n_core))
-        self.coda = nn.ModuleList(Block(config) for _ in range(config.n_coda))
+        self.core = nn.ModuleList(Block(config, attn_backend) for _ in range(config.n_core))
+        self.coda = nn.ModuleList(Block(config, attn_backend) for _ in range(config.n_coda))
         self.norm = RMSNorm(h, config.norm_eps)
         self.lm_head = nn.Linear(h, config.vocab_size, bias=False)
         if config.tie_embeddings:
@@ -152,21 +155,17 @@ class RecurrentDepthLM(nn.Module):
         return x * math.sqrt(self.config.d_model) if self.config.scale_embeddings else x
 
     def resolve_steps(self, num_steps: NumSteps) -> tuple[int, int]:
-        """(n_no_grad, n_grad) for a forward. A pair is the training split, as given; None in training
-        is r̄ truncated to the last k steps with gradient. Any other request (an int, None in eval) is a
-        test-time depth: :func:`recurrent_lm.loop.resolve_depth` checks it, the same check every entry point
-        makes, and all its steps run."""
-        cfg = self.config
+        """(n_no_grad, n_grad) for a forward. A pair is the training split, as given: truncated backprop
+        (k = n_grad) is always the caller's draw (the depth sampler's), never a model default. Any other
+        request (an int, or None = r̄) is a test-time depth: :func:`recurrent_lm.loop.resolve_depth` checks it,
+        the same check every entry point makes, and all its steps run (and carry gradient in training)."""
         if isinstance(num_steps, (tuple, list)):
             pair = tuple(int(n) for n in num_steps)
             if len(pair) != 2 or min(pair) < 0 or sum(pair) < 1:
                 raise ConfigError(f"num_steps={num_steps!r}: give a pair (n_no_grad, n_grad) of counts >= 0 with "
                                  "at least one core iteration, or an int r")
             return pair  # type: ignore[return-value]
-        if num_steps is None and self.training:
-            k = min(cfg.mean_backprop_depth, cfg.mean_recurrence)
-            return cfg.mean_recurrence - k, k
-        return 0, resolve_depth(num_steps, cfg.mean_recurrence)
+        return 0, resolve_depth(num_steps, self.config.mean_recurrence)
 
     def attention_context(self, batch: int, seq: int, device: torch.device, *,
                           attention_mask: Optional[Tensor] = None, position_ids: Optional[Tensor] = None,
@@ -282,7 +281,7 @@ class RecurrentDepthLM(nn.Module):
             criterion=exit_criterion,
             sequence_axis=1,  # the state is (B, T, H): tokens run along axis 1
             readout=lambda s, subset=None: self.decode(s, readout_ctx.select(subset) if subset else readout_ctx),
-            compact=self.compact_exits if exit_criterion is not None and self.config.attn_backend != "flash" else 0.0,
+            compact=self.compact_exits if exit_criterion is not None and self.attn_backend != "flash" else 0.0,
             record_stats=record_stats,
             observe=read_depth if wanted else None,
         )
@@ -309,11 +308,11 @@ class RecurrentDepthLM(nn.Module):
 
     @classmethod
     def from_pretrained(cls, directory: Union[str, os.PathLike], map_location: str = "cpu",
-                        **overrides) -> "RecurrentDepthLM":
+                        attn_backend: str = "sdpa", **overrides) -> "RecurrentDepthLM":
         """Load an exported model directory on CPU, without Lightning; ``overrides`` patch the config."""
         from recurrent_lm.model.io import load_model_dir
 
-        return load_model_dir(cls, Path(directory), map_location, overrides)
+        return load_model_dir(cls, Path(directory), map_location, overrides, attn_backend)
 
     def compile_blocks(self, **kwargs) -> None:
         """torch.compile each block; the data-dependent depth loop stays in eager Python."""

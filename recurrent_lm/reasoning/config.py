@@ -1,7 +1,8 @@
 """The reasoning-task configuration: one dataclass, validated at construction.
 
-Every field is a primitive (or a list of ints) so the class doubles as the hydra structured-config
-schema for ``conf/task/*.yaml``. Each field's docstring is its CLI help.
+Every field is a primitive, a list of ints or a list of :class:`~recurrent_lm.loop.ExitSpec` (a dataclass of
+primitives), so the class doubles as the hydra structured-config schema for ``conf/task/*.yaml``. Each field's
+docstring is its CLI help.
 
 "Difficulty" is task specific: for ``parity`` it is the number of input bits; for
 ``reachability`` it is the number of rows of the maze (its longest path grows with it).
@@ -11,7 +12,7 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass, field
-from typing import Any, Optional
+from typing import Any, ClassVar
 
 from recurrent_lm.config_dict import from_dict
 from recurrent_lm.errors import ConfigError
@@ -19,11 +20,20 @@ from recurrent_lm.loop.exit_spec import ExitSpec
 
 TASKS = ("parity", "reachability")
 ANSWERS = ("all", "final")
+CONVERGENCE_SCOPES = ("convergence", "causal_convergence", "sequence_convergence")
+MOVED_FIELDS = {name: "task.exits, a list with a threshold and bounds per exit, e.g. "
+                      "task.exits=[{criterion:convergence,threshold:0.03,max_steps:48}]"
+                for name in ("exit_criteria", "threshold", "min_steps", "max_steps")}
+"""TaskConfig keys that became ``exits`` -> the new spelling: a task.json written before still loads
+(:meth:`TaskConfig.from_dict` converts it); a hydra override naming one is refused with this text."""
 
 
 @dataclass
 class TaskConfig:
     """Which synthetic task, its train/eval difficulty ranges, and how it is evaluated."""
+
+    moved_fields: ClassVar[dict[str, str]] = MOVED_FIELDS
+    """Old keys refused by name with their new spelling (``recurrent-lm-train`` checks overrides against it)."""
 
     name: str = "parity"
     """'parity' (prefix parity of a bit string) or 'reachability' (which maze cells the start reaches)."""
@@ -50,19 +60,13 @@ class TaskConfig:
     """0: one problem per training row. N > 0: each training row packs whole problems (each with its own
     BOS) back to back up to N tokens, so that the model meets long contexts (and attention distances up
     to N) without any problem being harder than train_max. Validation and test rows hold one problem."""
-    exit_criteria: list[str] = field(default_factory=lambda: ["convergence", "causal_convergence",
-                                                                "sequence_convergence"])
-    """Exit criteria whose chosen depth and accuracy the evaluation reports, by name (recurrent_lm.loop.CRITERIA);
-    empty = none. The three convergence scopes differ in whose latent change counts: each token's own
-    ('convergence'), every token of its prefix ('causal_convergence'), or the whole example's
+    exits: list[ExitSpec] = field(default_factory=lambda: [ExitSpec(name, 0.03) for name in CONVERGENCE_SCOPES])
+    """Exits whose chosen depth and accuracy the evaluation reports, each a full ExitSpec with its own threshold
+    (criteria differ in scale: a relative latent change, a KL, a probability): ``{criterion: learned,
+    threshold: 0.9}``; an unset threshold is the criterion's default, an unset ``max_steps`` caps the exit runs
+    at max(eval_depths); empty = none. The three convergence scopes differ in whose latent change counts: each
+    token's own ('convergence'), every token of its prefix ('causal_convergence'), or the whole example's
     ('sequence_convergence')."""
-    threshold: Optional[float] = 0.03
-    """Threshold of every reported criterion (relative latent change for the convergence ones);
-    None = each criterion's default (recurrent_lm.loop.criteria.DEFAULT_THRESHOLDS)."""
-    min_steps: int = 1
-    """Iterations every token runs before a criterion may stop it."""
-    max_steps: Optional[int] = None
-    """Depth cap of the exit runs; None = max(eval_depths)."""
     grid_width: int = 8
     """reachability: columns of the maze; the upper neighbour of a cell is grid_width + 1 tokens back."""
     wall_prob: float = 0.25
@@ -88,26 +92,44 @@ class TaskConfig:
         if self.pack_length and self.pack_length < sequence_length(self, self.train_max):
             raise ConfigError(f"task.pack_length={self.pack_length} is shorter than one problem of difficulty "
                              f"train_max={self.train_max} ({sequence_length(self, self.train_max)} tokens)")
-        for name in self.exit_criteria or [None]:  # the exit settings' one check (also with no criterion)
-            self._exit_spec(name)
+        for i, spec in enumerate(self.exits):
+            if not isinstance(spec, ExitSpec) or not spec.adaptive:
+                raise ConfigError(f"task.exits[{i}]={spec!r} is not an exit criterion; give ExitSpec(criterion, "
+                                  "threshold, ...) (in YAML {criterion: convergence, threshold: 0.03}), or drop it")
+        names = [spec.criterion for spec in self.exits]
+        if len(set(names)) < len(names):
+            raise ConfigError(f"task.exits lists a criterion twice ({names}); the report has one column per "
+                              "criterion: keep one threshold for each")
         if self.grid_width < 1:
             raise ConfigError(f"task.grid_width={self.grid_width} must be >= 1")
         if not 0.0 <= self.wall_prob < 1.0:
             raise ConfigError(f"task.wall_prob={self.wall_prob} must be in [0, 1)")
-
-    def exit_specs(self) -> list[ExitSpec]:
-        """One spec per reported criterion, each with the task's threshold and depth bounds."""
-        return [self._exit_spec(name) for name in self.exit_criteria]
-
-    def _exit_spec(self, criterion: Optional[str]) -> ExitSpec:
-        return ExitSpec(criterion, self.threshold, self.min_steps, self.max_steps)
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> "TaskConfig":
+        """From task.json: ``exits`` as dicts; a file written before the exits were specs (one shared
+        threshold over ``exit_criteria``) still loads, each criterion taking the shared settings."""
+        data = dict(data)
+        if set(data) & set(MOVED_FIELDS) and "exits" not in data:
+            shared = {k: data.pop(k) for k in ("threshold", "min_steps", "max_steps") if k in data}
+            data["exits"] = [{"criterion": name, **shared} for name in data.pop("exit_criteria", [])]
+        if "exits" in data:
+            data["exits"] = [spec if isinstance(spec, ExitSpec) else _exit_from_dict(i, spec)
+                             for i, spec in enumerate(data["exits"])]
         return from_dict(cls, data)
+
+
+def _exit_from_dict(index: int, data: Any) -> ExitSpec:
+    if not isinstance(data, dict):
+        raise ConfigError(f"task.exits[{index}]={data!r} is not a mapping; write {{criterion: convergence, "
+                          "threshold: 0.03}}")
+    try:
+        return from_dict(ExitSpec, data)
+    except ConfigError as err:
+        raise ConfigError(f"task.exits[{index}]: {err}") from None
 
 
 def sequence_length(task: TaskConfig, difficulty: int) -> int:

@@ -28,7 +28,7 @@ from typing import Any, Optional, Sequence
 import torch
 
 from recurrent_lm.errors import ConfigError, MissingFileError, report_user_errors
-from recurrent_lm.loop import ExitSpec, resolve_depth
+from recurrent_lm.loop import CRITERIA, ExitSpec, resolve_depth
 from recurrent_lm.reasoning.config import TaskConfig, sequence_length
 from recurrent_lm.model.lm import IGNORE_INDEX
 from recurrent_lm.reasoning.tasks import TEST_SPLIT, collate, fixed_examples
@@ -102,8 +102,8 @@ class ReasoningReport:
         note = (f"\nExact match (%) over {self.num_examples} test examples per difficulty ({self.task}); "
                 "r = test-time core iterations.")
         if self.exits:
-            settings = ", ".join(f"`{e.name}` {e.threshold:g}" for e in self.exits)
-            note += (f" Exits ({settings}; cap {self.exits[0].max_steps} iterations): steps over answer tokens; "
+            settings = ", ".join(f"`{e.name}` {e.threshold:g} (cap {e.max_steps})" for e in self.exits)
+            note += (f" Exits ({settings}; cap = most iterations a token may use): steps over answer tokens; "
                      "acc = exact match with each token stopped where its criterion says.")
         return "\n".join(lines) + "\n" + note + "\n"
 
@@ -151,8 +151,8 @@ def evaluate(
     """Exact match per (difficulty, depth) on the task's test split, plus the depth and accuracy of each exit criterion.
 
     Defaults come from ``task`` (eval_difficulties, eval_depths, num_eval); the exits it reports are the
-    task's too (exit_criteria, threshold, min_steps, max_steps). ``seed`` seeds the model's random initial
-    state so that repeated evaluations agree.
+    task's too (``task.exits``, each capped at its max_steps, else the largest depth). ``seed`` seeds the model's
+    random initial state so that repeated evaluations agree.
     """
     # Overrides go through TaskConfig's own checks: --difficulties 0 fails like task.eval_difficulties=[0].
     task = replace(task, eval_difficulties=list(difficulties or task.eval_difficulties),
@@ -160,8 +160,8 @@ def evaluate(
     if batch_size < 1:
         raise ConfigError(f"batch_size={batch_size}: must be >= 1")
     difficulties, depths, count = task.eval_difficulties, task.eval_depths, task.num_eval
-    specs = task.exit_specs()
-    cap = resolve_depth(None, max(depths), specs[0]) if specs else max(depths)  # the specs share their bounds
+    specs = task.exits
+    caps = [resolve_depth(None, max(depths), spec) for spec in specs]
     block = getattr(getattr(model, "config", None), "block_size", None)
     if block is not None:
         too_long = [d for d in difficulties if sequence_length(task, d) > block]
@@ -175,7 +175,7 @@ def evaluate(
     torch.manual_seed(seed)
     report = ReasoningReport(task=task.name, difficulties=difficulties, depths=depths, accuracy={},
                              token_accuracy={},
-                             exits=[ExitResult(spec.criterion, spec.threshold, cap) for spec in specs],
+                             exits=[ExitResult(spec.criterion, spec.threshold, cap) for spec, cap in zip(specs, caps)],
                              num_examples=count)
     try:
         for d in difficulties:
@@ -192,6 +192,7 @@ def evaluate(
                 report.accuracy[(d, r)] = torch.cat(exact[r]).float().mean().item()
                 report.token_accuracy[(d, r)] = torch.cat(tokens[r]).float().mean().item()
             for spec, result in zip(specs, report.exits):
+                cap = result.max_steps
                 exact, steps, deepest = [], [], []
                 for batch in batches:
                     labels = batch["labels"]
@@ -238,7 +239,8 @@ def load_task(directory: str | Path) -> TaskConfig:
         raise MissingFileError(f"{path} not found: pass --task parity|reachability (and the difficulty options) "
                                 "or save the training task next to the model with save_task()")
     data = json.loads(path.read_text())
-    # Exports made before the exit settings had one name each: exit_threshold, exit_max_steps (0 = no cap).
+    # Exports made before the exit settings had one name each: exit_threshold, exit_max_steps (0 = no cap);
+    # TaskConfig.from_dict turns the shared settings into one spec per criterion.
     if "exit_threshold" in data:
         data["threshold"] = data.pop("exit_threshold")
     if "exit_max_steps" in data:
@@ -246,14 +248,19 @@ def load_task(directory: str | Path) -> TaskConfig:
     return TaskConfig.from_dict(data)
 
 
-def exit_overrides(args: argparse.Namespace) -> dict[str, Any]:
-    """The exit flags that were given, as TaskConfig fields typed by :meth:`ExitSpec.parse`."""
-    given = {k: getattr(args, k) for k in ("threshold", "min_steps", "max_steps") if getattr(args, k) is not None}
-    spec = ExitSpec.parse(**given)
-    overrides: dict[str, Any] = {k: getattr(spec, k) for k in given}
-    if args.exit_names is not None:
-        overrides["exit_criteria"] = list(args.exit_names)
-    return overrides
+def exit_overrides(args: argparse.Namespace, task: TaskConfig) -> dict[str, Any]:
+    """``task.exits`` as the flags set them: ``--exit NAME[=THRESHOLD] ...`` replaces the list
+    (:meth:`ExitSpec.from_text`), ``--min-steps`` / ``--max-steps`` set the bounds of every exit."""
+    if args.threshold is not None:
+        raise ConfigError("--threshold is gone: each exit has its own threshold; write it after the criterion, "
+                          "e.g. --exit convergence=0.03 learned=0.9")
+    bounds = {k: getattr(args, k) for k in ("min_steps", "max_steps") if getattr(args, k) is not None}
+    if args.exits is not None:
+        return {"exits": [ExitSpec.from_text(text, **bounds) for text in args.exits]}
+    if bounds:
+        return {"exits": [ExitSpec.parse(spec.criterion, spec.threshold, bounds.get("min_steps", spec.min_steps),
+                                         bounds.get("max_steps", spec.max_steps)) for spec in task.exits]}
+    return {}
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
@@ -267,14 +274,16 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     parser.add_argument("--difficulties", type=int, nargs="+", help="default: the task's eval_difficulties")
     parser.add_argument("--depths", type=int, nargs="+", help="default: the task's eval_depths")
     parser.add_argument("--num-examples", type=int, help="test examples per difficulty (default: task.num_eval)")
-    parser.add_argument("--exit", dest="exit_names", nargs="*", metavar="CRITERION",
-                        help="exit criteria to report (convergence, causal_convergence, sequence_convergence, kl, "
-                             "entropy, argmax); none given = no exit columns; default: the task's exit_criteria")
-    # Exit settings stay text for ExitSpec.parse (the messages of every entry point); unset = the task's.
-    parser.add_argument("--threshold", help="exit threshold ('none': each criterion's default; default: the task's)")
-    parser.add_argument("--min-steps", help="iterations before a criterion may stop a token (default: the task's)")
-    parser.add_argument("--max-steps",
-                        help="depth cap of the exit runs ('none': the largest depth; default: the task's)")
+    parser.add_argument("--exit", dest="exits", nargs="*", metavar="NAME[=THRESHOLD]",
+                        help="exits to report, each with its own threshold (e.g. convergence=0.03 kl=5e-4 learned=0.9; "
+                             f"a bare name takes the criterion's default; criteria: {', '.join(CRITERIA)}); none "
+                             "given = no exit columns; default: the task's exits")
+    # Exit settings stay text for ExitSpec (the messages of every entry point); unset = the task's.
+    parser.add_argument("--threshold", help=argparse.SUPPRESS)  # refused by name: thresholds go with --exit
+    parser.add_argument("--min-steps", help="iterations before a criterion may stop a token, for every exit "
+                                            "(default: each exit's own)")
+    parser.add_argument("--max-steps", help="depth cap of every exit's runs ('none': the largest depth; default: "
+                                            "each exit's own)")
     parser.add_argument("--batch-size", type=int, default=256)
     parser.add_argument("--seed", type=int, default=0, help="seed of the random initial state")
     parser.add_argument("--threads", type=int, default=0, help="torch threads (0 = torch default)")
@@ -289,7 +298,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         torch.set_num_threads(args.threads)
     overrides = {"block_size": args.block_size} if args.block_size else {}
     def run() -> None:  # bad input (task.json, exit flags, model dir, difficulties): one line, exit status 2
-        task = replace(TaskConfig(name=args.task) if args.task else load_task(args.model), **exit_overrides(args))
+        task = TaskConfig(name=args.task) if args.task else load_task(args.model)
+        task = replace(task, **exit_overrides(args, task))
         model = RecurrentDepthLM.from_pretrained(args.model, **overrides)
         report = evaluate(model, task, difficulties=args.difficulties, depths=args.depths,
                           num_examples=args.num_examples, batch_size=args.batch_size, seed=args.seed)

@@ -30,7 +30,7 @@ from __future__ import annotations
 import os
 import sys
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Optional, Sequence
 
 import hydra
 import lightning as L
@@ -274,14 +274,36 @@ def _hydra_main(cfg: DictConfig) -> None:
         sys.exit(status)
 
 
+def moved_to(key: str) -> Optional[str]:
+    """The new spelling of a config key that moved (``model.activation_checkpointing``; an app config's
+    ``moved_fields``, e.g. ``task.threshold``), else None."""
+    key = key.lstrip("+~")
+    if key.startswith("model."):
+        return MOVED_FIELDS.get(key.removeprefix("model."))
+    app_key, _, name = key.partition(".")
+    return getattr(APPS[app_key].config_class, "moved_fields", {}).get(name) if app_key in APPS else None
+
+
+def check_group_file(path: Path, group: str) -> None:
+    """A group file written for an older schema (a user's experiment with ``task: {threshold: ...}``): its moved
+    keys refused by name and new spelling, where hydra would only say the key is not in the schema."""
+    data = OmegaConf.to_container(OmegaConf.load(path), resolve=False)  # keys only: nothing is interpolated
+    sections = data if path.read_text().lstrip().startswith("# @package _global_") else {group: data}
+    for section, body in (sections.items() if isinstance(sections, dict) else ()):
+        for name in body if isinstance(body, dict) else ():
+            moved = moved_to(f"{section}.{name}")
+            if moved:
+                raise ConfigError(f"{path}: {section}.{name} is now {moved}; set that instead")
+
+
 def check_overrides(overrides: Sequence[str], conf: Path) -> None:
     """Refuse, before hydra composes (so the refusal is one line with exit status 2 like every other bad
-    setting), a key that moved (``model.activation_checkpointing``: its new name is given) and a
-    ``group=name`` that names no file of the group (``experiment=dmeo``)."""
+    setting), a key that moved (:func:`moved_to`; its new name is given), in an override or in a group file the
+    overrides choose, and a ``group=name`` that names no file of the group (``experiment=dmeo``)."""
     for override in overrides:
         key, sep, value = override.partition("=")
-        moved = MOVED_FIELDS.get(key.lstrip("+~").removeprefix("model."))
-        if key.lstrip("+~").startswith("model.") and moved:
+        moved = moved_to(key)
+        if moved:
             raise ConfigError(f"{key} is now {moved}; set that instead")
         group = conf / key
         if not sep or not key.isidentifier() or not group.is_dir() or value in ("null", ""):
@@ -290,6 +312,8 @@ def check_overrides(overrides: Sequence[str], conf: Path) -> None:
         unknown = [v for v in value.split(",") if v not in known]  # a multirun sweep lists several
         if unknown:
             raise ConfigError(f"{key}={','.join(unknown)}: no such {key} (conf/{key}/); choose one of {known}")
+        for name in value.split(","):
+            check_group_file(group / f"{name}.yaml", key)
 
 
 def main() -> None:

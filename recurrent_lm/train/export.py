@@ -53,7 +53,7 @@ def model_and_step(path: Path) -> tuple[RecurrentDepthLM, int]:
     """:func:`model_from_checkpoint` and the checkpoint's global step."""
     checkpoint = read_checkpoint(path)
     try:
-        model = RecurrentDepthLM(ModelConfig.from_dict(checkpoint["hyper_parameters"]["model"]))
+        model = RecurrentDepthLM(ModelConfig.from_stored(checkpoint["hyper_parameters"]["model"]))
         if path.is_dir():
             load_full_state(path, model)
         else:

@@ -21,8 +21,9 @@ from recurrent_lm.errors import ConfigError, MissingFileError
 from recurrent_lm.model import ModelConfig, RecurrentDepthLM
 from recurrent_lm.model.io import TOKENIZER_FILE, model_dir_problem, read_config
 
-RECIPE_FIELDS = ("mean_recurrence", "mean_backprop_depth", "attn_backend", "block_size")
-"""ModelConfig fields a run may set on top of init_from's architecture (block_size only sizes the RoPE tables).
+RECIPE_FIELDS = ("mean_recurrence", "block_size")
+"""ModelConfig fields a run may set on top of init_from's architecture: the default test-time depth, and block_size,
+which only sizes the RoPE tables. (Training depth is the sampler's, the attention backend trainer.attn_backend.)
 ``init_scale`` is not one: with ``injection='add'`` the core's first input is s_0 + e, so the scale of the initial
 state is part of the function the weights were trained to compute."""
 PRETRAINED_GROUP = "pretrained"
@@ -40,7 +41,7 @@ def model_config_from(init_from: str, run: ModelConfig) -> ModelConfig:
     if problem:
         raise MissingFileError(f"init_from={init_from} {problem}; point it at a model directory (config.json + "
                                 "model.safetensors), e.g. the output of recurrent-lm-convert or of a run's export/")
-    stored = ModelConfig.from_dict(read_config(directory))
+    stored = ModelConfig.from_stored(read_config(directory))
     default = ModelConfig()
     conflicts = [f"model.{f.name}={getattr(run, f.name)!r} (init_from has {getattr(stored, f.name)!r})"
                  for f in dataclasses.fields(ModelConfig)
@@ -63,8 +64,9 @@ def tokenizer_of(init_from: str) -> str:
     return str(path)
 
 
-def load_initial_model(init_from: str, config: ModelConfig) -> RecurrentDepthLM:
+def load_initial_model(init_from: str, config: ModelConfig, attn_backend: str = "sdpa") -> RecurrentDepthLM:
     """init_from's weights in a model of ``config`` (from :func:`model_config_from`), in fp32: mixed precision
     keeps fp32 master weights whatever dtype the directory stores (a conversion may write bf16)."""
     recipe = {name: getattr(config, name) for name in RECIPE_FIELDS}
-    return RecurrentDepthLM.from_pretrained(Path(init_from).expanduser(), **recipe).float().train()
+    return RecurrentDepthLM.from_pretrained(Path(init_from).expanduser(), attn_backend=attn_backend,
+                                            **recipe).float().train()

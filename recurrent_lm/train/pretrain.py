@@ -51,7 +51,7 @@ class SampleReport:
                 "--exit convergence   # sample, adaptive depth per token",
                 f"recurrent-lm-eval sweep --model_args pretrained={self.export} --num_steps 1,2,4,8,16 "
                 "--tasks rlm_offline --output_dir out/sweep   # lm-eval by depth",
-                "recurrent-lm-train -m experiment=demo model.mean_recurrence=2,4,8   # a depth sweep "
+                "recurrent-lm-train -m experiment=demo sampler.mean=2,4,8   # a training-depth sweep "
                 "(recurrent-lm-sweep reports it)"]
 
 
@@ -109,11 +109,13 @@ def text_datamodule(cfg: TrainConfig, run_dir: Path, resume: Resume) -> TextData
 def language_module(cfg: TrainConfig, resume: Resume) -> RecurrentLMModule:
     """The module of a run that trains a RecurrentDepthLM on token batches (pretraining, reasoning tasks);
     ``init_from``'s weights are loaded unless resuming (the checkpoint then holds newer ones)."""
-    initial = load_initial_model(cfg.init_from, cfg.model) if cfg.init_from and resume.path is None else None
-    return RecurrentLMModule(cfg.model, cfg.sampler, cfg.optim, cfg.trainer.eval_depths,
-                             compile_blocks=cfg.trainer.compile, telemetry_every=cfg.trainer.log_every_n_steps,
-                             seed=cfg.seed, max_nonfinite_steps=cfg.trainer.max_nonfinite_steps,
-                             lm=initial, parallel=cfg.parallel, exit_loss_beta=cfg.trainer.exit_loss_beta)
+    t = cfg.trainer
+    initial = load_initial_model(cfg.init_from, cfg.model, t.attn_backend) if cfg.init_from and resume.path is None \
+        else None
+    return RecurrentLMModule(cfg.model, cfg.sampler, cfg.optim, t.eval_depths, attn_backend=t.attn_backend,
+                             compile_blocks=t.compile, telemetry_every=t.log_every_n_steps,
+                             seed=cfg.seed, max_nonfinite_steps=t.max_nonfinite_steps,
+                             lm=initial, parallel=cfg.parallel, exit_loss_beta=t.exit_loss_beta)
 
 
 def sample_text(cfg: TrainConfig, model: nn.Module, tokenizer: Any) -> tuple[Optional[str], str]:

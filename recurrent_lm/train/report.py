@@ -11,6 +11,7 @@ from rich.console import Console
 from rich.table import Table
 from torch import nn
 
+from recurrent_lm.loop.samplers import DepthSampler
 from recurrent_lm.train.app import AppReport
 from recurrent_lm.train.schema import TrainConfig
 
@@ -46,6 +47,12 @@ def depth_table(val: dict[str, float], mean_recurrence: int) -> Table:
     return table
 
 
+def training_mean(cfg: TrainConfig) -> int:
+    """The mean training depth r̄ the run ended at: the depth sampler's (which owns training depth), not the
+    model's default test-time depth."""
+    return round(DepthSampler(cfg.sampler).mean_at(cfg.trainer.max_steps))
+
+
 def depth_losses(val: dict[str, float]) -> dict[int, float]:
     """{r: validation loss} from the ``val/loss_r{r}`` metrics."""
     return {int(k.removeprefix("val/loss_r")): float(v) for k, v in val.items() if k.startswith("val/loss_r")}
@@ -58,7 +65,7 @@ def write_figures(cfg: TrainConfig, summary: RunSummary) -> list[Path]:
 
     losses = depth_losses(summary.val)
     if len(losses) > 1:
-        summary.figures.append(plot_depth_loss(losses, cfg.model.mean_recurrence, summary.run_dir / LOSS_FIGURE,
+        summary.figures.append(plot_depth_loss(losses, training_mean(cfg), summary.run_dir / LOSS_FIGURE,
                                                title=f"{cfg.name}: validation loss by test-time depth"))
     if summary.app is not None:
         summary.figures.extend(summary.app.figures)
@@ -82,7 +89,7 @@ def print_next_steps(summaries: Sequence[RunSummary], console: Console | None = 
 def print_report(cfg: TrainConfig, summary: RunSummary) -> None:
     console = Console()
     if any(k.startswith("val/loss_r") for k in summary.val):
-        console.print(depth_table(summary.val, cfg.model.mean_recurrence))
+        console.print(depth_table(summary.val, training_mean(cfg)))
     console.print(f"steps trained: {summary.step}   run dir: {summary.run_dir}")
     if summary.app is not None:
         summary.app.print(console)

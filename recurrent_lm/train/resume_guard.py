@@ -55,7 +55,7 @@ def check_recipe(resume: Resume, model: ModelConfig, sampler: Any, optim: Any, a
         return
     try:
         hparams = resume.checkpoint["hyper_parameters"]
-        stored_model = ModelConfig.from_dict(hparams["model"])  # a field added since reads as its default
+        stored_model = ModelConfig.from_stored(hparams["model"])  # a field added since reads as its default
     except KeyError:
         raise ConfigError(f"checkpoint {resume.path} has no model config (hyper_parameters.model); it was not "
                          "written by recurrent-lm-train") from None

@@ -16,6 +16,7 @@ from lightning.fabric.connector import _PRECISION_INPUT_STR, _PRECISION_INPUT_ST
 
 from recurrent_lm.errors import ConfigError
 from recurrent_lm.loop.samplers import SamplerConfig
+from recurrent_lm.model.attention import backend_problem
 from recurrent_lm.model.config import ModelConfig
 from recurrent_lm.train.parallel import ParallelConfig
 
@@ -85,6 +86,10 @@ class TrainerConfig:
     error; 0 stops at the first. A skipped step leaves weights and optimizer state untouched."""
     compile: bool = False
     """torch.compile each block (the depth loop itself stays eager)."""
+    attn_backend: str = "sdpa"
+    """How attention is computed: sdpa (torch, any device), flash (flash-attn: CUDA, fp16/bf16, no attn_window),
+    eager (the plain reference). A runtime choice like compile: the model takes it when built, and an exported
+    config.json does not record it."""
     deterministic: bool = False
     exit_loss_beta: Optional[float] = None
     """Ouro's stage I (recurrent_lm/exitgate/stage1.py): train an exit gate with the model on the expected loss
@@ -114,6 +119,8 @@ class TrainerConfig:
         if self.exit_loss_beta is not None and not self.exit_loss_beta >= 0:
             raise ConfigError(f"trainer.exit_loss_beta={self.exit_loss_beta}: the entropy weight of stage I must be "
                              ">= 0 (Ouro uses 0.05–0.1), or null to train without an exit gate")
+        if backend_problem(self.attn_backend):
+            raise ConfigError(f"trainer.{backend_problem(self.attn_backend)}")
         if self.precision not in PRECISIONS:
             raise ConfigError(f"trainer.precision={self.precision!r} is unknown; choose one of {list(PRECISIONS)}")
         count = self.devices.isdigit() and int(self.devices) >= 1
