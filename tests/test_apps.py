@@ -11,7 +11,7 @@ import torch
 from train_support import compose_cfg
 
 from recurrent_lm.model import RecurrentDepthLM
-from recurrent_lm.train.app import APPS, selected_key
+from recurrent_lm.train.app import APPS, read_group, selected_key
 from recurrent_lm.train.cli import unselected_apps
 from recurrent_lm.train.optim import param_groups
 from recurrent_lm.train.schema import OptimConfig
@@ -32,6 +32,17 @@ def test_the_experiment_selects_its_app_and_drops_the_others(tmp_path):
         cfg = compose_cfg([f"experiment={experiment}", f"run_dir={tmp_path}"])
         assert selected_key(cfg) == key
         assert unselected_apps(cfg) == (["data"] if key != "data" else [])  # the default group is composed anyway
+
+
+def test_an_app_that_reads_another_keeps_only_the_group_it_reads(tmp_path):
+    """The exit gate trains on a reasoning task or on pretraining's corpus: with a task, the corpus group is dropped
+    before validation (its vocab_size, interpolated from a 10-token model, would be refused), and without one the
+    corpus is what it reads."""
+    on_task = compose_cfg(["experiment=reasoning_reachability", "exitgate=stage2", f"run_dir={tmp_path}"])
+    assert selected_key(on_task) == "exitgate" and read_group(on_task, "exitgate") == "task"
+    assert unselected_apps(on_task) == ["data"]
+    on_text = compose_cfg(["experiment=demo", "exitgate=stage2", f"run_dir={tmp_path}"])
+    assert read_group(on_text, "exitgate") == "data" and unselected_apps(on_text) == []
 
 
 def decayed(model, cfg=OptimConfig()) -> tuple[set[str], set[str]]:

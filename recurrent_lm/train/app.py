@@ -66,8 +66,9 @@ class App(Protocol):
     default: ClassVar[bool]
     """True for the one app that runs when no other app's group is set (pretraining)."""
     reads: ClassVar[tuple[str, ...]]
-    """Other apps' config groups this app takes its data from (the exit gate trains on pretraining's corpus or a
-    reasoning task): kept in the run's config, and not counted as a second app."""
+    """Other apps' config groups this app can take its data from (the exit gate trains on pretraining's corpus or a
+    reasoning task). A run reads one of them (:func:`read_group`): kept in the run's config, and not counted as a
+    second app; the others are dropped like any app that does not run."""
     own_init_from: ClassVar[bool]
     """True when the app reads ``init_from`` itself (Coconut's exports); else the run takes init_from's
     architecture into ``model`` before building."""
@@ -119,6 +120,15 @@ def selected_key(cfg: Any) -> str:
     if chosen:
         return chosen[0]
     return next(key for key, cls in APPS.items() if cls.default)
+
+
+def read_group(cfg: Any, key: str) -> Optional[str]:
+    """The group app ``key`` takes its data from in this run: the one of its ``reads`` that is a non-default app's
+    group and set (``task=parity``), else the default app's (pretraining's ``data``, always composed); None for an
+    app that reads none."""
+    reads = APPS[key].reads
+    chosen = [g for g in reads if g in APPS and not APPS[g].default and getattr(cfg, g, None) is not None]
+    return next(iter(chosen), next((g for g in reads if g in APPS and APPS[g].default), None))
 
 
 def register_configs() -> type:

@@ -46,7 +46,8 @@ from recurrent_lm.errors import ConfigError, MissingFileError, report_user_error
 from recurrent_lm.model.config import MOVED_FIELDS
 from recurrent_lm.model.io import make_writable_dir
 from recurrent_lm.model.precision import resolve_precision
-from recurrent_lm.train.app import APPS, App, app_for, batch_rows, register_configs, selected_key
+from recurrent_lm.train.app import (APPS, App, app_for, batch_rows, read_group, register_configs,
+                                    selected_key)
 from recurrent_lm.train.callbacks import PREEMPTED_EXIT, DepthThroughputMonitor, OnRestored, Preemption, RunCheckpoint
 from recurrent_lm.quiet import quiet_libraries
 from recurrent_lm.train.checkpoint_io import SafeCheckpointIO
@@ -183,7 +184,7 @@ def train(cfg: TrainConfig, resume: Resume, config_yaml: str = "") -> RunSummary
 def unselected_apps(cfg: DictConfig) -> list[str]:
     """Config keys of the apps this run neither trains nor reads (the default app's group is composed even then)."""
     chosen = selected_key(cfg)
-    kept = {chosen, *APPS[chosen].reads}
+    kept = {chosen, read_group(cfg, chosen)}
     return [key for key in APPS if key not in kept and getattr(cfg, key, None) is not None]
 
 
