@@ -8,7 +8,8 @@ import torch
 from test_init_from import source_export  # noqa: F401 (a fixture: a tiny model trained 4 steps, exported)
 from train_support import compose_cfg, overrides
 
-from recurrent_lm.exitgate import exit_depth, stage2_loss, stage2_targets
+from recurrent_lm.errors import ConfigError
+from recurrent_lm.exitgate import ExitGateConfig, exit_depth, stage2_loss, stage2_targets
 from recurrent_lm.exitgate.stage1 import exit_distribution, stage1_loss
 from recurrent_lm.infer import GenerationConfig, generate
 from recurrent_lm.loop import ExitSpec
@@ -94,6 +95,14 @@ def test_exit_learned_without_a_gate_is_refused_by_name(tiny_model):
     model = tiny_model()
     with pytest.raises(ValueError, match="exit=learned needs a learned exit gate, and this model has none"):
         generate(model, [[1, 2, 3]], GenerationConfig(max_new_tokens=2, exit=ExitSpec("learned")))
+
+
+@pytest.mark.parametrize("threshold", [0.0, 1.5])
+def test_a_gate_threshold_off_the_probability_scale_is_refused_with_exit_learneds_message(threshold):
+    with pytest.raises(ConfigError, match=rf"exitgate.threshold={threshold} is not a probability; .* in \(0, 1\]"):
+        ExitGateConfig(threshold=threshold)
+    with pytest.raises(ConfigError, match="is not a probability"):
+        ExitSpec("learned", threshold)
 
 
 def test_a_gate_trained_on_a_model_whose_depth_does_not_pay_exits_earlier(corpus_dir, source_export, tmp_path):

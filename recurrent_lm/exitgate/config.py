@@ -6,6 +6,7 @@ from dataclasses import dataclass
 from typing import Optional
 
 from recurrent_lm.errors import ConfigError
+from recurrent_lm.loop.criteria import LearnedExit
 
 
 @dataclass
@@ -29,5 +30,6 @@ class ExitGateConfig:
                              "needs >= 2 (or null for model.mean_recurrence)")
         if self.sharpness <= 0:
             raise ConfigError(f"exitgate.sharpness={self.sharpness}: must be > 0 (Ouro uses 50)")
-        if not 0 < self.threshold <= 1:
-            raise ConfigError(f"exitgate.threshold={self.threshold}: must be a probability in (0, 1]")
+        problem = LearnedExit.threshold_problem(self.threshold)  # exit=learned's own scale, stated once
+        if problem is not None:
+            raise ConfigError(f"exitgate.threshold={self.threshold} {problem[0]}; {problem[1]}")
