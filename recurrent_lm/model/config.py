@@ -148,11 +148,12 @@ class ModelConfig:
         return from_dict(cls, data)
 
     @classmethod
-    def from_stored(cls, data: dict[str, Any]) -> "ModelConfig":
+    def from_stored(cls, data: dict[str, Any], **overrides: Any) -> "ModelConfig":
         """Build from what an earlier version wrote (an exported config.json, a checkpoint's hyper-parameters):
         the keys that have since moved out of the model config (:data:`MOVED_FIELDS`) are dropped, since
-        they never changed a weight; anything else is checked as in :meth:`from_dict`."""
-        return cls.from_dict({k: v for k, v in data.items() if k not in MOVED_FIELDS})
+        they never changed a weight. ``overrides`` are the caller's own settings, checked as in
+        :meth:`from_dict` (a moved key there is refused with its new name)."""
+        return cls.from_dict({**{k: v for k, v in data.items() if k not in MOVED_FIELDS}, **overrides})
 
 
 def _rope_scaling_problem(scaling: dict[str, Any]) -> tuple[bool, str, Any, str]:

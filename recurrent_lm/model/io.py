@@ -21,7 +21,7 @@ from huggingface_hub import split_torch_state_dict_into_shards
 from safetensors.torch import load_file, save_file
 
 from recurrent_lm.errors import ConfigError, MissingFileError, NotWritableError, StorageError, UserError
-from recurrent_lm.model.config import MOVED_FIELDS, ModelConfig
+from recurrent_lm.model.config import ModelConfig
 
 if TYPE_CHECKING:
     from recurrent_lm.model.lm import RecurrentDepthLM
@@ -177,8 +177,7 @@ def load_model_dir(cls: type, directory: Path, map_location: str, overrides: dic
     if missing:  # a default would silently build another model (a shorter context, another depth)
         raise ConfigError(f"{directory / CONFIG_FILE} lacks {missing}; it is incomplete or from another tool. "
                          "Re-export the model with `recurrent-lm-export <run_dir>`")
-    stored = {k: v for k, v in stored.items() if k not in MOVED_FIELDS}  # an export from before the move
-    config = ModelConfig.from_dict({**stored, **overrides})
+    config = ModelConfig.from_stored(stored, **overrides)
     state: dict[str, torch.Tensor] = {}
     for path in weight_files(directory):
         try:

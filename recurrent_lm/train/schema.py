@@ -119,8 +119,9 @@ class TrainerConfig:
         if self.exit_loss_beta is not None and not self.exit_loss_beta >= 0:
             raise ConfigError(f"trainer.exit_loss_beta={self.exit_loss_beta}: the entropy weight of stage I must be "
                              ">= 0 (Ouro uses 0.05–0.1), or null to train without an exit gate")
-        if backend_problem(self.attn_backend):
-            raise ConfigError(f"trainer.{backend_problem(self.attn_backend)}")
+        problem = backend_problem(self.attn_backend)
+        if problem:
+            raise ConfigError(f"trainer.{problem}")
         if self.precision not in PRECISIONS:
             raise ConfigError(f"trainer.precision={self.precision!r} is unknown; choose one of {list(PRECISIONS)}")
         count = self.devices.isdigit() and int(self.devices) >= 1
