@@ -41,12 +41,11 @@ from pathlib import Path
 from typing import Optional
 
 import torch
-import torch.nn.functional as F
 
 from recurrent_lm.loop import ExitSpec
 from recurrent_lm.model import RecurrentDepthLM
 from recurrent_lm.model.cache import CACHE_STRATEGIES, DEFAULT_KV_WINDOW, RecurrentKVCache
-from recurrent_lm.model.lm import COMPACT_FILL, IGNORE_INDEX
+from recurrent_lm.model.lm import COMPACT_FILL, IGNORE_INDEX, next_token_loss
 
 DEFAULT_CRITERIA = ["convergence=0.03", "causal_convergence=0.03", "sequence_convergence=0.03", "kl=5e-4",
                     "entropy=1e-3", "learned=0.9"]
@@ -103,8 +102,8 @@ class Workload:
             exact = [((lg.argmax(-1) == b["labels"]) | (b["labels"] == IGNORE_INDEX)).all(-1)
                      for b, lg in zip(self.batches, logits)]
             return 100 * torch.cat(exact).float().mean().item()
-        losses = [F.cross_entropy(lg.flatten(0, 1).float(), b["labels"].flatten(), ignore_index=IGNORE_INDEX,
-                                  reduction="none") for b, lg in zip(self.batches, logits)]
+        losses = [next_token_loss(lg, b["labels"], reduction="none")[b["labels"] != IGNORE_INDEX]
+                  for b, lg in zip(self.batches, logits)]
         return torch.cat(losses).mean().item()
 
     def at_least(self, a: float, b: float) -> bool:

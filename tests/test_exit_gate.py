@@ -87,6 +87,10 @@ def test_learned_exit_in_the_loop_follows_the_gate(tiny_model):
     ids = torch.randint(0, 512, (2, 8))
     out = model(ids, num_steps=10, exit_criterion=ExitSpec("learned", 0.9).build())
     assert (out.steps_used == 4).all()  # 1 − 0.5^4 = 0.9375 is the first to reach 0.9
+    # min_steps only delays the decision: the CDF still counts λ of the steps before it (exit_depth's rule)
+    for min_steps, want in ((3, 4), (6, 6)):
+        out = model(ids, num_steps=10, exit_criterion=ExitSpec("learned", 0.9, min_steps).build())
+        assert (out.steps_used == want).all(), (min_steps, out.steps_used)
     with pytest.raises(ValueError, match=r"threshold=1.5 is not a probability; exit=learned"):
         ExitSpec("learned", 1.5).build()
 

@@ -24,12 +24,11 @@ from dataclasses import dataclass
 from typing import Any, Optional
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor
 
 from recurrent_lm.coconut.backends import FIXED, CausalBackend, Depth
 from recurrent_lm.loop import ExitSpec, unroll
-from recurrent_lm.model.lm import IGNORE_INDEX
+from recurrent_lm.model.lm import next_token_loss
 
 
 @dataclass
@@ -105,5 +104,5 @@ class ContinuousThoughtLM:
         logits = self.backend.logits(suffix.hidden)  # (B, S, V)
         loss = None
         if "labels" in batch:
-            loss = F.cross_entropy(logits.flatten(0, 1).float(), batch["labels"].flatten(), ignore_index=IGNORE_INDEX)
+            loss = next_token_loss(logits, batch["labels"])
         return CoconutOutput(loss, logits, thoughts)

@@ -184,7 +184,7 @@ class RecurrentLMEval(TemplateLM):
         try:
             check_depth("max_steps" if self.exit_spec.max_steps is not None else "num_steps", depth, self.model.config,
                         self.max_length, self.batch_size if isinstance(self.batch_size, int) else 1, self.kv_cache,
-                        self.kv_window, self._dtype.itemsize)
+                        self.kv_window, self._dtype)
         except ValueError as err:
             raise EvalError(str(err)) from None
         self.num_steps = depth

@@ -6,11 +6,10 @@ from typing import Any, Optional
 
 import lightning as L
 import torch
-import torch.nn.functional as F
 from torch import Tensor
 
 from recurrent_lm.exitgate.config import ExitGateConfig
-from recurrent_lm.exitgate.objective import exit_depth, stage2_loss
+from recurrent_lm.exitgate.objective import depth_token_losses, exit_depth, stage2_loss
 from recurrent_lm.model.exit_gate import ExitGate
 from recurrent_lm.model.lm import IGNORE_INDEX, RecurrentDepthLM
 
@@ -50,9 +49,7 @@ class ExitGateModule(L.LightningModule):
         depths = range(1, self.depth + 1)
         with torch.no_grad():
             out = self.model(batch["input_ids"], num_steps=self.depth, readout_depths=depths)
-            ce = torch.stack([F.cross_entropy(out.depth_logits[r].flatten(0, 1).float(), labels.flatten(),
-                                              ignore_index=IGNORE_INDEX, reduction="none").view_as(labels)
-                              for r in depths])
+            ce = depth_token_losses(out.depth_logits, labels, depths)
             states = torch.stack([out.depth_states[r] for r in depths])  # (R, B, T, H)
         return self.model.exit_logit(states), ce, labels != IGNORE_INDEX
 

@@ -20,6 +20,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from recurrent_lm.model.lm import next_token_loss
+
 
 def stage2_targets(ce: Tensor, sharpness: float = 50.0, margin: float = 0.005, lookahead: bool = False) -> Tensor:
     """(R, *) per-iteration losses -> (R − 1, *) targets w_t: for t = 2..R (CE_0 does not exist), or with
@@ -54,3 +56,9 @@ def exit_depth(gate_logits: Tensor, threshold: float) -> Tensor:
     last = torch.full_like(reached[0], reached.shape[0] - 1, dtype=torch.long)
     first = torch.where(reached.any(0), reached.long().argmax(0), last)
     return first + 1
+
+
+def depth_token_losses(depth_logits: dict[int, Tensor], labels: Tensor, depths: range) -> Tensor:
+    """(R, B, T) next-token loss of every token at each depth of ``depths`` (0 where ``labels`` skip it), from
+    the logits a forward read out there (``readout_depths``): CE_t of both stages' objectives."""
+    return torch.stack([next_token_loss(depth_logits[r], labels, reduction="none") for r in depths])

@@ -18,9 +18,9 @@ loss read there could train neither the LM nor the gate's view of those states.
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor
 
+from recurrent_lm.exitgate.objective import depth_token_losses
 from recurrent_lm.model.exit_gate import ExitGate
 from recurrent_lm.model.lm import IGNORE_INDEX, RecurrentDepthLM, RecurrentLMOutput
 
@@ -56,9 +56,7 @@ def stage1_forward(model: RecurrentDepthLM, input_ids: Tensor, labels: Tensor, n
     n_no_grad, n_grad = num_steps
     depths = range(n_no_grad + 1, n_no_grad + n_grad + 1)  # the iterations with gradients
     out = model(input_ids, num_steps=num_steps, labels=labels, readout_depths=depths, **forward_args)
-    ce = torch.stack([F.cross_entropy(out.depth_logits[r].flatten(0, 1).float(), labels.flatten(),
-                                      ignore_index=IGNORE_INDEX, reduction="none").view_as(labels)
-                      for r in depths])  # (R, B, T)
+    ce = depth_token_losses(out.depth_logits, labels, depths)  # (R, B, T)
     gate = model.exit_logit(torch.stack([out.depth_states[r] for r in depths]))  # (R, B, T)
     return stage1_loss(gate, ce, labels != IGNORE_INDEX, beta), out
 

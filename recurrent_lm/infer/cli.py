@@ -144,7 +144,7 @@ def _run(args: argparse.Namespace) -> int:
     cap = resolve_depth(args.num_steps, model.config.mean_recurrence, spec)
     check_depth("--max-steps" if spec.max_steps is not None else "--num-steps", cap, model.config,
                 min(max(map(len, ids)) + args.max_new_tokens, model.config.block_size),
-                min(args.batch_size, len(ids)), args.kv_cache, args.kv_window, dtype.itemsize)
+                min(args.batch_size, len(ids)), args.kv_cache, args.kv_window, dtype)
 
     console = Console(highlight=False, soft_wrap=True)
     stream = args.batch_size == 1 and not args.no_stream

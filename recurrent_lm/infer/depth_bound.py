@@ -11,21 +11,14 @@ from __future__ import annotations
 
 from typing import Optional
 
+import torch
+
 from recurrent_lm.errors import ConfigError
 from recurrent_lm.model.config import ModelConfig
+from recurrent_lm.model.memory import kv_cache_bytes
 
 MAX_DEPTH_FACTOR = 64
 """Largest accepted depth cap as a multiple of mean_recurrence (Huginn-0125, r̄ = 32, saturates well below 64×)."""
-
-
-def cache_bytes(config: ModelConfig, depth: int, tokens: int, batch: int, strategy: str, kv_window: int,
-                dtype_bytes: int) -> int:
-    """Bytes of K and V a generation of ``tokens`` positions × ``batch`` rows keeps at ``depth`` iterations: prelude
-    and coda layers once, core layers once per kept slot (full: every iteration; compressed: kv_window; latest: 1)."""
-    slots = {"full": depth, "compressed": min(kv_window, depth), "latest": 1}[strategy]
-    kv_heads = config.n_kv_heads or config.n_heads
-    per_layer = 2 * batch * kv_heads * tokens * (config.d_model // config.n_heads) * dtype_bytes  # K and V
-    return per_layer * (config.n_prelude + config.n_coda + config.n_core * slots)
 
 
 def available_memory() -> Optional[int]:
@@ -38,11 +31,11 @@ def available_memory() -> Optional[int]:
 
 
 def check_depth(setting: str, depth: int, config: ModelConfig, tokens: int, batch: int, strategy: str,
-                kv_window: int, dtype_bytes: int, memory: Optional[int] = None) -> None:
+                kv_window: int, dtype: torch.dtype, memory: Optional[int] = None) -> None:
     """Refuse a depth cap beyond ``MAX_DEPTH_FACTOR`` × mean_recurrence, or whose projected cache exceeds
-    ``memory`` (default: the available memory), naming the setting, the cost and the fix."""
+    ``memory`` (default: the available memory), naming the setting, the cost (:func:`kv_cache_bytes`) and the fix."""
     bound = MAX_DEPTH_FACTOR * config.mean_recurrence
-    cost = cache_bytes(config, depth, tokens, batch, strategy, kv_window, dtype_bytes)
+    cost = kv_cache_bytes(config, tokens, depth, strategy, kv_window, batch, dtype)
     memory = available_memory() if memory is None else memory
     projection = (f"the {strategy} KV cache would take {cost / 2**20:,.0f} MiB for {batch}×{tokens} tokens, and "
                   f"every token would run {depth:,} core iterations")

@@ -72,10 +72,6 @@ class Subset:
         autograd flows to both (an exited element's gradient goes to its frozen state)."""
         return full.index_put((self.flat_rows, self.flat_index), part[self.valid])
 
-    def gather_heads(self, x: Tensor) -> Tensor:
-        """(B, Hd, T, D) -> (B', Hd, M, D): :meth:`gather` for attention's head-major layout."""
-        return self.gather(x.transpose(1, 2)).transpose(1, 2)
-
     def scatter_heads(self, full: Tensor, part: Tensor) -> Tensor:
         """:meth:`scatter` for attention's head-major layout: full (B, Hd, T, D), part (B', Hd, M, D)."""
         return self.scatter(full.transpose(1, 2), part.transpose(1, 2)).transpose(1, 2)

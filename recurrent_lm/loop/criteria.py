@@ -35,6 +35,10 @@ class ExitCriterion(ABC):
     needs_delta: bool = True
     """Whether :meth:`converged` reads the relative latent change (else the loop passes None and saves
     computing it every step: the learned and output-based criteria look at other things)."""
+    every_step: bool = False
+    """Whether the loop calls :meth:`converged` from the first step, and applies ``min_steps`` to its answer
+    only: for a criterion whose memory must see every step (the learned exit's survival product). The others
+    are first called at ``min_steps`` (an output-based one then decodes nothing before)."""
 
     def __init__(self, threshold: float, min_steps: int = 1, max_steps: Optional[int] = None) -> None:
         """Settings as :class:`~recurrent_lm.loop.ExitSpec` checked them (build criteria with ``spec.build()``)."""
@@ -202,6 +206,7 @@ class LearnedExit(ExitCriterion):
 
     name = "learned"
     needs_delta = False
+    every_step = True  # λ_1 … λ_{min_steps−1} are part of the exit CDF too
 
     def __init__(self, threshold: float, min_steps: int = 1, max_steps: Optional[int] = None) -> None:
         super().__init__(threshold, min_steps=min_steps, max_steps=max_steps)

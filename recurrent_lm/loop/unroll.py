@@ -142,6 +142,7 @@ def unroll(
     stats = LoopStats() if record_stats else None
     readouts = 0
     computed = 0
+    needs_delta = stats is not None or (criterion is not None and criterion.needs_delta)
 
     for i in range(total):
         active = ~exited if per_element else None
@@ -162,14 +163,15 @@ def unroll(
         elif active is not None:
             new = torch.where(active.unsqueeze(-1), new, state)  # exited elements stay frozen (delta 0)
         computed += subset.size if subset is not None else steps_used.numel()
-        needs_delta = stats is not None or (criterion is not None and criterion.needs_delta)
         delta = relative_change(state, new) if needs_delta else None  # shape: element_shape
         if active is not None:
             steps_used += active.long()
-            if criterion is not None and i + 1 >= criterion.min_steps:
+            may_stop = criterion is not None and i + 1 >= criterion.min_steps
+            if may_stop or (criterion is not None and criterion.every_step):
                 done_now, used = criterion.converged(state, new, delta, readout, subset)
                 readouts += used
-                exited = exited | (done_now & active)
+                if may_stop:
+                    exited = exited | (done_now & active)
             if budget is not None:
                 exited = exited | (budget <= i + 1)
         else:

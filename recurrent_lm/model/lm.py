@@ -66,9 +66,12 @@ class RecurrentLMOutput:
     """r -> (B, T, H) core state after r iterations, for each r of ``readout_depths`` (what the exit gate reads)."""
 
 
-def next_token_loss(logits: Tensor, labels: Tensor) -> Tensor:
-    """Mean cross-entropy of logits (B, T, V) against aligned labels (B, T); IGNORE_INDEX positions skipped."""
-    return F.cross_entropy(logits.flatten(0, 1).float(), labels.flatten(), ignore_index=IGNORE_INDEX)
+def next_token_loss(logits: Tensor, labels: Tensor, reduction: str = "mean") -> Tensor:
+    """Cross-entropy of logits (B, T, V) against aligned labels (B, T), IGNORE_INDEX positions skipped: their mean
+    (``reduction='mean'``), or per token (``'none'``: (B, T), 0 at skipped positions)."""
+    loss = F.cross_entropy(logits.flatten(0, 1).float(), labels.flatten(), ignore_index=IGNORE_INDEX,
+                           reduction=reduction)
+    return loss.view_as(labels) if reduction == "none" else loss
 
 class RecurrentDepthLM(nn.Module):
     def __init__(self, config: ModelConfig, attn_backend: str = "sdpa") -> None:
